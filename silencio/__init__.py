@@ -1,0 +1,1 @@
+"""The ``silencio`` command: one entry point whose subcommand groups live in their packages."""

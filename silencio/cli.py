@@ -1,0 +1,86 @@
+"""``silencio``: thin argparse front end. Each group is defined by its own package's ``cli`` module
+(``register(subparsers)``) and imports heavy libraries only when a command runs, so
+``silencio --help`` works in an edge-only install. Library errors become CLI errors here, in one
+place (exit code 2 with the message, no traceback unless ``--debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from shared_features.errors import SilencioFeatureError
+
+#: Modules whose ``register(subparsers)`` adds a command group, in help order.
+GROUPS: tuple[str, ...] = (
+    "shared_features.cli",
+    "training.cli",
+    "silencio.demo",
+)
+
+
+class CLIError(Exception):
+    """An expected failure of a command: printed as ``error: …`` with exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="silencio",
+        description="El Silencio Acoustic Explorer: identify the 206 BirdCLEF 2025 species "
+                    "(birds, frogs, insects, mammals) on the edge and in the cloud.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
+    for mod_name in GROUPS:
+        mod = importlib.import_module(mod_name)
+        mod.register(sub)
+    return parser
+
+
+def iter_commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
+    """Yield ``(path, parser, help)`` for every (sub)command: used by the help-text test."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                yield prefix + (name,), sub, helps.get(name)
+                yield from iter_commands(sub, prefix + (name,))
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The documented exception classes of every group (their ``USER_ERRORS``)."""
+    out: list[type[BaseException]] = []
+    for mod_name in GROUPS:
+        out.extend(getattr(importlib.import_module(mod_name), "USER_ERRORS", ()))
+    return tuple(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    handler = getattr(args, "func", None)
+    if handler is None:
+        parser.parse_args([*(argv or sys.argv[1:]), "--help"])
+        return 2
+    try:
+        rc = handler(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, SilencioFeatureError, FileNotFoundError, *user_errors()) as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

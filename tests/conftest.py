@@ -1,0 +1,51 @@
+"""Shared fixtures. Paths come from ``Path(__file__)``, never the working directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+MINI = SHARED_DATA / "birdclef2025_mini"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"real data not found at {SHARED_DATA}: the shared/ folder must sit beside the repo")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def mini(shared_data: Path) -> Path:
+    return shared_data / "birdclef2025_mini"
+
+
+@pytest.fixture(autouse=True)
+def _silencio_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path_factory.mktemp("silencio_home")
+    monkeypatch.setenv("SILENCIO_HOME", str(home))
+    monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _threads() -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:  # torch is optional (edge-only installs)
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+
+
+def tone(seconds: float, sr: int = 32_000, freq: float = 3000.0, amp: float = 0.3, seed: int = 0
+         ) -> np.ndarray:
+    """Seeded synthetic test audio: a tone plus a little noise, ``[n] float32``."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    return (amp * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)

@@ -1,0 +1,80 @@
+"""The ``silencio`` command: every command has help text, and the data/eval commands run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from silencio.cli import build_parser, iter_commands, main
+
+
+def test_every_command_has_help_text():
+    commands = list(iter_commands(build_parser()))
+    assert len(commands) >= 8
+    for path, parser, help_text in commands:
+        assert help_text and len(help_text) > 10, f"silencio {' '.join(path)} has no help text"
+        for action in parser._actions:
+            if action.dest not in ("help",) and action.option_strings or action.dest in ("dir", "file"):
+                assert action.help, f"silencio {' '.join(path)}: {action.dest} has no help text"
+
+
+def test_console_script_help():
+    out = subprocess.run([sys.executable, "-m", "silencio.cli", "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and "data" in out.stdout
+
+
+def test_errors_are_one_line_with_exit_2(tmp_path, capsys):
+    rc = main(["data", "validate", str(tmp_path / "nope")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error:") and "nope" in err and "Traceback" not in err
+
+
+def test_data_commands_end_to_end(tmp_path, capsys, mini):
+    ds = tmp_path / "ds"
+    assert main(["data", "synth", "--out", str(ds), "--species", "5", "--clips", "2",
+                 "--soundscapes", "1", "--seed", "1"]) == 0
+    assert "SYNTHETIC" in capsys.readouterr().out
+    assert main(["data", "validate", str(ds), "--out", str(tmp_path / "val")]) == 0
+    assert (tmp_path / "val" / "validation.md").exists()
+    assert main(["data", "prepare", str(ds), "--out", str(tmp_path / "cache"), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "windows from 11 files" in out
+    assert main(["data", "split", str(mini), "--out", str(tmp_path / "split.csv")]) == 0
+    assert "train" in capsys.readouterr().out
+    assert main(["features", "info"]) == 0
+    assert '"fingerprint"' in capsys.readouterr().out
+
+
+def test_eval_command(tmp_path, capsys):
+    from training.synth import SynthConfig, generate
+
+    ds = tmp_path / "ds"
+    generate(ds, SynthConfig(species=4, clips_per_species=1, soundscapes=2, seed=2))
+    truth = ds / "soundscape_solution.csv"
+    rc = main(["eval", "--predictions", str(truth), "--truth", str(truth), "--out", str(tmp_path / "r"),
+               "--data-name", "synthetic truth vs itself"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "macro ROC-AUC 1.0000" in out and "synthetic truth vs itself" in out
+
+
+@pytest.mark.parametrize("argv", [["features", "compute"], ["data"], ["eval"]])
+def test_usage_errors(argv):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+
+
+def test_demo_quick_runs_and_reuses(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SILENCIO_HOME", str(tmp_path / "home"))
+    assert main(["demo", "--quick", "--species", "5", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "macro ROC-AUC" in out and "synthetic soundscape windows" in out
+    assert "not built yet" in out
+    report = next((tmp_path / "home" / "demo").rglob("report.md")).read_text()
+    assert "held out" in report and "centroid baseline" in report
+    assert main(["demo", "--quick", "--species", "5", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "reusing" in out and "files reused" in out

@@ -1,0 +1,339 @@
+"""A synthetic El Silencio dataset in the exact BirdCLEF 2025 layout.
+
+**Synthetic, not real.** The species, their names and their calls are generated; no figure
+computed on this data says anything about real animals. It exists so that the whole system can be
+trained, tested and demonstrated reproducibly without the 12 GB Kaggle download.
+
+Every species gets a parametric call drawn from its taxon class:
+
+* Aves: FM sweeps, harmonic stacks with vibrato, trills of short notes (1.5–8 kHz);
+* Amphibia: pulse trains with a carrier (0.4–4 kHz, 4–40 pulses/s), like frogs;
+* Insecta: amplitude-modulated buzzes and stridulation of narrow noise bands (3.5–12 kHz);
+* Mammalia: low harmonic grunts and howls with slow FM (120–1200 Hz).
+
+Bands of species of one class overlap; calls vary in pitch, tempo, duration and loudness; clips
+carry pink background noise, un-labelled distractor calls and occasional secondary species; and
+soundscapes mix several species over forest-like noise at low SNR. The output is deterministic for
+a seed (same numbers on the same numpy / libsndfile). Written files:
+
+    taxonomy.csv, train.csv (the full Kaggle columns), train_audio/<code>/XC<n>.ogg,
+    train_soundscapes/<name>.ogg, soundscape_solution.csv (truth per 5 s window, solution format),
+    soundscape_events.csv (every call: file, species, start, end), SYNTHETIC.md
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+log = logging.getLogger(__name__)
+
+SR = 32_000
+CLASSES = ("Aves", "Amphibia", "Insecta", "Mammalia")
+_SHORT = {"Aves": "av", "Amphibia": "am", "Insecta": "in", "Mammalia": "ma"}
+_LATIN = {"Aves": "avis", "Amphibia": "rana", "Insecta": "cicada", "Mammalia": "mammalis"}
+_KINDS = {"Aves": ("sweep", "stack", "trill"), "Amphibia": ("pulses",), "Insecta": ("buzz", "stridulation"),
+          "Mammalia": ("grunt", "howl")}
+#: Share of species per class, like BirdCLEF 2025 (146/34/17/9).
+_CLASS_SHARE = (0.55, 0.2, 0.15, 0.1)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    species: int = 12
+    clips_per_species: int = 16
+    clip_seconds: tuple[float, float] = (5.0, 14.0)
+    soundscapes: int = 8
+    soundscape_seconds: float = 60.0
+    species_per_soundscape: tuple[int, int] = (3, 6)
+    secondary_probability: float = 0.2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SpeciesSpec:
+    code: str
+    scientific_name: str
+    common_name: str
+    taxon_class: str
+    kind: str
+    f_lo: float
+    f_hi: float
+    rate: float        # notes or pulses per second
+    duration: float    # seconds of one call bout
+    harmonics: int
+
+
+def _fast_len(n: int) -> int:
+    """FFT length ≥ n that is a power of two (odd lengths can make numpy's FFT very slow)."""
+    return 1 << max(0, int(n - 1).bit_length())
+
+
+def _pink(n: int, rng: np.random.Generator) -> np.ndarray:
+    m = _fast_len(n)
+    spec = np.fft.rfft(rng.standard_normal(m))
+    f = np.arange(spec.size, dtype=np.float64)
+    f[0] = 1.0
+    x = np.fft.irfft(spec / np.sqrt(f), m)[:n]
+    return (x / (np.abs(x).max() + 1e-12)).astype(np.float32)
+
+
+def _env(n: int, attack: float = 0.1) -> np.ndarray:
+    a = max(1, int(n * attack))
+    e = np.ones(n, np.float32)
+    e[:a] = np.linspace(0, 1, a)
+    e[-a:] = np.linspace(1, 0, a)
+    return e
+
+
+def _tone(freq: np.ndarray, harmonics: int = 1) -> np.ndarray:
+    phase = 2 * np.pi * np.cumsum(freq) / SR
+    return sum(np.sin(k * phase) / k for k in range(1, harmonics + 1)).astype(np.float32)
+
+
+def _bandnoise(n: int, f_lo: float, f_hi: float, rng: np.random.Generator) -> np.ndarray:
+    m = _fast_len(n)
+    spec = np.fft.rfft(rng.standard_normal(m))
+    freqs = np.fft.rfftfreq(m, 1 / SR)
+    spec[(freqs < f_lo) | (freqs > f_hi)] = 0
+    x = np.fft.irfft(spec, m)[:n]
+    return (x / (np.abs(x).max() + 1e-12)).astype(np.float32)
+
+
+def render_call(sp: SpeciesSpec, rng: np.random.Generator) -> np.ndarray:
+    """One call bout of ``sp`` with natural variation, ``[n] float32`` at 32 kHz, peak 1."""
+    pitch = rng.uniform(0.94, 1.06)
+    tempo = rng.uniform(0.85, 1.15)
+    dur = sp.duration * rng.uniform(0.8, 1.2)
+    n = int(dur * SR)
+    t = np.arange(n) / SR
+    lo, hi = sp.f_lo * pitch, sp.f_hi * pitch
+    if sp.kind == "sweep":
+        note = int(0.25 * SR / tempo)
+        k = np.arange(note) / note
+        f = lo + (hi - lo) * (k if sp.rate > 3 else 1 - k)
+        one = _tone(f, sp.harmonics) * _env(note, 0.2)
+        gap = int(SR / (sp.rate * tempo)) - note
+        x = np.concatenate([np.concatenate([one, np.zeros(max(gap, 200), np.float32)])
+                            for _ in range(max(1, int(dur * sp.rate * tempo)))])
+    elif sp.kind == "stack":
+        f = (lo + hi) / 2 + (hi - lo) / 4 * np.sin(2 * np.pi * sp.rate * tempo * t)
+        x = _tone(f, sp.harmonics) * _env(n)
+    elif sp.kind == "trill":
+        f = np.full(n, (lo + hi) / 2)
+        am = (np.sin(2 * np.pi * sp.rate * tempo * t) > 0.2).astype(np.float32)
+        x = _tone(f + (hi - lo) / 3 * np.sin(2 * np.pi * sp.rate * tempo * t), sp.harmonics) * am * _env(n)
+    elif sp.kind == "pulses":
+        period = int(SR / (sp.rate * tempo))
+        plen = max(40, int(period * 0.35))
+        carrier = _tone(np.full(plen, lo * 1.0), sp.harmonics) * np.hanning(plen).astype(np.float32)
+        x = np.zeros(n, np.float32)
+        for s in range(0, n - plen, period):
+            x[s:s + plen] += carrier
+    elif sp.kind in ("buzz", "stridulation"):
+        x = _bandnoise(n, lo, hi, rng)
+        am_rate = sp.rate * tempo * (10 if sp.kind == "buzz" else 3)
+        x *= (0.5 + 0.5 * np.sin(2 * np.pi * am_rate * t)).astype(np.float32) ** 2
+        if sp.kind == "stridulation":
+            x *= (np.sin(2 * np.pi * sp.rate * tempo * t) > 0).astype(np.float32)
+        x *= _env(n, 0.05)
+    elif sp.kind in ("grunt", "howl"):
+        f = lo + (hi - lo) * (0.5 + 0.5 * np.sin(2 * np.pi * sp.rate * tempo * t / 4))
+        x = _tone(f, sp.harmonics) * _env(n, 0.3)
+        if sp.kind == "grunt":
+            x *= (np.sin(2 * np.pi * sp.rate * tempo * t) > -0.3).astype(np.float32)
+    else:  # pragma: no cover - kinds are fixed above
+        raise ValueError(sp.kind)
+    return (x / (np.abs(x).max() + 1e-9)).astype(np.float32)
+
+
+def make_species(n: int, rng: np.random.Generator) -> list[SpeciesSpec]:
+    counts = [max(1, int(round(n * s))) for s in _CLASS_SHARE]
+    while sum(counts) > n:
+        counts[int(np.argmax(counts))] -= 1
+    while sum(counts) < n:
+        counts[0] += 1
+    out: list[SpeciesSpec] = []
+    for cls, k in zip(CLASSES, counts):
+        for i in range(1, k + 1):
+            kind = _KINDS[cls][(i - 1) % len(_KINDS[cls])]
+            if cls == "Aves":
+                centre = rng.uniform(2000, 6500)
+                width = rng.uniform(600, 2500)
+                rate, dur, harm = rng.uniform(2, 14), rng.uniform(0.8, 2.5), int(rng.integers(1, 4))
+            elif cls == "Amphibia":
+                centre, width = rng.uniform(500, 3500), 200.0
+                rate, dur, harm = rng.uniform(4, 40), rng.uniform(0.8, 2.5), int(rng.integers(1, 4))
+            elif cls == "Insecta":
+                centre = rng.uniform(4500, 10500)
+                width = rng.uniform(800, 2500)
+                rate, dur, harm = rng.uniform(3, 20), rng.uniform(1.0, 3.0), 1
+            else:
+                centre, width = rng.uniform(200, 900), rng.uniform(100, 500)
+                rate, dur, harm = rng.uniform(1, 6), rng.uniform(1.0, 3.0), int(rng.integers(3, 7))
+            lo, hi = max(100.0, centre - width / 2), min(15_000.0, centre + width / 2)
+            code = f"syn{_SHORT[cls]}{i:02d}"
+            out.append(SpeciesSpec(code, f"Synthetica {_LATIN[cls]}-{i:02d}",
+                                   f"Synthetic {kind} {cls.lower()} {i:02d}", cls, kind,
+                                   float(lo), float(hi), float(rate), float(dur), harm))
+    return out
+
+
+def _mix(bg: np.ndarray, call: np.ndarray, at: int, snr_db: float) -> tuple[int, int]:
+    end = min(bg.size, at + call.size)
+    seg = call[: end - at]
+    noise_rms = float(np.sqrt(np.mean(bg ** 2)) + 1e-9)
+    sig_rms = float(np.sqrt(np.mean(seg ** 2)) + 1e-9)
+    bg[at:end] += seg * (noise_rms / sig_rms) * 10 ** (snr_db / 20)
+    return at, end
+
+
+def _background(n: int, rng: np.random.Generator, level: float) -> np.ndarray:
+    bg = _pink(n, rng) * level
+    # slow "wind" modulation and a faint continuous band (not a species) for realism
+    t = np.arange(n) / SR
+    bg *= (0.7 + 0.3 * np.sin(2 * np.pi * rng.uniform(0.05, 0.3) * t + rng.uniform(0, 6))).astype(np.float32)
+    bg += 0.3 * level * _bandnoise(n, 2500, 3200, rng) * rng.uniform(0, 1)
+    return bg.astype(np.float32)
+
+
+def _distractor(rng: np.random.Generator) -> np.ndarray:
+    """An un-labelled sound (not one of the species): a chirp or click burst."""
+    n = int(rng.uniform(0.2, 1.0) * SR)
+    f = np.linspace(rng.uniform(800, 9000), rng.uniform(800, 9000), n)
+    return (_tone(f) * _env(n)).astype(np.float32)
+
+
+def _write(path: Path, x: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    peak = float(np.abs(x).max())
+    if peak > 0.95:
+        x = x * (0.95 / peak)
+    soundfile.write(path, x.astype(np.float32), SR, format="OGG", subtype="VORBIS")
+
+
+def generate(out: Path, cfg: SynthConfig = SynthConfig(),
+             progress: Callable[[int, int], None] | None = None) -> dict[str, object]:
+    """Write the dataset to ``out``; return a summary. Refuses a non-empty foreign directory."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / "SYNTHETIC.md").exists():
+        raise FileExistsError(f"{out} is not empty and not a synthetic dataset; choose another --out")
+    if cfg.species < 4:
+        raise ValueError(f"need at least 4 species (one per taxon class), got {cfg.species}")
+    rng = np.random.default_rng(cfg.seed)
+    species = make_species(cfg.species, rng)
+    by_code = {s.code: s for s in species}
+    total = len(species) * cfg.clips_per_species + cfg.soundscapes
+    done = 0
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "taxonomy.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["primary_label", "inat_taxon_id", "scientific_name", "common_name", "class_name"])
+        for i, s in enumerate(species):
+            w.writerow([s.code, 900_000 + i, s.scientific_name, s.common_name, s.taxon_class])
+    rows = []
+    collections = ("XC", "iNat", "CSA")
+    catalogue = {c: int(rng.integers(10_000, 20_000)) for c in collections}
+    for sp in species:
+        for _ in range(cfg.clips_per_species):
+            coll = collections[int(rng.choice(3, p=[0.7, 0.25, 0.05]))]
+            catalogue[coll] += int(rng.integers(1, 500))
+            fname = f"{sp.code}/{coll}{catalogue[coll]}.ogg"
+            n = int(rng.uniform(*cfg.clip_seconds) * SR)
+            x = _background(n, rng, level=rng.uniform(0.005, 0.03))
+            pos = 0
+            while pos < n:
+                call = render_call(sp, rng)
+                pos += int(rng.uniform(0.2, 2.0) * SR)
+                if pos >= n:
+                    break
+                _mix(x, call, pos, rng.uniform(0, 18))
+                pos += call.size
+            secondary: list[str] = []
+            if rng.random() < cfg.secondary_probability:
+                other = species[int(rng.integers(len(species)))]
+                if other.code != sp.code:
+                    _mix(x, render_call(other, rng), int(rng.uniform(0, max(1, n - SR))), rng.uniform(-6, 6))
+                    secondary.append(other.code)
+            if rng.random() < 0.5:
+                _mix(x, _distractor(rng), int(rng.uniform(0, max(1, n - SR))), rng.uniform(0, 10))
+            _write(out / "train_audio" / fname, x)
+            lat, lon = 6.8 + rng.normal(0, 0.3), -74.0 + rng.normal(0, 0.3)
+            rows.append({
+                "primary_label": sp.code, "secondary_labels": str(secondary),
+                "type": "['call']", "filename": fname, "collection": coll,
+                "rating": f"{rng.choice([3.0, 3.5, 4.0, 4.5, 5.0]):.1f}",
+                "url": f"synthetic://{fname}", "latitude": f"{lat:.4f}", "longitude": f"{lon:.4f}",
+                "scientific_name": sp.scientific_name, "common_name": sp.common_name,
+                "author": "silencio synth", "license": "CC0 (synthetic)",
+            })
+            done += 1
+            if progress:
+                progress(done, total)
+    with open(out / "train.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+    # soundscapes with their truth per 5 s window
+    win = 5.0
+    events = []
+    truth_rows = []
+    for k in range(cfg.soundscapes):
+        name = f"SYN{k:02d}_20250101_{6 + k % 12:02d}0000"
+        n = int(cfg.soundscape_seconds * SR)
+        x = _background(n, rng, level=rng.uniform(0.01, 0.03))
+        lo, hi = cfg.species_per_soundscape
+        k_present = min(len(species), int(rng.integers(lo, hi, endpoint=True)))
+        present = rng.choice(len(species), size=k_present, replace=False)
+        for j in present:
+            sp = species[int(j)]
+            for _ in range(int(rng.integers(2, 6))):
+                call = render_call(sp, rng)
+                at = int(rng.uniform(0, n - call.size))
+                a, b = _mix(x, call, at, rng.uniform(-3, 12))
+                events.append((name, sp.code, a / SR, b / SR))
+        for _ in range(int(rng.integers(1, 5))):
+            _mix(x, _distractor(rng), int(rng.uniform(0, n - SR)), rng.uniform(0, 10))
+        _write(out / "train_soundscapes" / f"{name}.ogg", x)
+        for w_i in range(int(cfg.soundscape_seconds // win)):
+            lo, hi = w_i * win, (w_i + 1) * win
+            y = np.zeros(len(species), np.int8)
+            for (fname, code, a, b) in events:
+                # present when at least 0.3 s of the call falls inside the window
+                if fname == name and min(b, hi) - max(a, lo) >= 0.3:
+                    y[[s.code for s in species].index(code)] = 1
+            truth_rows.append((f"{name}_{int(hi)}", y))
+        done += 1
+        if progress:
+            progress(done, total)
+    with open(out / "soundscape_solution.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["row_id", *by_code])
+        for rid, y in truth_rows:
+            w.writerow([rid, *y.tolist()])
+    with open(out / "soundscape_events.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["soundscape", "primary_label", "start", "end"])
+        for e in events:
+            w.writerow([e[0], e[1], f"{e[2]:.3f}", f"{e[3]:.3f}"])
+    summary = {"config": asdict(cfg), "species": [asdict(s) for s in species],
+               "clips": len(rows), "soundscapes": cfg.soundscapes, "events": len(events)}
+    (out / "synth_config.json").write_text(json.dumps(summary, indent=2))
+    (out / "SYNTHETIC.md").write_text(
+        "# Synthetic El Silencio dataset\n\nGenerated by `silencio data synth` "
+        f"(seed {cfg.seed}, {cfg.species} species). **Synthetic audio, not real animals**: the "
+        "species, names and calls are parametric inventions in the BirdCLEF 2025 layout, for "
+        "reproducible training, tests and demos. Figures computed on it say nothing about real "
+        "species. `soundscape_solution.csv` is the truth of every 5 s soundscape window "
+        "(solution format); `soundscape_events.csv` lists every call.\n")
+    log.info("synthetic dataset: %d species, %d clips, %d soundscapes → %s",
+             len(species), len(rows), cfg.soundscapes, out)
+    return summary
