@@ -102,6 +102,16 @@ def process_file(job: Job) -> tuple[str, str, int, str]:
     return job.source, job.rel, len(windows), ""
 
 
+def _one_thread() -> None:
+    """Worker processes use one BLAS/FFT thread each: N workers on N cores, no oversubscription."""
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn (train extra)
+        pass
+
+
 def dataset_fingerprint(ds: BirdCLEFDataset, soundscapes: list[Path], cfg: FeatureConfig) -> str:
     """sha256 of taxonomy.csv and train.csv contents, every input file's relative path and size,
     and the FeatureConfig fingerprint (content hashes of 12 GB of audio would cost minutes)."""
@@ -159,7 +169,7 @@ def prepare_cache(root: Path, out: Path, cfg: FeatureConfig = DEFAULT, *, worker
         progress(done, len(jobs))
     results: Iterator[tuple[str, str, int, str]]
     if workers > 1 and len(todo) > 1:
-        ex = ProcessPoolExecutor(workers)
+        ex = ProcessPoolExecutor(workers, initializer=_one_thread)
         futs = [ex.submit(process_file, j) for j in todo]
         results = (f.result() for f in as_completed(futs))
     else:
