@@ -37,8 +37,10 @@ def main() -> None:
         synth = tmp / "synth"
         generate(synth, SynthConfig(species=args.species, clips_per_species=args.clips, soundscapes=8))
         rows = []
-        for name, root in (("BirdCLEF mini (real, mixed formats/rates)", MINI),
-                           (f"synthetic ({args.species} species)", synth)):
+        for name, root in (
+            ("BirdCLEF mini (real, mixed formats/rates)", MINI),
+            (f"synthetic ({args.species} species)", synth),
+        ):
             files = sorted(p for p in (root / "train_audio").rglob("*") if p.is_file())
             files += sorted((root / "train_soundscapes").glob("*"))
             audio_s = sum(audio_info(p).duration for p in files)
@@ -50,10 +52,35 @@ def main() -> None:
                 dt = time.perf_counter() - t
                 assert len(FeatureCache(out)) == m["n_windows"]
                 base = base or dt
-                rows.append((name, workers, len(files), f"{audio_s:.0f}", m["n_windows"], dt,
-                             m["n_windows"] / dt, audio_s / dt, base / dt))
-        print(table(["dataset", "workers", "files", "audio s", "windows", "seconds", "windows/s",
-                     "audio s/s", "speed-up vs 1 worker"], rows))
+                rows.append(
+                    (
+                        name,
+                        workers,
+                        len(files),
+                        f"{audio_s:.0f}",
+                        m["n_windows"],
+                        dt,
+                        m["n_windows"] / dt,
+                        audio_s / dt,
+                        base / dt,
+                    )
+                )
+        print(
+            table(
+                [
+                    "dataset",
+                    "workers",
+                    "files",
+                    "audio s",
+                    "windows",
+                    "seconds",
+                    "windows/s",
+                    "audio s/s",
+                    "speed-up vs 1 worker",
+                ],
+                rows,
+            )
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -19,8 +19,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _table import best_of, table  # noqa: E402
 
-SOUNDSCAPE = (Path(__file__).resolve().parents[2] / "shared" / "data" / "birdclef2025_mini"
-              / "train_soundscapes" / "H02_20230420_074000.ogg")
+SOUNDSCAPE = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "data"
+    / "birdclef2025_mini"
+    / "train_soundscapes"
+    / "H02_20230420_074000.ogg"
+)
 
 
 def main() -> None:
@@ -49,7 +55,7 @@ def main() -> None:
         x = decode()
         out = []
         for i in range(0, x.size, 16_000):  # 0.5 s chunks, like a microphone callback
-            out += s.push(x[i:i + 16_000])
+            out += s.push(x[i : i + 16_000])
         return out + s.flush()
 
     def librosa_path() -> object:
@@ -57,20 +63,36 @@ def main() -> None:
 
         x = decode()
         wins, _ = sf.frame_windows(x, cfg)
-        return [librosa.power_to_db(librosa.feature.melspectrogram(
-            y=w, sr=cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length, n_mels=cfg.n_mels,
-            fmin=cfg.fmin, fmax=cfg.fmax, center=False), top_db=cfg.top_db) for w in wins]
+        return [
+            librosa.power_to_db(
+                librosa.feature.melspectrogram(
+                    y=w,
+                    sr=cfg.sample_rate,
+                    n_fft=cfg.n_fft,
+                    hop_length=cfg.hop_length,
+                    n_mels=cfg.n_mels,
+                    fmin=cfg.fmin,
+                    fmax=cfg.fmax,
+                    center=False,
+                ),
+                top_db=cfg.top_db,
+            )
+            for w in wins
+        ]
 
     rows = []
     base = best_of(librosa_path, args.repeat)
     t_decode = best_of(decode, args.repeat)
-    paths = [("decode + resample only (soundfile + soxr)", t_decode),
-             ("numpy log-mel, batch (shared_features)", best_of(numpy_path, args.repeat)),
-             ("numpy log-mel, batch, stride 2.5 s (no frame sharing)",
-              best_of(lambda: features_from_audio(decode(), EDGE), args.repeat)),
-             ("numpy streaming, stride 5 s, 0.5 s chunks", best_of(streaming, args.repeat)),
-             ("numpy streaming, stride 2.5 s (edge), 0.5 s chunks",
-              best_of(lambda: streaming(EDGE), args.repeat))]
+    paths = [
+        ("decode + resample only (soundfile + soxr)", t_decode),
+        ("numpy log-mel, batch (shared_features)", best_of(numpy_path, args.repeat)),
+        (
+            "numpy log-mel, batch, stride 2.5 s (no frame sharing)",
+            best_of(lambda: features_from_audio(decode(), EDGE), args.repeat),
+        ),
+        ("numpy streaming, stride 5 s, 0.5 s chunks", best_of(streaming, args.repeat)),
+        ("numpy streaming, stride 2.5 s (edge), 0.5 s chunks", best_of(lambda: streaming(EDGE), args.repeat)),
+    ]
     try:
         import torch
 

@@ -48,9 +48,17 @@ CLIP_LEVEL = 0.999
 
 # Magic numbers of the containers libsndfile decodes.
 _MAGIC: tuple[tuple[bytes, int, str], ...] = (
-    (b"RIFF", 0, "wav"), (b"RIFX", 0, "wav"), (b"RF64", 0, "wav"), (b"BW64", 0, "wav"),
-    (b"fLaC", 0, "flac"), (b"OggS", 0, "ogg"), (b"ID3", 0, "mp3"), (b"FORM", 0, "aiff"),
-    (b".snd", 0, "au"), (b"riff", 0, "w64"), (b"caff", 0, "caf"),
+    (b"RIFF", 0, "wav"),
+    (b"RIFX", 0, "wav"),
+    (b"RF64", 0, "wav"),
+    (b"BW64", 0, "wav"),
+    (b"fLaC", 0, "flac"),
+    (b"OggS", 0, "ogg"),
+    (b"ID3", 0, "mp3"),
+    (b"FORM", 0, "aiff"),
+    (b".snd", 0, "au"),
+    (b"riff", 0, "w64"),
+    (b"caff", 0, "caf"),
 )
 
 
@@ -104,7 +112,7 @@ def sniff_format(head: bytes) -> str | None:
     """Container name from the first bytes, or ``None`` when it is no audio we know. Used only to
     word the error when libsndfile refuses a file (corrupt audio vs. not audio at all)."""
     for magic, offset, name in _MAGIC:
-        if head[offset:offset + len(magic)] == magic:
+        if head[offset : offset + len(magic)] == magic:
             return name
     # MPEG audio frame sync (11 set bits), possibly after zero padding, without an ID3 tag.
     body = head.lstrip(b"\x00")
@@ -143,9 +151,12 @@ def _open(src: AudioSource) -> tuple[sf.SoundFile, str]:
         if fmt is None:
             raise UnsupportedFormatError(
                 f"not a supported audio container (first bytes {head[:8]!r}); "
-                "supported: WAV, FLAC, OGG Vorbis/Opus, MP3, AIFF", name) from exc
-        raise AudioDecodeError(f"{fmt} data could not be decoded ({exc}); file corrupt or truncated",
-                               name) from exc
+                "supported: WAV, FLAC, OGG Vorbis/Opus, MP3, AIFF",
+                name,
+            ) from exc
+        raise AudioDecodeError(
+            f"{fmt} data could not be decoded ({exc}); file corrupt or truncated", name
+        ) from exc
     return f, name
 
 
@@ -167,8 +178,9 @@ def _read_all(f: sf.SoundFile, name: str) -> np.ndarray:
     try:
         data = f.read(dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as exc:
-        raise AudioDecodeError(f"decoding failed after the header ({exc}); file corrupt or truncated",
-                               name) from exc
+        raise AudioDecodeError(
+            f"decoding failed after the header ({exc}); file corrupt or truncated", name
+        ) from exc
     return _to_mono(data)
 
 
@@ -191,8 +203,14 @@ def audio_quality(samples: np.ndarray) -> AudioQuality:
     return AudioQuality(peak, float(rms_db), float(np.mean(a >= CLIP_LEVEL)))
 
 
-def check_samples(samples: np.ndarray, name: str, *, reject_silent: bool = False,
-                  reject_clipped: bool = False, max_clipped_fraction: float = 0.01) -> AudioQuality:
+def check_samples(
+    samples: np.ndarray,
+    name: str,
+    *,
+    reject_silent: bool = False,
+    reject_clipped: bool = False,
+    max_clipped_fraction: float = 0.01,
+) -> AudioQuality:
     """Raise on NaN/Inf (always), on silence or clipping (when asked); return the quality."""
     if not np.all(np.isfinite(samples)):
         bad = int(np.count_nonzero(~np.isfinite(samples)))
@@ -202,8 +220,9 @@ def check_samples(samples: np.ndarray, name: str, *, reject_silent: bool = False
         raise SilentAudioError(f"silent: peak {q.peak:.2e} below {SILENCE_PEAK:.0e}", name)
     if reject_clipped and q.clipped_fraction > max_clipped_fraction:
         raise ClippedAudioError(
-            f"clipped: {q.clipped_fraction:.1%} of samples at full scale "
-            f"(limit {max_clipped_fraction:.1%})", name)
+            f"clipped: {q.clipped_fraction:.1%} of samples at full scale (limit {max_clipped_fraction:.1%})",
+            name,
+        )
     if q.clipped_fraction > max_clipped_fraction:
         log.warning("%s: %.1f%% of samples are clipped", name, 100 * q.clipped_fraction)
     return q
@@ -234,7 +253,9 @@ def load_audio(
         if max_duration is not None and declared is not None and declared > max_duration:
             raise AudioTooLongError(
                 f"{declared:.1f} s is longer than the {max_duration:.0f} s limit; "
-                "read it with iter_audio_chunks()", name)
+                "read it with iter_audio_chunks()",
+                name,
+            )
         samples = _read_all(f, name)
     if samples.size == 0:
         raise EmptyAudioError("decoded to zero samples", name)
@@ -248,7 +269,10 @@ def load_audio(
 
 
 def iter_audio_chunks(
-    src: AudioSource, cfg: FeatureConfig = DEFAULT, *, chunk_seconds: float = 60.0,
+    src: AudioSource,
+    cfg: FeatureConfig = DEFAULT,
+    *,
+    chunk_seconds: float = 60.0,
 ) -> Iterator[np.ndarray]:
     """Yield consecutive ``[n] float32`` mono chunks at ``cfg.sample_rate`` of any length of audio.
 
@@ -264,16 +288,17 @@ def iter_audio_chunks(
         block = max(1, int(chunk_seconds * sr))
         stream = None
         if sr != cfg.sample_rate:
-            stream = soxr.ResampleStream(sr, cfg.sample_rate, 1, dtype="float32",
-                                         quality=cfg.resample_quality)
+            stream = soxr.ResampleStream(
+                sr, cfg.sample_rate, 1, dtype="float32", quality=cfg.resample_quality
+            )
         total = 0
         while True:
             try:
                 data = f.read(block, dtype="float32", always_2d=True)
             except (sf.LibsndfileError, RuntimeError) as exc:
                 raise AudioDecodeError(
-                    f"decoding failed at {total / sr:.1f} s ({exc}); file corrupt or truncated",
-                    name) from exc
+                    f"decoding failed at {total / sr:.1f} s ({exc}); file corrupt or truncated", name
+                ) from exc
             last = data.shape[0] < block
             mono = _to_mono(data)
             total += mono.size

@@ -11,8 +11,11 @@ USER_ERRORS: tuple[type[BaseException], ...] = ()
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("features", help="the shared feature recipe (FeatureConfig, log-mel)",
-                       description="Inspect the one audio → log-mel recipe and compute features.")
+    p = sub.add_parser(
+        "features",
+        help="the shared feature recipe (FeatureConfig, log-mel)",
+        description="Inspect the one audio → log-mel recipe and compute features.",
+    )
     g = p.add_subparsers(dest="cmd", metavar="SUBCOMMAND", required=True)
 
     info = g.add_parser("info", help="print a preset's FeatureConfig and fingerprint as JSON")
@@ -49,8 +52,15 @@ def cmd_compute(args: argparse.Namespace) -> int:
         starts.append(w.start)
         ends.append(w.end)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(args.out, features=np.stack(feats), start=np.array(starts),
-                        end=np.array(ends), feature_config=np.array(cfg.to_json()))
-    print(f"{args.file}: {len(feats)} windows of {cfg.n_mels}×{cfg.n_frames} "
-          f"(fingerprint {cfg.fingerprint()}) → {args.out}")
+    np.savez_compressed(
+        args.out,
+        features=np.stack(feats),
+        start=np.array(starts),
+        end=np.array(ends),
+        feature_config=np.array(cfg.to_json()),
+    )
+    print(
+        f"{args.file}: {len(feats)} windows of {cfg.n_mels}×{cfg.n_frames} "
+        f"(fingerprint {cfg.fingerprint()}) → {args.out}"
+    )
     return 0

@@ -85,8 +85,10 @@ class FeatureConfig:
         if self.power not in (1.0, 2.0):
             problems.append(f"power must be 1.0 or 2.0, got {self.power}")
         if self.window_samples < self.n_fft:
-            problems.append(f"window_seconds={self.window_seconds} gives {self.window_samples} samples, "
-                            f"fewer than n_fft ({self.n_fft})")
+            problems.append(
+                f"window_seconds={self.window_seconds} gives {self.window_samples} samples, "
+                f"fewer than n_fft ({self.n_fft})"
+            )
         if abs(self.window_seconds * self.sample_rate - round(self.window_seconds * self.sample_rate)) > 1e-6:
             problems.append(f"window_seconds * sample_rate must be whole samples, got {self.window_seconds}")
         if problems:
@@ -177,8 +179,14 @@ DEFAULT = FeatureConfig()
 
 #: PANNs CNN14 recipe (32 kHz, 1024/320, 64 mels, 50–14000 Hz), for loading PANNs checkpoints.
 PANNS = FeatureConfig(
-    name="panns", n_fft=1024, hop_length=320, n_mels=64, fmin=50.0, fmax=14_000.0,
-    top_db=None, normalization="none",
+    name="panns",
+    n_fft=1024,
+    hop_length=320,
+    n_mels=64,
+    fmin=50.0,
+    fmax=14_000.0,
+    top_db=None,
+    normalization="none",
 )
 
 #: The edge device's default: the default recipe with a 2.5 s stride (same fingerprint).

@@ -151,8 +151,9 @@ class LabelSpace:
         try:
             return self._index[code]
         except KeyError:
-            raise LabelError(f"unknown species code {code!r} (not in this label space of "
-                             f"{len(self)} species)") from None
+            raise LabelError(
+                f"unknown species code {code!r} (not in this label space of {len(self)} species)"
+            ) from None
 
     def by_scientific_name(self) -> dict[str, Species]:
         return {s.scientific_name.lower(): s for s in self._species}
@@ -167,8 +168,9 @@ class LabelSpace:
         return np.array([s.taxon_class == taxon_class for s in self._species])
 
     # ------------------------------------------------------------------ encoding
-    def encode(self, primary: str, secondary: Sequence[str] = (), secondary_weight: float = 1.0
-               ) -> np.ndarray:
+    def encode(
+        self, primary: str, secondary: Sequence[str] = (), secondary_weight: float = 1.0
+    ) -> np.ndarray:
         """Multi-hot ``[n_species] float32``: 1 for the primary label, ``secondary_weight`` for
         each secondary label. Unknown codes raise :class:`LabelError`."""
         y = np.zeros(len(self), np.float32)

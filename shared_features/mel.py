@@ -53,7 +53,7 @@ def _filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: fl
     lower = -ramps[:-2] / fdiff[:-1, None]
     upper = ramps[2:] / fdiff[1:, None]
     weights = np.maximum(0.0, np.minimum(lower, upper))
-    enorm = 2.0 / (mel_pts[2:n_mels + 2] - mel_pts[:n_mels])
+    enorm = 2.0 / (mel_pts[2 : n_mels + 2] - mel_pts[:n_mels])
     weights *= enorm[:, None]
     fb = weights.astype(np.float32)
     fb.setflags(write=False)
@@ -123,9 +123,7 @@ def log_mel(windows: np.ndarray, cfg: FeatureConfig = DEFAULT) -> np.ndarray:
     return finish(mel_from_power(frame_power(stft_frames(x, cfg), cfg), cfg), cfg)
 
 
-def features_from_audio(
-    samples: np.ndarray, cfg: FeatureConfig = DEFAULT
-) -> tuple[np.ndarray, list[Window]]:
+def features_from_audio(samples: np.ndarray, cfg: FeatureConfig = DEFAULT) -> tuple[np.ndarray, list[Window]]:
     """Whole recording ``[n] float32`` → (``[n_windows, n_mels, n_frames]`` float32, windows).
 
     The reference batch path: every window is computed on its own. The live path that shares
@@ -137,5 +135,5 @@ def features_from_audio(
     feats = np.empty((len(times), cfg.n_mels, cfg.n_frames), np.float32)
     batch = 32
     for i in range(0, len(times), batch):
-        feats[i:i + batch] = log_mel(wins[i:i + batch], cfg)
+        feats[i : i + batch] = log_mel(wins[i : i + batch], cfg)
     return feats, times

@@ -10,9 +10,7 @@ try:
     import torch
     from torch import nn
 except ImportError as exc:  # pragma: no cover - exercised in the edge-only install test
-    raise ImportError(
-        "shared_features.mel_torch needs torch: pip install 'silencio[train]'"
-    ) from exc
+    raise ImportError("shared_features.mel_torch needs torch: pip install 'silencio[train]'") from exc
 
 from shared_features.config import DEFAULT, FeatureConfig
 from shared_features.mel import hann_window, mel_filterbank
@@ -37,8 +35,15 @@ class TorchLogMel(nn.Module):
             raise ValueError(f"expected windows of {cfg.window_samples} samples, got {tuple(x.shape)}")
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = x.float()
-            spec = torch.stft(x, n_fft=cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.n_fft,
-                              window=self.window, center=False, return_complex=True)
+            spec = torch.stft(
+                x,
+                n_fft=cfg.n_fft,
+                hop_length=cfg.hop_length,
+                win_length=cfg.n_fft,
+                window=self.window,
+                center=False,
+                return_complex=True,
+            )
             power = spec.real.square() + spec.imag.square()
             if cfg.power == 1.0:
                 power = power.sqrt()

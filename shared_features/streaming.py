@@ -28,13 +28,13 @@ class StreamingLogMel:
     def __init__(self, cfg: FeatureConfig = DEFAULT) -> None:
         self.cfg = cfg
         self._buf = np.zeros(0, np.float32)
-        self._buf_start = 0          # absolute sample index of _buf[0]
-        self._total = 0              # samples pushed so far
-        self._next_window = 0        # index k of the next window to emit
+        self._buf_start = 0  # absolute sample index of _buf[0]
+        self._total = 0  # samples pushed so far
+        self._next_window = 0  # index k of the next window to emit
         self._frames = np.zeros((0, cfg.n_mels), np.float32)  # mel power of cached frames
-        self._frame0 = 0             # absolute frame index of _frames[0]
-        self._next_frame = 0         # next absolute frame index to compute
-        self.frames_computed = 0     # for tests and benchmarks
+        self._frame0 = 0  # absolute frame index of _frames[0]
+        self._next_frame = 0  # next absolute frame index to compute
+        self.frames_computed = 0  # for tests and benchmarks
         self._flushed = False
 
     @property
@@ -44,11 +44,15 @@ class StreamingLogMel:
     def _window(self, k: int, valid: int) -> Window:
         cfg = self.cfg
         start = k * cfg.stride_samples
-        return Window(k, start / cfg.sample_rate, (start + cfg.window_samples) / cfg.sample_rate,
-                      valid / cfg.sample_rate)
+        return Window(
+            k,
+            start / cfg.sample_rate,
+            (start + cfg.window_samples) / cfg.sample_rate,
+            valid / cfg.sample_rate,
+        )
 
     def _samples(self, start: int, stop: int) -> np.ndarray:
-        return self._buf[start - self._buf_start: stop - self._buf_start]
+        return self._buf[start - self._buf_start : stop - self._buf_start]
 
     def _compute_frames(self) -> None:
         cfg = self.cfg
@@ -97,7 +101,7 @@ class StreamingLogMel:
                 break
             if cfg.frames_shareable:
                 f0 = start // cfg.hop_length - self._frame0
-                mel = self._frames[f0:f0 + cfg.n_frames].T
+                mel = self._frames[f0 : f0 + cfg.n_frames].T
                 feats = finish(mel, cfg)
             else:
                 feats = log_mel(self._samples(start, start + cfg.window_samples), cfg)
@@ -126,12 +130,15 @@ class StreamingLogMel:
             return []
         tail = self._samples(start, self._total)
         padded = np.zeros(cfg.window_samples, np.float32)
-        padded[:tail.size] = tail
+        padded[: tail.size] = tail
         return [(self._window(k, tail.size), log_mel(padded, cfg))]
 
 
 def iter_window_features(
-    src: AudioSource, cfg: FeatureConfig = DEFAULT, *, chunk_seconds: float = 60.0,
+    src: AudioSource,
+    cfg: FeatureConfig = DEFAULT,
+    *,
+    chunk_seconds: float = 60.0,
 ) -> Iterator[WindowFeatures]:
     """Windows and features of a recording of any length in bounded memory
     (``chunk_seconds`` of audio plus one window)."""

@@ -71,8 +71,8 @@ def frame_windows(samples: np.ndarray, cfg: FeatureConfig = DEFAULT) -> tuple[np
     starts = window_starts(samples.size, cfg)
     out = np.zeros((len(starts), win), dtype=np.float32)
     for i, s in enumerate(starts):
-        chunk = samples[s:s + win]
-        out[i, :chunk.size] = chunk
+        chunk = samples[s : s + win]
+        out[i, : chunk.size] = chunk
     return out, window_times(samples.size, cfg)
 
 
@@ -85,8 +85,9 @@ def pad_or_trim(samples: np.ndarray, cfg: FeatureConfig = DEFAULT) -> np.ndarray
     return out
 
 
-def iter_windows(chunks: Iterable[np.ndarray], cfg: FeatureConfig = DEFAULT
-                 ) -> Iterator[tuple[Window, np.ndarray]]:
+def iter_windows(
+    chunks: Iterable[np.ndarray], cfg: FeatureConfig = DEFAULT
+) -> Iterator[tuple[Window, np.ndarray]]:
     """Windows of a stream of ``[n] float32`` chunks, with the module's policy:
     ``(Window, [window_samples] float32)``, the last one zero-padded. Holds one window plus one
     chunk of audio at a time, so hour-long recordings stay in bounded memory."""
@@ -101,8 +102,15 @@ def iter_windows(chunks: Iterable[np.ndarray], cfg: FeatureConfig = DEFAULT
         total += chunk.size
         while k * stride + win <= total:
             s = k * stride - buf_start
-            yield Window(k, k * stride / cfg.sample_rate, (k * stride + win) / cfg.sample_rate,
-                         win / cfg.sample_rate), buf[s:s + win].copy()
+            yield (
+                Window(
+                    k,
+                    k * stride / cfg.sample_rate,
+                    (k * stride + win) / cfg.sample_rate,
+                    win / cfg.sample_rate,
+                ),
+                buf[s : s + win].copy(),
+            )
             k += 1
         cut = k * stride - buf_start
         if cut > 0:
@@ -117,11 +125,13 @@ def iter_windows(chunks: Iterable[np.ndarray], cfg: FeatureConfig = DEFAULT
         uncovered = total - ((k - 1) * stride + win)
         keep = uncovered > 0 and uncovered >= min_tail
     if keep and start < total:
-        tail = buf[start - buf_start: total - buf_start]
+        tail = buf[start - buf_start : total - buf_start]
         out = np.zeros(win, np.float32)
-        out[:tail.size] = tail
-        yield Window(k, start / cfg.sample_rate, (start + win) / cfg.sample_rate,
-                     tail.size / cfg.sample_rate), out
+        out[: tail.size] = tail
+        yield (
+            Window(k, start / cfg.sample_rate, (start + win) / cfg.sample_rate, tail.size / cfg.sample_rate),
+            out,
+        )
 
 
 def window_activity(window: np.ndarray, block: int = 2048) -> tuple[float, float]:

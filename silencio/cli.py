@@ -18,6 +18,7 @@ from shared_features.errors import SilencioFeatureError
 GROUPS: tuple[str, ...] = (
     "shared_features.cli",
     "training.cli",
+    "training.train_cli",
     "silencio.demo",
 )
 
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="silencio",
         description="El Silencio Acoustic Explorer: identify the 206 BirdCLEF 2025 species "
-                    "(birds, frogs, insects, mammals) on the edge and in the cloud.",
+        "(birds, frogs, insects, mammals) on the edge and in the cloud.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -63,8 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     handler = getattr(args, "func", None)
     if handler is None:
         parser.parse_args([*(argv or sys.argv[1:]), "--help"])

@@ -25,10 +25,15 @@ NOT_BUILT_YET = [
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("demo", help="run the whole loop on a synthetic dataset (or --data DIR)",
-                       description=__doc__)
-    p.add_argument("--data", type=Path, default=None,
-                   help="a real BirdCLEF 2025 download instead of the synthetic dataset")
+    p = sub.add_parser(
+        "demo", help="run the whole loop on a synthetic dataset (or --data DIR)", description=__doc__
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="a real BirdCLEF 2025 download instead of the synthetic dataset",
+    )
     p.add_argument("--species", type=int, default=12, help="synthetic species")
     p.add_argument("--seed", type=int, default=0, help="synthetic dataset seed")
     p.add_argument("--quick", action="store_true", help="a smaller synthetic dataset (CI)")
@@ -50,8 +55,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     root = home() / "demo"
     if args.data is None:
-        cfg = SynthConfig(species=args.species, seed=args.seed,
-                          **({"clips_per_species": 6, "soundscapes": 3} if args.quick else {}))
+        cfg = SynthConfig(
+            species=args.species,
+            seed=args.seed,
+            **({"clips_per_species": 6, "soundscapes": 3} if args.quick else {}),
+        )
         tag = f"synth_s{cfg.species}_c{cfg.clips_per_species}_k{cfg.soundscapes}_seed{cfg.seed}"
         data = root / tag / "dataset"
         if (data / "SYNTHETIC.md").exists() and (data / "soundscape_solution.csv").exists():
@@ -70,8 +78,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("[2/5] validating")
     rep = validate_dataset(data)
     md, _ = save_report(rep, work / "validation")
-    print(f"      {rep.n_files_ok}/{rep.n_recordings} recordings decodable, "
-          f"{len(rep.species_counts)} species, {rep.n_soundscapes} soundscapes → {md}")
+    print(
+        f"      {rep.n_files_ok}/{rep.n_recordings} recordings decodable, "
+        f"{len(rep.species_counts)} species, {rep.n_soundscapes} soundscapes → {md}"
+    )
     print("[3/5] feature cache")
     update, close = _bar("prepare")
     try:
@@ -84,33 +94,52 @@ def cmd_demo(args: argparse.Namespace) -> int:
     model = CentroidBaseline.fit(cache)
     truth = data / "soundscape_solution.csv"
     if not truth.exists():
-        print("      this dataset has no soundscape truth (real BirdCLEF soundscapes are unlabelled): "
-              "no evaluation")
+        print(
+            "      this dataset has no soundscape truth (real BirdCLEF soundscapes are unlabelled): "
+            "no evaluation"
+        )
         _tail(work)
         return 0
     rows = cache.rows("soundscape")
     feats = np.stack([cache.features(i) for i in rows])
     scores = model.predict(feats)
-    ids = [f"{Path(cache.index[i]['recording']).stem}_{int(round(float(cache.index[i]['end'])))}"
-           for i in rows]
+    ids = [
+        f"{Path(cache.index[i]['recording']).stem}_{int(round(float(cache.index[i]['end'])))}" for i in rows
+    ]
     pred = work / "baseline_predictions.csv"
     write_solution_csv(pred, ids, scores, cache.labels)
     print("[5/5] evaluating on the held-out synthetic soundscapes")
-    report = write_report(pred, truth, work / "report",
-                          data_name=f"synthetic soundscapes of {data} (held out: never used to fit)",
-                          model_name="centroid baseline (not a trained network)")
-    print(f"      macro ROC-AUC {report.macro_roc_auc:.3f}, macro AP {report.macro_ap:.3f}, "
-          f"top-1 {report.top1:.3f} on {report.n_windows} synthetic soundscape windows")
-    (work / "demo_summary.json").write_text(json.dumps(
-        {"dataset": str(data), "cache": str(work / "cache"), "report": str(work / "report" / "report.md"),
-         "baseline": report.as_flat_dict()}, indent=2))
+    report = write_report(
+        pred,
+        truth,
+        work / "report",
+        data_name=f"synthetic soundscapes of {data} (held out: never used to fit)",
+        model_name="centroid baseline (not a trained network)",
+    )
+    print(
+        f"      macro ROC-AUC {report.macro_roc_auc:.3f}, macro AP {report.macro_ap:.3f}, "
+        f"top-1 {report.top1:.3f} on {report.n_windows} synthetic soundscape windows"
+    )
+    (work / "demo_summary.json").write_text(
+        json.dumps(
+            {
+                "dataset": str(data),
+                "cache": str(work / "cache"),
+                "report": str(work / "report" / "report.md"),
+                "baseline": report.as_flat_dict(),
+            },
+            indent=2,
+        )
+    )
     _tail(work)
     return 0
 
 
 def _tail(work: Path) -> None:
-    print(f"\nlook next: {work / 'report' / 'report.md'} (report), {work / 'validation'} (validation), "
-          f"{work / 'cache'} (features)")
+    print(
+        f"\nlook next: {work / 'report' / 'report.md'} (report), {work / 'validation'} (validation), "
+        f"{work / 'cache'} (features)"
+    )
     print("not built yet (coming with their issues):")
     for s in NOT_BUILT_YET:
         print(f"  - {s}")

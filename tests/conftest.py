@@ -43,8 +43,9 @@ def _threads() -> None:
         pass
 
 
-def tone(seconds: float, sr: int = 32_000, freq: float = 3000.0, amp: float = 0.3, seed: int = 0
-         ) -> np.ndarray:
+def tone(
+    seconds: float, sr: int = 32_000, freq: float = 3000.0, amp: float = 0.3, seed: int = 0
+) -> np.ndarray:
     """Seeded synthetic test audio: a tone plus a little noise, ``[n] float32``."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * sr)) / sr

@@ -25,8 +25,8 @@ def summarise(feats: np.ndarray) -> np.ndarray:
 @dataclass
 class CentroidBaseline:
     labels: LabelSpace
-    centroids: np.ndarray          # [n_species, d]; rows of species without data are NaN
-    mean: np.ndarray               # [d] global mean, subtracted before cosine
+    centroids: np.ndarray  # [n_species, d]; rows of species without data are NaN
+    mean: np.ndarray  # [d] global mean, subtracted before cosine
 
     @classmethod
     def fit(cls, cache: FeatureCache, rows: list[int] | None = None) -> CentroidBaseline:

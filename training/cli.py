@@ -21,8 +21,7 @@ def _bar(desc: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
 
     def update(done: int, total: int) -> None:
         if "bar" not in state:
-            state["bar"] = tqdm(total=total, desc=desc, unit="file", dynamic_ncols=True,
-                                mininterval=0.5)
+            state["bar"] = tqdm(total=total, desc=desc, unit="file", dynamic_ncols=True, mininterval=0.5)
         bar = state["bar"]
         bar.total = total
         bar.update(done - bar.n)
@@ -35,14 +34,21 @@ def _bar(desc: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
 
 
 def register(sub: Any) -> None:
-    data = sub.add_parser("data", help="BirdCLEF data: validate, prepare features, splits, synthetic data",
-                          description="Work with datasets in the BirdCLEF 2025 layout.")
+    data = sub.add_parser(
+        "data",
+        help="BirdCLEF data: validate, prepare features, splits, synthetic data",
+        description="Work with datasets in the BirdCLEF 2025 layout.",
+    )
     g = data.add_subparsers(dest="cmd", metavar="SUBCOMMAND", required=True)
 
     v = g.add_parser("validate", help="report counts, durations, rates, missing/corrupt files of a dataset")
     v.add_argument("dir", type=Path, help="dataset root (taxonomy.csv, train.csv, train_audio/)")
-    v.add_argument("--out", type=Path, default=None,
-                   help="report folder (default: $SILENCIO_HOME/reports/validation_<name>)")
+    v.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="report folder (default: $SILENCIO_HOME/reports/validation_<name>)",
+    )
     v.add_argument("--workers", type=int, default=1, help="parallel processes")
     v.set_defaults(func=cmd_validate)
 
@@ -72,9 +78,12 @@ def register(sub: Any) -> None:
     sp.add_argument("--seed", type=int, default=0, help="random seed")
     sp.set_defaults(func=cmd_split)
 
-    e = sub.add_parser("eval", help="score a predictions CSV against a truth CSV; write a report with plots",
-                       description="Compute BirdCLEF 2025 macro ROC-AUC, macro AP, per-class and top-k "
-                                   "figures, and write report.md with PNG plots.")
+    e = sub.add_parser(
+        "eval",
+        help="score a predictions CSV against a truth CSV; write a report with plots",
+        description="Compute BirdCLEF 2025 macro ROC-AUC, macro AP, per-class and top-k "
+        "figures, and write report.md with PNG plots.",
+    )
     e.add_argument("--predictions", type=Path, required=True, help="submission-format CSV")
     e.add_argument("--truth", type=Path, required=True, help="solution-format CSV (0/1)")
     e.add_argument("--out", type=Path, required=True, help="report directory")
@@ -97,9 +106,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
         out = home() / "reports" / f"validation_{args.dir.resolve().name}"
     md, js = save_report(rep, out)
-    print(f"{rep.n_recordings} recordings ({rep.n_files_ok} decodable, {len(rep.missing_files)} missing, "
-          f"{len(rep.bad_files)} corrupt), {len(rep.species_counts)}/{rep.n_species_taxonomy} species, "
-          f"{rep.n_soundscapes} soundscapes, {rep.durations['total_hours']:.2f} h of training audio")
+    print(
+        f"{rep.n_recordings} recordings ({rep.n_files_ok} decodable, {len(rep.missing_files)} missing, "
+        f"{len(rep.bad_files)} corrupt), {len(rep.species_counts)}/{rep.n_species_taxonomy} species, "
+        f"{rep.n_soundscapes} soundscapes, {rep.durations['total_hours']:.2f} h of training audio"
+    )
     for k, v in sorted(rep.class_counts.items()):
         print(f"  {k:10s} {v:6d} recordings")
     for pr in rep.problems:
@@ -115,14 +126,23 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     cfg = get_preset(args.preset)
     update, close = _bar("prepare")
     try:
-        m = prepare_cache(args.dir, args.out, cfg, workers=args.workers,
-                          soundscapes=not args.no_soundscapes, limit=args.limit,
-                          overwrite=args.overwrite, progress=update)
+        m = prepare_cache(
+            args.dir,
+            args.out,
+            cfg,
+            workers=args.workers,
+            soundscapes=not args.no_soundscapes,
+            limit=args.limit,
+            overwrite=args.overwrite,
+            progress=update,
+        )
     finally:
         close()
-    print(f"cache {args.out}: {m['n_windows']} windows from {m['n_files']} files "
-          f"({m['resumed_files']} reused), {m['n_bad_files']} bad files skipped; "
-          f"features {m['fingerprint']}, dataset {m['dataset_fingerprint']}")
+    print(
+        f"cache {args.out}: {m['n_windows']} windows from {m['n_files']} files "
+        f"({m['resumed_files']} reused), {m['n_bad_files']} bad files skipped; "
+        f"features {m['fingerprint']}, dataset {m['dataset_fingerprint']}"
+    )
     for k, v in m["bad_files"].items():
         print(f"  skipped {k}: {v}")
     return 0
@@ -133,12 +153,22 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     update, close = _bar("synth")
     try:
-        s = generate(args.out, SynthConfig(species=args.species, clips_per_species=args.clips,
-                                           soundscapes=args.soundscapes, seed=args.seed), progress=update)
+        s = generate(
+            args.out,
+            SynthConfig(
+                species=args.species,
+                clips_per_species=args.clips,
+                soundscapes=args.soundscapes,
+                seed=args.seed,
+            ),
+            progress=update,
+        )
     finally:
         close()
-    print(f"SYNTHETIC dataset at {args.out}: {len(s['species'])} species, {s['clips']} clips, "  # type: ignore[arg-type]
-          f"{s['soundscapes']} soundscapes with truth in soundscape_solution.csv")
+    print(
+        f"SYNTHETIC dataset at {args.out}: {len(s['species'])} species, {s['clips']} clips, "  # type: ignore[arg-type]
+        f"{s['soundscapes']} soundscapes with truth in soundscape_solution.csv"
+    )
     return 0
 
 
@@ -167,12 +197,15 @@ def cmd_split(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from training.report import write_report
 
-    rep = write_report(args.predictions, args.truth, args.out, taxonomy=args.taxonomy,
-                       data_name=args.data_name)
+    rep = write_report(
+        args.predictions, args.truth, args.out, taxonomy=args.taxonomy, data_name=args.data_name
+    )
     print(f"data: {rep.data}")
-    print(f"macro ROC-AUC {rep.macro_roc_auc:.4f}  macro AP {rep.macro_ap:.4f}  "
-          + (f"top-1 {rep.top1:.3f}  top-5 {rep.top5:.3f}  " if rep.top1 is not None else "")
-          + f"({rep.n_species_scored} species scored, {rep.n_windows} windows)")
+    print(
+        f"macro ROC-AUC {rep.macro_roc_auc:.4f}  macro AP {rep.macro_ap:.4f}  "
+        + (f"top-1 {rep.top1:.3f}  top-5 {rep.top5:.3f}  " if rep.top1 is not None else "")
+        + f"({rep.n_species_scored} species scored, {rep.n_windows} windows)"
+    )
     for c, m in rep.per_class.items():
         print(f"  {c:10s} ROC-AUC {m['roc_auc']:.4f}  AP {m['ap']:.4f}")
     print(f"report: {args.out / 'report.md'}")

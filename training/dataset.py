@@ -33,7 +33,7 @@ _CATALOGUE = re.compile(r"^(XC|iNat|CSA)(\d+)", re.IGNORECASE)
 class Recording:
     """One row of ``train.csv``."""
 
-    filename: str                       # relative to train_audio/, e.g. "turvul/XC39894.wav"
+    filename: str  # relative to train_audio/, e.g. "turvul/XC39894.wav"
     primary_label: str
     secondary_labels: tuple[str, ...] = ()
     collection: str = ""
@@ -78,15 +78,27 @@ def read_train_csv(path: Path) -> list[Recording]:
                 secondary = tuple(parse_secondary_labels(r.get("secondary_labels")))
             except LabelError as exc:
                 raise DatasetError(f"{path}:{i}: {exc}") from exc
-            known = {"primary_label", "secondary_labels", "filename", "collection", "rating",
-                     "latitude", "longitude"}
-            rows.append(Recording(
-                filename=r["filename"].strip(), primary_label=r["primary_label"].strip(),
-                secondary_labels=secondary, collection=(r.get("collection") or "").strip(),
-                rating=_float(r.get("rating")), latitude=_float(r.get("latitude")),
-                longitude=_float(r.get("longitude")),
-                extra={k: v for k, v in r.items() if k not in known and k is not None},
-            ))
+            known = {
+                "primary_label",
+                "secondary_labels",
+                "filename",
+                "collection",
+                "rating",
+                "latitude",
+                "longitude",
+            }
+            rows.append(
+                Recording(
+                    filename=r["filename"].strip(),
+                    primary_label=r["primary_label"].strip(),
+                    secondary_labels=secondary,
+                    collection=(r.get("collection") or "").strip(),
+                    rating=_float(r.get("rating")),
+                    latitude=_float(r.get("latitude")),
+                    longitude=_float(r.get("longitude")),
+                    extra={k: v for k, v in r.items() if k not in known and k is not None},
+                )
+            )
     return rows
 
 
@@ -144,8 +156,7 @@ def row_id(soundscape: str | Path, end_second: int) -> str:
     return f"{Path(soundscape).stem}_{int(end_second)}"
 
 
-def write_solution_csv(path: Path, row_ids: Sequence[str], scores: np.ndarray, labels: LabelSpace
-                       ) -> None:
+def write_solution_csv(path: Path, row_ids: Sequence[str], scores: np.ndarray, labels: LabelSpace) -> None:
     """Write ``row_id`` + one column per species (taxonomy order): a submission or a truth file."""
     scores = np.asarray(scores)
     if scores.shape != (len(row_ids), len(labels)):
@@ -158,8 +169,9 @@ def write_solution_csv(path: Path, row_ids: Sequence[str], scores: np.ndarray, l
             w.writerow([rid, *(f"{v:.6g}" for v in row)])
 
 
-def read_solution_csv(path: Path, labels: LabelSpace | None = None
-                      ) -> tuple[list[str], list[str], np.ndarray]:
+def read_solution_csv(
+    path: Path, labels: LabelSpace | None = None
+) -> tuple[list[str], list[str], np.ndarray]:
     """Read a solution/submission file → (row_ids, species codes, ``[rows, species] float64``).
     With ``labels``, the columns must be exactly its codes (in any order; returned in its order)."""
     if not Path(path).is_file():
@@ -190,8 +202,9 @@ def read_solution_csv(path: Path, labels: LabelSpace | None = None
         unknown = sorted(set(codes) - set(labels.codes))
         missing = sorted(set(labels.codes) - set(codes))
         if unknown or missing:
-            raise DatasetError(f"{path}: columns do not match the taxonomy "
-                               f"(unknown {unknown[:5]}, missing {missing[:5]})")
+            raise DatasetError(
+                f"{path}: columns do not match the taxonomy (unknown {unknown[:5]}, missing {missing[:5]})"
+            )
         order = [codes.index(c) for c in labels.codes]
         arr, codes = arr[:, order], list(labels.codes)
     return ids, codes, arr

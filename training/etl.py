@@ -60,8 +60,8 @@ def _atomic_write(path: Path, text: str) -> None:
 
 @dataclass(frozen=True)
 class Job:
-    source: str          # "train" or "soundscape"
-    rel: str             # path relative to train_audio/ or train_soundscapes/
+    source: str  # "train" or "soundscape"
+    rel: str  # path relative to train_audio/ or train_soundscapes/
     path: str
     shard_dir: str
     cfg_json: str
@@ -85,8 +85,15 @@ def process_file(job: Job) -> tuple[str, str, int, str]:
 
             for w, samples in iter_windows(iter_audio_chunks(job.path, cfg, chunk_seconds=30.0), cfg):
                 rms, snr = window_activity(samples)
-                windows.append({"start": w.start, "end": w.end, "valid": round(w.valid, 4),
-                                "rms_dbfs": round(rms, 2), "snr_db": round(snr, 2)})
+                windows.append(
+                    {
+                        "start": w.start,
+                        "end": w.end,
+                        "valid": round(w.valid, 4),
+                        "rms_dbfs": round(rms, 2),
+                        "snr_db": round(snr, 2),
+                    }
+                )
                 batch.append(samples)
                 if len(batch) >= _BATCH:
                     flush()
@@ -96,8 +103,13 @@ def process_file(job: Job) -> tuple[str, str, int, str]:
     except (AudioError, CacheError, FileNotFoundError) as exc:
         bin_path.unlink(missing_ok=True)
         return job.source, job.rel, 0, f"{type(exc).__name__}: {exc}"
-    meta = {"source": job.source, "recording": job.rel, "shape": [len(windows), cfg.n_mels, cfg.n_frames],
-            "dtype": "float16", "windows": windows}
+    meta = {
+        "source": job.source,
+        "recording": job.rel,
+        "shape": [len(windows), cfg.n_mels, cfg.n_frames],
+        "dtype": "float16",
+        "windows": windows,
+    }
     _atomic_write(meta_path, json.dumps(meta))
     return job.source, job.rel, len(windows), ""
 
@@ -127,9 +139,17 @@ def dataset_fingerprint(ds: BirdCLEFDataset, soundscapes: list[Path], cfg: Featu
     return h.hexdigest()[:32]
 
 
-def prepare_cache(root: Path, out: Path, cfg: FeatureConfig = DEFAULT, *, workers: int = 1,
-                  soundscapes: bool = True, limit: int | None = None, overwrite: bool = False,
-                  progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+def prepare_cache(
+    root: Path,
+    out: Path,
+    cfg: FeatureConfig = DEFAULT,
+    *,
+    workers: int = 1,
+    soundscapes: bool = True,
+    limit: int | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
     ds = BirdCLEFDataset.load(root)
     out = Path(out)
     manifest_path = out / "manifest.json"
@@ -138,16 +158,21 @@ def prepare_cache(root: Path, out: Path, cfg: FeatureConfig = DEFAULT, *, worker
         old = _read_json(manifest_path) or _read_json(out / "cache_config.json")
         if old is None:
             if not overwrite:
-                raise CacheError(f"{out} is not empty and holds no feature cache; pass --overwrite "
-                                 "or choose another --out")
+                raise CacheError(
+                    f"{out} is not empty and holds no feature cache; pass --overwrite or choose another --out"
+                )
         elif old.get("fingerprint") != cfg.fingerprint():
             if not overwrite:
-                raise CacheError(f"{out} was built with features {old.get('fingerprint')}, not "
-                                 f"{cfg.fingerprint()}; pass --overwrite to rebuild it")
+                raise CacheError(
+                    f"{out} was built with features {old.get('fingerprint')}, not "
+                    f"{cfg.fingerprint()}; pass --overwrite to rebuild it"
+                )
             shutil.rmtree(out)
     shard_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "cache_config.json", json.dumps({"fingerprint": cfg.fingerprint(),
-                                                         "feature_config": cfg.to_dict()}))
+    _atomic_write(
+        out / "cache_config.json",
+        json.dumps({"fingerprint": cfg.fingerprint(), "feature_config": cfg.to_dict()}),
+    )
     recs = ds.recordings[:limit] if limit else ds.recordings
     seen: set[str] = set()
     jobs: list[Job] = []
@@ -189,11 +214,18 @@ def prepare_cache(root: Path, out: Path, cfg: FeatureConfig = DEFAULT, *, worker
     # earlier runs' failures are retried above (no JSON was written for them)
     index_rows = _write_index(out, ds, recs, scapes)
     manifest = {
-        "cache_version": CACHE_VERSION, "fingerprint": cfg.fingerprint(),
-        "feature_config": cfg.to_dict(), "labels": ds.labels.to_dict(),
-        "dataset": str(ds.root), "dataset_fingerprint": dataset_fingerprint(ds, scapes, cfg),
-        "dtype": "float16", "n_files": len(jobs) - len(bad), "n_windows": index_rows,
-        "n_bad_files": len(bad), "bad_files": bad, "resumed_files": skipped,
+        "cache_version": CACHE_VERSION,
+        "fingerprint": cfg.fingerprint(),
+        "feature_config": cfg.to_dict(),
+        "labels": ds.labels.to_dict(),
+        "dataset": str(ds.root),
+        "dataset_fingerprint": dataset_fingerprint(ds, scapes, cfg),
+        "dtype": "float16",
+        "n_files": len(jobs) - len(bad),
+        "n_windows": index_rows,
+        "n_bad_files": len(bad),
+        "bad_files": bad,
+        "resumed_files": skipped,
     }
     _atomic_write(manifest_path, json.dumps(manifest, indent=2))
     return manifest
@@ -212,8 +244,21 @@ def _write_index(out: Path, ds: BirdCLEFDataset, recs: list[Any], scapes: list[P
     tmp = out / "index.csv.tmp"
     with open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["source", "recording", "shard", "window", "start", "end", "valid",
-                    "primary_label", "secondary_labels", "rms_dbfs", "snr_db"])
+        w.writerow(
+            [
+                "source",
+                "recording",
+                "shard",
+                "window",
+                "start",
+                "end",
+                "valid",
+                "primary_label",
+                "secondary_labels",
+                "rms_dbfs",
+                "snr_db",
+            ]
+        )
         items = [("train", fn) for fn in labels_of] + [("soundscape", p.name) for p in scapes]
         for source, rel in items:
             name = _shard_name(source, rel)
@@ -222,9 +267,21 @@ def _write_index(out: Path, ds: BirdCLEFDataset, recs: list[Any], scapes: list[P
                 continue
             r = labels_of.get(rel) if source == "train" else None
             for i, win in enumerate(meta["windows"]):
-                w.writerow([source, rel, name, i, win["start"], win["end"], win["valid"],
-                            r.primary_label if r else "",
-                            " ".join(r.secondary_labels) if r else "", win["rms_dbfs"], win["snr_db"]])
+                w.writerow(
+                    [
+                        source,
+                        rel,
+                        name,
+                        i,
+                        win["start"],
+                        win["end"],
+                        win["valid"],
+                        r.primary_label if r else "",
+                        " ".join(r.secondary_labels) if r else "",
+                        win["rms_dbfs"],
+                        win["snr_db"],
+                    ]
+                )
                 rows += 1
     os.replace(tmp, out / "index.csv")
     return rows
@@ -241,8 +298,10 @@ class FeatureCache:
         self.manifest = manifest
         self.cfg = FeatureConfig.from_dict(manifest["feature_config"])
         if cfg is not None and cfg.fingerprint() != self.cfg.fingerprint():
-            raise CacheError(f"{self.path}: cache features {self.cfg.fingerprint()} differ from "
-                             f"the requested {cfg.fingerprint()}")
+            raise CacheError(
+                f"{self.path}: cache features {self.cfg.fingerprint()} differ from "
+                f"the requested {cfg.fingerprint()}"
+            )
         self.labels = LabelSpace.from_dict(manifest["labels"])
         with open(self.path / "index.csv", newline="") as fh:
             self.index: list[dict[str, str]] = list(csv.DictReader(fh))
@@ -256,8 +315,9 @@ class FeatureCache:
             meta = _read_json(self.path / "shards" / f"{name}.json")
             if meta is None:
                 raise CacheError(f"{self.path}: shard {name} has no metadata")
-            self._maps[name] = np.memmap(self.path / "shards" / f"{name}.f16", dtype=np.float16,
-                                         mode="r", shape=tuple(meta["shape"]))
+            self._maps[name] = np.memmap(
+                self.path / "shards" / f"{name}.f16", dtype=np.float16, mode="r", shape=tuple(meta["shape"])
+            )
         return self._maps[name]
 
     def features(self, i: int) -> np.ndarray:

@@ -117,9 +117,12 @@ class MetricReport:
     per_class: dict[str, dict[str, float]]
 
     def as_flat_dict(self) -> dict[str, float]:
-        d: dict[str, float] = {"macro_roc_auc": self.macro_roc_auc, "macro_ap": self.macro_ap,
-                               "n_windows": float(self.n_windows),
-                               "n_species_scored": float(self.n_species_scored)}
+        d: dict[str, float] = {
+            "macro_roc_auc": self.macro_roc_auc,
+            "macro_ap": self.macro_ap,
+            "n_windows": float(self.n_windows),
+            "n_species_scored": float(self.n_species_scored),
+        }
         if self.top1 is not None:
             d["top1"] = self.top1
         if self.top5 is not None:
@@ -130,8 +133,9 @@ class MetricReport:
         return d
 
 
-def evaluate(y_true: np.ndarray, y_score: np.ndarray, codes: list[str],
-             taxon_classes: list[str] | None, data: str) -> MetricReport:
+def evaluate(
+    y_true: np.ndarray, y_score: np.ndarray, codes: list[str], taxon_classes: list[str] | None, data: str
+) -> MetricReport:
     """All metrics of the report. ``data`` must name what was scored (never tuned on)."""
     t, s = _check(y_true, y_score)
     auc = per_class(t, s, roc_auc)
@@ -143,12 +147,18 @@ def evaluate(y_true: np.ndarray, y_score: np.ndarray, codes: list[str],
             m = arr == cls
             a, p = auc[m], ap[m]
             if (~np.isnan(a)).any():
-                per_cls[cls] = {"roc_auc": float(np.nanmean(a)), "ap": float(np.nanmean(p)),
-                                "species_scored": float((~np.isnan(a)).sum())}
+                per_cls[cls] = {
+                    "roc_auc": float(np.nanmean(a)),
+                    "ap": float(np.nanmean(p)),
+                    "species_scored": float((~np.isnan(a)).sum()),
+                }
     has_pos = t.any(axis=1).any()
     return MetricReport(
-        data=data, n_windows=t.shape[0], n_species_scored=int((~np.isnan(auc)).sum()),
-        macro_roc_auc=_macro(auc, "macro ROC-AUC"), macro_ap=_macro(ap, "macro AP"),
+        data=data,
+        n_windows=t.shape[0],
+        n_species_scored=int((~np.isnan(auc)).sum()),
+        macro_roc_auc=_macro(auc, "macro ROC-AUC"),
+        macro_ap=_macro(ap, "macro AP"),
         top1=top_k_accuracy(t, s, 1) if has_pos else None,
         top5=top_k_accuracy(t, s, 5) if has_pos else None,
         per_species_auc={c: float(v) for c, v in zip(codes, auc) if not np.isnan(v)},

@@ -27,16 +27,16 @@ def find_taxonomy(truth: Path) -> Path | None:
     return None
 
 
-def load_pair(predictions: Path, truth: Path, labels: LabelSpace | None
-              ) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+def load_pair(
+    predictions: Path, truth: Path, labels: LabelSpace | None
+) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
     t_ids, t_codes, y = read_solution_csv(truth, labels)
     p_ids, p_codes, s = read_solution_csv(predictions, labels)
     if set(p_codes) != set(t_codes):
         raise DatasetError(f"{predictions}: species columns differ from {truth}")
     missing = sorted(set(t_ids) - set(p_ids))
     if missing:
-        raise DatasetError(f"{predictions}: {len(missing)} truth rows have no prediction "
-                           f"(e.g. {missing[0]})")
+        raise DatasetError(f"{predictions}: {len(missing)} truth rows have no prediction (e.g. {missing[0]})")
     extra = sorted(set(p_ids) - set(t_ids))
     if extra:
         raise DatasetError(f"{predictions}: {len(extra)} rows are not in the truth (e.g. {extra[0]})")
@@ -46,8 +46,15 @@ def load_pair(predictions: Path, truth: Path, labels: LabelSpace | None
     return y, s, t_codes, t_ids
 
 
-def write_report(predictions: Path, truth: Path, out: Path, *, taxonomy: Path | None = None,
-                 data_name: str | None = None, model_name: str | None = None) -> MetricReport:
+def write_report(
+    predictions: Path,
+    truth: Path,
+    out: Path,
+    *,
+    taxonomy: Path | None = None,
+    data_name: str | None = None,
+    model_name: str | None = None,
+) -> MetricReport:
     """Compute every metric and write ``report.md``, ``metrics.json`` and the plots to ``out``."""
     import matplotlib
 
@@ -116,43 +123,89 @@ def write_report(predictions: Path, truth: Path, out: Path, *, taxonomy: Path | 
         fig.savefig(out / "per_class.png", dpi=110)
         plt.close(fig)
 
-    L = ["# Evaluation report", "",
-         f"- **Data**: {rep.data}", f"- **Predictions**: {predictions} (sha256 {_sha(predictions)})",
-         *( [f"- **Model**: {model_name}"] if model_name else []),
-         f"- windows: {rep.n_windows}; species with ≥ 1 positive window (scored): "
-         f"{rep.n_species_scored} of {len(codes)} (the others are skipped, as in BirdCLEF 2025)",
-         "- Nothing in this report was tuned on this data: scores are reported as given.", "",
-         "| metric | value |", "|---|---|",
-         f"| macro ROC-AUC (BirdCLEF 2025) | {rep.macro_roc_auc:.4f} |",
-         f"| macro average precision | {rep.macro_ap:.4f} |"]
+    L = [
+        "# Evaluation report",
+        "",
+        f"- **Data**: {rep.data}",
+        f"- **Predictions**: {predictions} (sha256 {_sha(predictions)})",
+        *([f"- **Model**: {model_name}"] if model_name else []),
+        f"- windows: {rep.n_windows}; species with ≥ 1 positive window (scored): "
+        f"{rep.n_species_scored} of {len(codes)} (the others are skipped, as in BirdCLEF 2025)",
+        "- Nothing in this report was tuned on this data: scores are reported as given.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| macro ROC-AUC (BirdCLEF 2025) | {rep.macro_roc_auc:.4f} |",
+        f"| macro average precision | {rep.macro_ap:.4f} |",
+    ]
     if rep.top1 is not None:
-        L += [f"| top-1 accuracy (windows with a positive) | {rep.top1:.4f} |",
-              f"| top-5 accuracy | {rep.top5:.4f} |"]
+        L += [
+            f"| top-1 accuracy (windows with a positive) | {rep.top1:.4f} |",
+            f"| top-5 accuracy | {rep.top5:.4f} |",
+        ]
     L.append("")
     if rep.per_class:
-        L += ["## Per taxon class", "", "| class | species scored | macro ROC-AUC | macro AP |",
-              "|---|---|---|---|",
-              *[f"| {c} | {int(m['species_scored'])} | {m['roc_auc']:.4f} | {m['ap']:.4f} |"
-                for c, m in rep.per_class.items()], "", "![per class](per_class.png)", ""]
-    L += ["## Per species", "", "| species | name | class | ROC-AUC | AP | positives |",
-          "|---|---|---|---|---|---|"]
+        L += [
+            "## Per taxon class",
+            "",
+            "| class | species scored | macro ROC-AUC | macro AP |",
+            "|---|---|---|---|",
+            *[
+                f"| {c} | {int(m['species_scored'])} | {m['roc_auc']:.4f} | {m['ap']:.4f} |"
+                for c, m in rep.per_class.items()
+            ],
+            "",
+            "![per class](per_class.png)",
+            "",
+        ]
+    L += [
+        "## Per species",
+        "",
+        "| species | name | class | ROC-AUC | AP | positives |",
+        "|---|---|---|---|---|---|",
+    ]
     for j, c in enumerate(codes):
         if c not in rep.per_species_auc:
             continue
         sp = labels[c] if labels else None
-        L.append(f"| {c} | {sp.scientific_name + ' (' + sp.common_name + ')' if sp else ''} | "
-                 f"{sp.taxon_class if sp else ''} | {rep.per_species_auc[c]:.4f} | "
-                 f"{rep.per_species_ap[c]:.4f} | {int(t[:, j].sum())} |")
-    L += ["", "![per-species AP](per_species_ap.png)", "", "## Score distributions", "",
-          "![scores](score_distributions.png)", ""]
+        L.append(
+            f"| {c} | {sp.scientific_name + ' (' + sp.common_name + ')' if sp else ''} | "
+            f"{sp.taxon_class if sp else ''} | {rep.per_species_auc[c]:.4f} | "
+            f"{rep.per_species_ap[c]:.4f} | {int(t[:, j].sum())} |"
+        )
+    L += [
+        "",
+        "![per-species AP](per_species_ap.png)",
+        "",
+        "## Score distributions",
+        "",
+        "![scores](score_distributions.png)",
+        "",
+    ]
     if rel_rows:
-        L += ["## Reliability", "", "| mean predicted | fraction positive | windows×species |",
-              "|---|---|---|", *[f"| {a:.3f} | {b:.3f} | {n} |" for a, b, n in rel_rows], "",
-              "![reliability](reliability.png)", ""]
+        L += [
+            "## Reliability",
+            "",
+            "| mean predicted | fraction positive | windows×species |",
+            "|---|---|---|",
+            *[f"| {a:.3f} | {b:.3f} | {n} |" for a, b, n in rel_rows],
+            "",
+            "![reliability](reliability.png)",
+            "",
+        ]
     else:
         L += ["## Reliability", "", "Scores are not probabilities in [0, 1]: no reliability curve.", ""]
     (out / "report.md").write_text("\n".join(L))
-    (out / "metrics.json").write_text(json.dumps(
-        {"data": rep.data, "predictions": str(predictions), **rep.as_flat_dict(),
-         "per_species_auc": rep.per_species_auc, "per_species_ap": rep.per_species_ap}, indent=2))
+    (out / "metrics.json").write_text(
+        json.dumps(
+            {
+                "data": rep.data,
+                "predictions": str(predictions),
+                **rep.as_flat_dict(),
+                "per_species_auc": rep.per_species_auc,
+                "per_species_ap": rep.per_species_ap,
+            },
+            indent=2,
+        )
+    )
     return rep

@@ -42,8 +42,7 @@ def _group_label(rows: Sequence[Recording], freq: Counter[str]) -> str:
     return min((lab for lab, k in c.items() if k == best), key=lambda lab: (freq[lab], lab))
 
 
-def stratified_group_split(recordings: Sequence[Recording], cfg: SplitConfig = SplitConfig()
-                           ) -> list[str]:
+def stratified_group_split(recordings: Sequence[Recording], cfg: SplitConfig = SplitConfig()) -> list[str]:
     """The split name of every recording (same order as ``recordings``)."""
     groups: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(recordings):

@@ -39,8 +39,12 @@ SR = 32_000
 CLASSES = ("Aves", "Amphibia", "Insecta", "Mammalia")
 _SHORT = {"Aves": "av", "Amphibia": "am", "Insecta": "in", "Mammalia": "ma"}
 _LATIN = {"Aves": "avis", "Amphibia": "rana", "Insecta": "cicada", "Mammalia": "mammalis"}
-_KINDS = {"Aves": ("sweep", "stack", "trill"), "Amphibia": ("pulses",), "Insecta": ("buzz", "stridulation"),
-          "Mammalia": ("grunt", "howl")}
+_KINDS = {
+    "Aves": ("sweep", "stack", "trill"),
+    "Amphibia": ("pulses",),
+    "Insecta": ("buzz", "stridulation"),
+    "Mammalia": ("grunt", "howl"),
+}
 #: Share of species per class, like BirdCLEF 2025 (146/34/17/9).
 _CLASS_SHARE = (0.55, 0.2, 0.15, 0.1)
 
@@ -66,8 +70,8 @@ class SpeciesSpec:
     kind: str
     f_lo: float
     f_hi: float
-    rate: float        # notes or pulses per second
-    duration: float    # seconds of one call bout
+    rate: float  # notes or pulses per second
+    duration: float  # seconds of one call bout
     harmonics: int
 
 
@@ -121,8 +125,12 @@ def render_call(sp: SpeciesSpec, rng: np.random.Generator) -> np.ndarray:
         f = lo + (hi - lo) * (k if sp.rate > 3 else 1 - k)
         one = _tone(f, sp.harmonics) * _env(note, 0.2)
         gap = int(SR / (sp.rate * tempo)) - note
-        x = np.concatenate([np.concatenate([one, np.zeros(max(gap, 200), np.float32)])
-                            for _ in range(max(1, int(dur * sp.rate * tempo)))])
+        x = np.concatenate(
+            [
+                np.concatenate([one, np.zeros(max(gap, 200), np.float32)])
+                for _ in range(max(1, int(dur * sp.rate * tempo)))
+            ]
+        )
     elif sp.kind == "stack":
         f = (lo + hi) / 2 + (hi - lo) / 4 * np.sin(2 * np.pi * sp.rate * tempo * t)
         x = _tone(f, sp.harmonics) * _env(n)
@@ -136,7 +144,7 @@ def render_call(sp: SpeciesSpec, rng: np.random.Generator) -> np.ndarray:
         carrier = _tone(np.full(plen, lo * 1.0), sp.harmonics) * np.hanning(plen).astype(np.float32)
         x = np.zeros(n, np.float32)
         for s in range(0, n - plen, period):
-            x[s:s + plen] += carrier
+            x[s : s + plen] += carrier
     elif sp.kind in ("buzz", "stridulation"):
         x = _bandnoise(n, lo, hi, rng)
         am_rate = sp.rate * tempo * (10 if sp.kind == "buzz" else 3)
@@ -180,17 +188,29 @@ def make_species(n: int, rng: np.random.Generator) -> list[SpeciesSpec]:
                 rate, dur, harm = rng.uniform(1, 6), rng.uniform(1.0, 3.0), int(rng.integers(3, 7))
             lo, hi = max(100.0, centre - width / 2), min(15_000.0, centre + width / 2)
             code = f"syn{_SHORT[cls]}{i:02d}"
-            out.append(SpeciesSpec(code, f"Synthetica {_LATIN[cls]}-{i:02d}",
-                                   f"Synthetic {kind} {cls.lower()} {i:02d}", cls, kind,
-                                   float(lo), float(hi), float(rate), float(dur), harm))
+            out.append(
+                SpeciesSpec(
+                    code,
+                    f"Synthetica {_LATIN[cls]}-{i:02d}",
+                    f"Synthetic {kind} {cls.lower()} {i:02d}",
+                    cls,
+                    kind,
+                    float(lo),
+                    float(hi),
+                    float(rate),
+                    float(dur),
+                    harm,
+                )
+            )
     return out
 
 
-def _mix(bg: np.ndarray, call: np.ndarray, at: int, snr_db: float) -> tuple[int, int]:
+def _mix(bg: np.ndarray, call: np.ndarray, at: int, snr_db: float, noise_rms: float) -> tuple[int, int]:
+    """Add ``call`` at sample ``at`` with ``snr_db`` relative to the background noise alone
+    (``noise_rms``, measured before any call was mixed in)."""
     end = min(bg.size, at + call.size)
     seg = call[: end - at]
-    noise_rms = float(np.sqrt(np.mean(bg ** 2)) + 1e-9)
-    sig_rms = float(np.sqrt(np.mean(seg ** 2)) + 1e-9)
+    sig_rms = float(np.sqrt(np.mean(seg**2)) + 1e-9)
     bg[at:end] += seg * (noise_rms / sig_rms) * 10 ** (snr_db / 20)
     return at, end
 
@@ -219,8 +239,9 @@ def _write(path: Path, x: np.ndarray) -> None:
     soundfile.write(path, x.astype(np.float32), SR, format="OGG", subtype="VORBIS")
 
 
-def generate(out: Path, cfg: SynthConfig = SynthConfig(),
-             progress: Callable[[int, int], None] | None = None) -> dict[str, object]:
+def generate(
+    out: Path, cfg: SynthConfig = SynthConfig(), progress: Callable[[int, int], None] | None = None
+) -> dict[str, object]:
     """Write the dataset to ``out``; return a summary. Refuses a non-empty foreign directory."""
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / "SYNTHETIC.md").exists():
@@ -248,32 +269,48 @@ def generate(out: Path, cfg: SynthConfig = SynthConfig(),
             fname = f"{sp.code}/{coll}{catalogue[coll]}.ogg"
             n = int(rng.uniform(*cfg.clip_seconds) * SR)
             x = _background(n, rng, level=rng.uniform(0.005, 0.03))
+            nrms = float(np.sqrt(np.mean(x**2)) + 1e-9)
             pos = 0
             while pos < n:
                 call = render_call(sp, rng)
                 pos += int(rng.uniform(0.2, 2.0) * SR)
                 if pos >= n:
                     break
-                _mix(x, call, pos, rng.uniform(0, 18))
+                _mix(x, call, pos, rng.uniform(0, 18), nrms)
                 pos += call.size
             secondary: list[str] = []
             if rng.random() < cfg.secondary_probability:
                 other = species[int(rng.integers(len(species)))]
                 if other.code != sp.code:
-                    _mix(x, render_call(other, rng), int(rng.uniform(0, max(1, n - SR))), rng.uniform(-6, 6))
+                    _mix(
+                        x,
+                        render_call(other, rng),
+                        int(rng.uniform(0, max(1, n - SR))),
+                        rng.uniform(-6, 6),
+                        nrms,
+                    )
                     secondary.append(other.code)
             if rng.random() < 0.5:
-                _mix(x, _distractor(rng), int(rng.uniform(0, max(1, n - SR))), rng.uniform(0, 10))
+                _mix(x, _distractor(rng), int(rng.uniform(0, max(1, n - SR))), rng.uniform(0, 10), nrms)
             _write(out / "train_audio" / fname, x)
             lat, lon = 6.8 + rng.normal(0, 0.3), -74.0 + rng.normal(0, 0.3)
-            rows.append({
-                "primary_label": sp.code, "secondary_labels": str(secondary),
-                "type": "['call']", "filename": fname, "collection": coll,
-                "rating": f"{rng.choice([3.0, 3.5, 4.0, 4.5, 5.0]):.1f}",
-                "url": f"synthetic://{fname}", "latitude": f"{lat:.4f}", "longitude": f"{lon:.4f}",
-                "scientific_name": sp.scientific_name, "common_name": sp.common_name,
-                "author": "silencio synth", "license": "CC0 (synthetic)",
-            })
+            rows.append(
+                {
+                    "primary_label": sp.code,
+                    "secondary_labels": str(secondary),
+                    "type": "['call']",
+                    "filename": fname,
+                    "collection": coll,
+                    "rating": f"{rng.choice([3.0, 3.5, 4.0, 4.5, 5.0]):.1f}",
+                    "url": f"synthetic://{fname}",
+                    "latitude": f"{lat:.4f}",
+                    "longitude": f"{lon:.4f}",
+                    "scientific_name": sp.scientific_name,
+                    "common_name": sp.common_name,
+                    "author": "silencio synth",
+                    "license": "CC0 (synthetic)",
+                }
+            )
             done += 1
             if progress:
                 progress(done, total)
@@ -290,6 +327,7 @@ def generate(out: Path, cfg: SynthConfig = SynthConfig(),
         name = f"SYN{k:02d}_20250101_{6 + k % 12:02d}0000"
         n = int(cfg.soundscape_seconds * SR)
         x = _background(n, rng, level=rng.uniform(0.01, 0.03))
+        nrms = float(np.sqrt(np.mean(x**2)) + 1e-9)
         lo, hi = cfg.species_per_soundscape
         k_present = min(len(species), int(rng.integers(lo, hi, endpoint=True)))
         present = rng.choice(len(species), size=k_present, replace=False)
@@ -298,17 +336,17 @@ def generate(out: Path, cfg: SynthConfig = SynthConfig(),
             for _ in range(int(rng.integers(2, 6))):
                 call = render_call(sp, rng)
                 at = int(rng.uniform(0, n - call.size))
-                a, b = _mix(x, call, at, rng.uniform(-3, 12))
+                a, b = _mix(x, call, at, rng.uniform(0, 15), nrms)
                 events.append((name, sp.code, a / SR, b / SR))
         for _ in range(int(rng.integers(1, 5))):
-            _mix(x, _distractor(rng), int(rng.uniform(0, n - SR)), rng.uniform(0, 10))
+            _mix(x, _distractor(rng), int(rng.uniform(0, n - SR)), rng.uniform(0, 10), nrms)
         _write(out / "train_soundscapes" / f"{name}.ogg", x)
         for w_i in range(int(cfg.soundscape_seconds // win)):
             lo, hi = w_i * win, (w_i + 1) * win
             y = np.zeros(len(species), np.int8)
-            for (fname, code, a, b) in events:
-                # present when at least 0.3 s of the call falls inside the window
-                if fname == name and min(b, hi) - max(a, lo) >= 0.3:
+            for fname, code, a, b in events:
+                # present when at least 0.5 s of the call falls inside the window
+                if fname == name and min(b, hi) - max(a, lo) >= 0.5:
                     y[[s.code for s in species].index(code)] = 1
             truth_rows.append((f"{name}_{int(hi)}", y))
         done += 1
@@ -324,8 +362,13 @@ def generate(out: Path, cfg: SynthConfig = SynthConfig(),
         w.writerow(["soundscape", "primary_label", "start", "end"])
         for e in events:
             w.writerow([e[0], e[1], f"{e[2]:.3f}", f"{e[3]:.3f}"])
-    summary = {"config": asdict(cfg), "species": [asdict(s) for s in species],
-               "clips": len(rows), "soundscapes": cfg.soundscapes, "events": len(events)}
+    summary = {
+        "config": asdict(cfg),
+        "species": [asdict(s) for s in species],
+        "clips": len(rows),
+        "soundscapes": cfg.soundscapes,
+        "events": len(events),
+    }
     (out / "synth_config.json").write_text(json.dumps(summary, indent=2))
     (out / "SYNTHETIC.md").write_text(
         "# Synthetic El Silencio dataset\n\nGenerated by `silencio data synth` "
@@ -333,7 +376,13 @@ def generate(out: Path, cfg: SynthConfig = SynthConfig(),
         "species, names and calls are parametric inventions in the BirdCLEF 2025 layout, for "
         "reproducible training, tests and demos. Figures computed on it say nothing about real "
         "species. `soundscape_solution.csv` is the truth of every 5 s soundscape window "
-        "(solution format); `soundscape_events.csv` lists every call.\n")
-    log.info("synthetic dataset: %d species, %d clips, %d soundscapes → %s",
-             len(species), len(rows), cfg.soundscapes, out)
+        "(solution format); `soundscape_events.csv` lists every call.\n"
+    )
+    log.info(
+        "synthetic dataset: %d species, %d clips, %d soundscapes → %s",
+        len(species),
+        len(rows),
+        cfg.soundscapes,
+        out,
+    )
     return summary

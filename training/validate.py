@@ -43,8 +43,9 @@ def check_file(path: Path) -> FileCheck:
     except AudioError as exc:
         return FileCheck(str(path), False, error=f"{type(exc).__name__}: {exc}")
     if info.frames <= 0:
-        return FileCheck(str(path), False, info.sample_rate, info.channels, 0.0, info.format,
-                         "EmptyAudioError: no samples")
+        return FileCheck(
+            str(path), False, info.sample_rate, info.channels, 0.0, info.format, "EmptyAudioError: no samples"
+        )
     return FileCheck(str(path), True, info.sample_rate, info.channels, info.duration, info.format)
 
 
@@ -73,41 +74,77 @@ class ValidationReport:
         return self.n_files_ok > 0
 
     def to_markdown(self) -> str:
-        L = [f"# Dataset validation: `{self.root}`", "",
-             f"- species in taxonomy: **{self.n_species_taxonomy}**; with recordings: "
-             f"**{len(self.species_counts)}**",
-             f"- recordings in train.csv: **{self.n_recordings}**, decodable: **{self.n_files_ok}**,"
-             f" missing: **{len(self.missing_files)}**, corrupt/undecodable: **{len(self.bad_files)}**",
-             f"- soundscapes: **{self.n_soundscapes}**",
-             f"- usable: **{'yes' if self.usable else 'NO'}**", ""]
+        L = [
+            f"# Dataset validation: `{self.root}`",
+            "",
+            f"- species in taxonomy: **{self.n_species_taxonomy}**; with recordings: "
+            f"**{len(self.species_counts)}**",
+            f"- recordings in train.csv: **{self.n_recordings}**, decodable: **{self.n_files_ok}**,"
+            f" missing: **{len(self.missing_files)}**, corrupt/undecodable: **{len(self.bad_files)}**",
+            f"- soundscapes: **{self.n_soundscapes}**",
+            f"- usable: **{'yes' if self.usable else 'NO'}**",
+            "",
+        ]
         if self.problems:
             L += ["## Problems", "", *[f"- {p}" for p in self.problems], ""]
-        L += ["## Recordings per taxon class", "", "| class | recordings |", "|---|---|",
-              *[f"| {k} | {v} |" for k, v in sorted(self.class_counts.items())], ""]
-        L += ["## Durations (s) and sample rates", "",
-              "| statistic | value |", "|---|---|",
-              *[f"| {k} | {v:.2f} |" for k, v in self.durations.items()],
-              "", "| sample rate (Hz) | files |", "|---|---|",
-              *[f"| {k} | {v} |" for k, v in sorted(self.sample_rates.items(), key=lambda x: int(x[0]))], ""]
+        L += [
+            "## Recordings per taxon class",
+            "",
+            "| class | recordings |",
+            "|---|---|",
+            *[f"| {k} | {v} |" for k, v in sorted(self.class_counts.items())],
+            "",
+        ]
+        L += [
+            "## Durations (s) and sample rates",
+            "",
+            "| statistic | value |",
+            "|---|---|",
+            *[f"| {k} | {v:.2f} |" for k, v in self.durations.items()],
+            "",
+            "| sample rate (Hz) | files |",
+            "|---|---|",
+            *[f"| {k} | {v} |" for k, v in sorted(self.sample_rates.items(), key=lambda x: int(x[0]))],
+            "",
+        ]
         L += ["## Secondary labels", "", *[f"- {k}: {v:g}" for k, v in self.secondary.items()], ""]
         if self.unknown_labels:
-            L += ["## Labels not in the taxonomy", "",
-                  *[f"- `{k}`: {v}" for k, v in self.unknown_labels.items()], ""]
+            L += [
+                "## Labels not in the taxonomy",
+                "",
+                *[f"- `{k}`: {v}" for k, v in self.unknown_labels.items()],
+                "",
+            ]
         if self.missing_files:
             L += ["## Missing files", "", *[f"- {p}" for p in self.missing_files], ""]
         if self.bad_files:
-            L += ["## Corrupt or undecodable files", "",
-                  *[f"- {p}: {e}" for p, e in self.bad_files.items()], ""]
+            L += [
+                "## Corrupt or undecodable files",
+                "",
+                *[f"- {p}: {e}" for p, e in self.bad_files.items()],
+                "",
+            ]
         if self.species_without_recordings:
-            L += [f"## Species without recordings ({len(self.species_without_recordings)})", "",
-                  ", ".join(self.species_without_recordings), ""]
-        L += ["## Recordings per species", "", "| species | recordings |", "|---|---|",
-              *[f"| {k} | {v} |" for k, v in sorted(self.species_counts.items(), key=lambda x: -x[1])], ""]
+            L += [
+                f"## Species without recordings ({len(self.species_without_recordings)})",
+                "",
+                ", ".join(self.species_without_recordings),
+                "",
+            ]
+        L += [
+            "## Recordings per species",
+            "",
+            "| species | recordings |",
+            "|---|---|",
+            *[f"| {k} | {v} |" for k, v in sorted(self.species_counts.items(), key=lambda x: -x[1])],
+            "",
+        ]
         return "\n".join(L)
 
 
-def validate_dataset(root: Path, workers: int = 1,
-                     progress: Callable[[int, int], None] | None = None) -> ValidationReport:
+def validate_dataset(
+    root: Path, workers: int = 1, progress: Callable[[int, int], None] | None = None
+) -> ValidationReport:
     ds = BirdCLEFDataset.load(root)  # raises DatasetError when taxonomy/train.csv are unusable
     paths = [ds.audio_path(r) for r in ds.recordings]
     soundscapes = ds.soundscapes()
@@ -151,18 +188,31 @@ def validate_dataset(root: Path, workers: int = 1,
         problems.append(f"{len(dup)} filenames listed more than once in train.csv (e.g. {dup[0]})")
     pct = lambda q: durs[min(len(durs) - 1, int(q * len(durs)))] if durs else 0.0  # noqa: E731
     return ValidationReport(
-        root=str(ds.root), n_species_taxonomy=len(ds.labels), n_recordings=len(ds.recordings),
-        n_files_ok=len(ok), n_soundscapes=len(soundscapes),
-        species_counts=dict(species_counts), class_counts=dict(class_counts),
+        root=str(ds.root),
+        n_species_taxonomy=len(ds.labels),
+        n_recordings=len(ds.recordings),
+        n_files_ok=len(ok),
+        n_soundscapes=len(soundscapes),
+        species_counts=dict(species_counts),
+        class_counts=dict(class_counts),
         species_without_recordings=[c for c in ds.labels.codes if c not in species_counts],
-        unknown_labels=unknown, missing_files=missing, bad_files=bad,
-        durations={"total_hours": sum(durs) / 3600, "min": durs[0] if durs else 0.0,
-                   "median": pct(0.5), "p95": pct(0.95), "max": durs[-1] if durs else 0.0},
+        unknown_labels=unknown,
+        missing_files=missing,
+        bad_files=bad,
+        durations={
+            "total_hours": sum(durs) / 3600,
+            "min": durs[0] if durs else 0.0,
+            "median": pct(0.5),
+            "p95": pct(0.95),
+            "max": durs[-1] if durs else 0.0,
+        },
         sample_rates={str(k): v for k, v in Counter(c.sample_rate for c in ok).items()},
         formats=dict(Counter(c.format for c in ok)),
-        secondary={"recordings_with_secondary": sum(1 for n in n_sec if n),
-                   "mean_per_recording": (sum(n_sec) / len(n_sec)) if n_sec else 0.0,
-                   "max_per_recording": max(n_sec, default=0)},
+        secondary={
+            "recordings_with_secondary": sum(1 for n in n_sec if n),
+            "mean_per_recording": (sum(n_sec) / len(n_sec)) if n_sec else 0.0,
+            "max_per_recording": max(n_sec, default=0),
+        },
         collections=dict(Counter(r.collection or "unknown" for r in ds.recordings)),
         problems=problems,
     )

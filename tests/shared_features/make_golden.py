@@ -1,6 +1,6 @@
 """Regenerate the golden feature vectors (only together with a FEATURE_VERSION bump):
 
-    .venv/bin/python tests/shared_features/make_golden.py
+.venv/bin/python tests/shared_features/make_golden.py
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ def main() -> None:
 
     pcm = golden_input()
     feats = log_mel(pcm.astype(np.float32) / 32768.0, DEFAULT)
-    np.savez_compressed(GOLDEN, pcm=pcm, features=feats, feature_version=FEATURE_VERSION,
-                        fingerprint=DEFAULT.fingerprint())
+    np.savez_compressed(
+        GOLDEN, pcm=pcm, features=feats, feature_version=FEATURE_VERSION, fingerprint=DEFAULT.fingerprint()
+    )
     print(f"wrote {GOLDEN} ({GOLDEN.stat().st_size} bytes), fingerprint {DEFAULT.fingerprint()}")
 
 

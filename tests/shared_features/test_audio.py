@@ -32,10 +32,16 @@ def write(path: Path, x: np.ndarray, sr: int, fmt: str | None = None, subtype: s
     return path
 
 
-@pytest.mark.parametrize("fmt,ext,subtype", [
-    ("WAV", "wav", "PCM_16"), ("FLAC", "flac", None), ("OGG", "ogg", "VORBIS"),
-    ("OGG", "opus", "OPUS"), ("MP3", "mp3", "MPEG_LAYER_III"),
-])
+@pytest.mark.parametrize(
+    "fmt,ext,subtype",
+    [
+        ("WAV", "wav", "PCM_16"),
+        ("FLAC", "flac", None),
+        ("OGG", "ogg", "VORBIS"),
+        ("OGG", "opus", "OPUS"),
+        ("MP3", "mp3", "MPEG_LAYER_III"),
+    ],
+)
 def test_formats_decode_to_32k_mono(tmp_path, fmt, ext, subtype):
     x = tone(2.0, sr=48_000)
     p = write(tmp_path / f"a.{ext}", np.stack([x, x], axis=1), 48_000, fmt, subtype)

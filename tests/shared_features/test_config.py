@@ -43,8 +43,14 @@ def test_roundtrip_and_fingerprint_stable():
 def test_fingerprint_tracks_numbers_not_stride_or_name():
     assert EDGE.fingerprint() == DEFAULT.fingerprint()
     assert DEFAULT.replace(name="x", window_stride_seconds=1.0).fingerprint() == DEFAULT.fingerprint()
-    for change in ({"n_mels": 64}, {"fmin": 0.0}, {"hop_length": 320}, {"top_db": None},
-                   {"normalization": "none"}, {"sample_rate": 48_000, "fmax": 14000.0}):
+    for change in (
+        {"n_mels": 64},
+        {"fmin": 0.0},
+        {"hop_length": 320},
+        {"top_db": None},
+        {"normalization": "none"},
+        {"sample_rate": 48_000, "fmax": 14000.0},
+    ):
         assert DEFAULT.replace(**change).fingerprint() != DEFAULT.fingerprint(), change
     assert PANNS.fingerprint() != DEFAULT.fingerprint()
 
@@ -66,10 +72,19 @@ def test_check_fingerprint():
         check_fingerprint(PANNS.fingerprint(), DEFAULT)
 
 
-@pytest.mark.parametrize("bad", [
-    {"sample_rate": 0}, {"fmax": 20_000.0}, {"fmin": 15_000.0}, {"n_mels": 0},
-    {"window_seconds": 0.01}, {"log_scale": "ln"}, {"normalization": "pcen"}, {"power": 3.0},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"sample_rate": 0},
+        {"fmax": 20_000.0},
+        {"fmin": 15_000.0},
+        {"n_mels": 0},
+        {"window_seconds": 0.01},
+        {"log_scale": "ln"},
+        {"normalization": "pcen"},
+        {"power": 3.0},
+    ],
+)
 def test_invalid_configs_name_the_value(bad):
     with pytest.raises(FeatureConfigError) as err:
         DEFAULT.replace(**bad)

@@ -22,9 +22,11 @@ def test_golden_input_is_reproducible():
 def test_feature_version_matches_golden():
     g = _golden()
     assert int(g["feature_version"]) == FEATURE_VERSION, (
-        "FEATURE_VERSION changed: regenerate the goldens with tests/shared_features/make_golden.py")
+        "FEATURE_VERSION changed: regenerate the goldens with tests/shared_features/make_golden.py"
+    )
     assert str(g["fingerprint"]) == DEFAULT.fingerprint(), (
-        "the default FeatureConfig changed: bump FEATURE_VERSION and regenerate the goldens")
+        "the default FeatureConfig changed: bump FEATURE_VERSION and regenerate the goldens"
+    )
 
 
 def test_features_match_golden():
@@ -34,4 +36,5 @@ def test_features_match_golden():
     diff = float(np.abs(feats - g["features"]).max())
     assert diff <= 1e-4, (
         f"features differ from the golden vectors by {diff}: the recipe changed. Bump "
-        f"FEATURE_VERSION (now {FEATURE_VERSION}) and regenerate the goldens.")
+        f"FEATURE_VERSION (now {FEATURE_VERSION}) and regenerate the goldens."
+    )

@@ -58,10 +58,18 @@ def test_duplicates_and_bad_taxonomy(tmp_path):
         LabelSpace.from_taxonomy_csv(p)
 
 
-@pytest.mark.parametrize("cell,expected", [
-    ("[]", []), ("['']", []), ("", []), (None, []), ("['socfly1']", ["socfly1"]),
-    ("['a', 'b']", ["a", "b"]), (["a", ""], ["a"]),
-])
+@pytest.mark.parametrize(
+    "cell,expected",
+    [
+        ("[]", []),
+        ("['']", []),
+        ("", []),
+        (None, []),
+        ("['socfly1']", ["socfly1"]),
+        ("['a', 'b']", ["a", "b"]),
+        (["a", ""], ["a"]),
+    ],
+)
 def test_secondary_labels(cell, expected):
     assert parse_secondary_labels(cell) == expected
 

@@ -13,8 +13,9 @@ from ..conftest import tone
 @pytest.mark.parametrize("cfg", [DEFAULT, PANNS], ids=["default", "panns"])
 def test_filterbank_equals_librosa(cfg):
     librosa = pytest.importorskip("librosa")
-    ref = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels,
-                              fmin=cfg.fmin, fmax=cfg.fmax)
+    ref = librosa.filters.mel(
+        sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax
+    )
     fb = mel_filterbank(cfg)
     assert fb.shape == (cfg.n_mels, cfg.n_fft // 2 + 1) and fb.dtype == np.float32
     assert np.abs(fb - ref).max() < 1e-7
@@ -22,9 +23,10 @@ def test_filterbank_equals_librosa(cfg):
 
 def test_log_mel_equals_librosa_recipe(mini):
     librosa = pytest.importorskip("librosa")
-    x = load_audio(mini / "train_soundscapes" / "H02_20230420_074000.ogg")[:DEFAULT.window_samples]
-    S = librosa.feature.melspectrogram(y=x, sr=32_000, n_fft=2048, hop_length=500, n_mels=128,
-                                       fmin=50, fmax=14_000, center=False, power=2.0)
+    x = load_audio(mini / "train_soundscapes" / "H02_20230420_074000.ogg")[: DEFAULT.window_samples]
+    S = librosa.feature.melspectrogram(
+        y=x, sr=32_000, n_fft=2048, hop_length=500, n_mels=128, fmin=50, fmax=14_000, center=False, power=2.0
+    )
     db = librosa.power_to_db(S, ref=1.0, amin=1e-10, top_db=80.0)
     db = (db - db.mean()) / (db.std() + 1e-6)
     assert np.abs(log_mel(x) - db).max() < 1e-4
@@ -64,9 +66,11 @@ def test_torch_matches_numpy_on_real_clips(mini):
     from shared_features.windows import frame_windows
 
     m = TorchLogMel(DEFAULT)
-    files = [mini / "train_soundscapes" / "H02_20230420_074000.ogg",
-             mini / "train_audio" / "turvul" / "XC552488.mp3",
-             mini / "train_audio" / "66578" / "Pristimantis_bogotensis15.wav"]
+    files = [
+        mini / "train_soundscapes" / "H02_20230420_074000.ogg",
+        mini / "train_audio" / "turvul" / "XC552488.mp3",
+        mini / "train_audio" / "66578" / "Pristimantis_bogotensis15.wav",
+    ]
     for f in files:
         wins, _ = frame_windows(load_audio(f))
         ref = log_mel(wins)

@@ -17,14 +17,17 @@ def stream(x: np.ndarray, cfg, seed: int = 0):
     out, i = [], 0
     while i < x.size:
         n = int(rng.integers(1, 40_000))
-        out += s.push(x[i:i + n])
+        out += s.push(x[i : i + n])
         i += n
     out += s.flush()
     return out, s
 
 
-@pytest.mark.parametrize("cfg", [DEFAULT, EDGE, DEFAULT.replace(window_stride_seconds=1.3)],
-                         ids=["stride5", "stride2.5", "stride1.3-unshared"])
+@pytest.mark.parametrize(
+    "cfg",
+    [DEFAULT, EDGE, DEFAULT.replace(window_stride_seconds=1.3)],
+    ids=["stride5", "stride2.5", "stride1.3-unshared"],
+)
 @pytest.mark.parametrize("seconds", [3.0, 5.0, 17.3, 31.0])
 def test_stream_equals_batch(cfg, seconds):
     x = tone(seconds, seed=int(seconds * 10))

@@ -8,9 +8,19 @@ from shared_features import DEFAULT, EDGE, count_windows, frame_windows, window_
 SR = 32_000
 
 
-@pytest.mark.parametrize("seconds,expected", [
-    (0.5, 1), (4.9, 1), (5.0, 1), (5.9, 1), (6.0, 2), (10.0, 2), (60.0, 12), (61.5, 13),
-])
+@pytest.mark.parametrize(
+    "seconds,expected",
+    [
+        (0.5, 1),
+        (4.9, 1),
+        (5.0, 1),
+        (5.9, 1),
+        (6.0, 2),
+        (10.0, 2),
+        (60.0, 12),
+        (61.5, 13),
+    ],
+)
 def test_window_policy_stride5(seconds, expected):
     assert count_windows(int(seconds * SR), DEFAULT) == expected
 
@@ -25,7 +35,7 @@ def test_times_and_padding():
     wins, times = frame_windows(x)
     assert wins.shape == (2, 160_000)
     assert times[1].start == 5.0 and times[1].end == 10.0 and times[1].valid == pytest.approx(2.0)
-    assert wins[1, : 2 * SR].min() == 1 and wins[1, 2 * SR:].max() == 0
+    assert wins[1, : 2 * SR].min() == 1 and wins[1, 2 * SR :].max() == 0
     assert [w.end_second for w in window_times(60 * SR)] == list(range(5, 65, 5))
 
 

@@ -21,8 +21,9 @@ def test_every_command_has_help_text():
 
 
 def test_console_script_help():
-    out = subprocess.run([sys.executable, "-m", "silencio.cli", "--help"], capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "silencio.cli", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0 and "data" in out.stdout
 
 
@@ -34,8 +35,25 @@ def test_errors_are_one_line_with_exit_2(tmp_path, capsys):
 
 def test_data_commands_end_to_end(tmp_path, capsys, mini):
     ds = tmp_path / "ds"
-    assert main(["data", "synth", "--out", str(ds), "--species", "5", "--clips", "2",
-                 "--soundscapes", "1", "--seed", "1"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "synth",
+                "--out",
+                str(ds),
+                "--species",
+                "5",
+                "--clips",
+                "2",
+                "--soundscapes",
+                "1",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert "SYNTHETIC" in capsys.readouterr().out
     assert main(["data", "validate", str(ds), "--out", str(tmp_path / "val")]) == 0
     assert (tmp_path / "val" / "validation.md").exists()
@@ -54,8 +72,19 @@ def test_eval_command(tmp_path, capsys):
     ds = tmp_path / "ds"
     generate(ds, SynthConfig(species=4, clips_per_species=1, soundscapes=2, seed=2))
     truth = ds / "soundscape_solution.csv"
-    rc = main(["eval", "--predictions", str(truth), "--truth", str(truth), "--out", str(tmp_path / "r"),
-               "--data-name", "synthetic truth vs itself"])
+    rc = main(
+        [
+            "eval",
+            "--predictions",
+            str(truth),
+            "--truth",
+            str(truth),
+            "--out",
+            str(tmp_path / "r"),
+            "--data-name",
+            "synthetic truth vs itself",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "macro ROC-AUC 1.0000" in out and "synthetic truth vs itself" in out
 

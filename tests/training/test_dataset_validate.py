@@ -33,9 +33,9 @@ def test_validate_lists_bad_files_without_crashing(tmp_path, synth_dir):
     ds_dir = tmp_path / "ds"
     shutil.copytree(synth_dir, ds_dir)
     recs = read_train_csv(ds_dir / "train.csv")
-    (ds_dir / "train_audio" / recs[0].filename).unlink()                       # missing
+    (ds_dir / "train_audio" / recs[0].filename).unlink()  # missing
     (ds_dir / "train_audio" / recs[1].filename).write_bytes(b"OggS" + bytes(50))  # corrupt
-    (ds_dir / "train_audio" / recs[2].filename).write_text("not audio")      # non-audio
+    (ds_dir / "train_audio" / recs[2].filename).write_text("not audio")  # non-audio
     with open(ds_dir / "train.csv", "a") as fh:
         fh.write("class_97,[],class_97/XC1.ogg,XC,,,,,,x,y,,\n")
     rep = validate_dataset(ds_dir, workers=2)

@@ -32,7 +32,8 @@ def test_matches_sklearn_on_random_data(seed):
         s = np.round(s, 1)  # many ties
     assert birdclef_roc_auc(y, s) == pytest.approx(sklearn_macro(y, s, roc_auc_score), abs=1e-12)
     assert macro_average_precision(y, s) == pytest.approx(
-        sklearn_macro(y, s, average_precision_score), abs=1e-12)
+        sklearn_macro(y, s, average_precision_score), abs=1e-12
+    )
 
 
 def test_species_without_positives_are_skipped():

@@ -37,7 +37,7 @@ def test_soundscape_truth_matches_events(synth_dir):
         a, b = float(e["start"]), float(e["end"])
         mid_window = int(((a + b) / 2) // 5) + 1
         rid = f"{e['soundscape']}_{mid_window * 5}"
-        if b - a > 0.7 and rid in ids:
+        if b - a > 1.2 and rid in ids:  # half of it (≥ 0.6 s) lies in the middle window
             assert y[ids.index(rid), codes.index(e["primary_label"])] == 1
     assert 0 < y.mean() < 0.6
 

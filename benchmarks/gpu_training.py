@@ -1,0 +1,134 @@
+"""GPU training throughput: the real input pipeline and the step rate (run by gpu_training.sh).
+
+Measures, for EfficientNet-B0 (bf16 autocast, channels-last) at batch ``--batch``:
+
+1. ``compute``: training steps on a batch already on the GPU (the ceiling);
+2. ``cache``: the ETL feature cache (float16 memmaps) through a DataLoader with workers and
+   pinned memory → GPU → training step;
+3. ``audio``: decoded 5 s waveforms (float32, RAM) → GPU → the shared torch log-mel on the GPU →
+   training step;
+4. the two loaders alone (no model), to show where the time goes.
+
+Prints clips/s and the ratio of each to the compute ceiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _table import table  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--species", type=int, default=24)
+    ap.add_argument("--clips", type=int, default=40)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--timm-name", default="efficientnet_b0")
+    args = ap.parse_args()
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from shared_features import DEFAULT, frame_windows, load_audio
+    from training.data import CachedWindows
+    from training.dataset import BirdCLEFDataset
+    from training.etl import FeatureCache, prepare_cache
+    from training.models import build_model, member_config
+    from training.synth import SynthConfig, generate
+
+    dev = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True
+    tmp = Path(tempfile.mkdtemp(prefix="silencio_gpu_"))
+    t = time.perf_counter()
+    generate(tmp / "ds", SynthConfig(species=args.species, clips_per_species=args.clips, soundscapes=2))
+    m = prepare_cache(tmp / "ds", tmp / "cache", workers=args.workers)
+    print(f"synthetic data + cache: {m['n_windows']} windows in {time.perf_counter() - t:.1f} s", flush=True)
+    cache = FeatureCache(tmp / "cache")
+    rows = cache.rows("train")
+    n_cls = len(cache.labels)
+    model = build_model(member_config("efficientnet_b0", timm_name=args.timm_name), n_cls).to(dev)
+    model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        with torch.autocast(**amp):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    def run(batches, train: bool, n: int) -> float:  # type: ignore[no-untyped-def]
+        it = iter(batches)
+        done, t0 = 0, None
+        for i in range(n + 3):
+            try:
+                x, y = next(it)
+            except StopIteration:
+                it = iter(batches)
+                x, y = next(it)
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            if train:
+                step(x, y)
+            if i == 2:  # after warm-up
+                sync()
+                t0 = time.perf_counter()
+            elif i > 2:
+                done += x.shape[0]
+        sync()
+        return done / (time.perf_counter() - t0)
+
+    model.train()
+    x = torch.randn(args.batch, 128, 316, device=dev)
+    y = torch.rand(args.batch, n_cls, device=dev)
+    compute = run([(x, y)], True, args.steps)
+    cached = CachedWindows(cache, rows, cache.labels)
+    cache_loader = DataLoader(
+        cached,
+        batch_size=args.batch,
+        shuffle=True,
+        num_workers=args.workers,
+        pin_memory=dev.type == "cuda",
+        persistent_workers=True,
+        drop_last=True,
+    )
+    ds = BirdCLEFDataset.load(tmp / "ds")
+    wav = np.concatenate([frame_windows(load_audio(ds.audio_path(r)), DEFAULT)[0] for r in ds.recordings])
+    targets = torch.rand(len(wav), n_cls)
+    audio_loader = DataLoader(
+        TensorDataset(torch.from_numpy(wav), targets),
+        batch_size=args.batch,
+        shuffle=True,
+        num_workers=2,
+        pin_memory=dev.type == "cuda",
+        drop_last=True,
+    )
+    rows_out = [
+        ("compute only (batch on GPU)", compute),
+        ("cache loader alone", run(cache_loader, False, args.steps)),
+        ("cache → GPU → train step", run(cache_loader, True, args.steps)),
+        ("waveform loader alone", run(audio_loader, False, args.steps)),
+        ("waveform → GPU log-mel → train step", run(audio_loader, True, args.steps)),
+    ]
+    name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
+    print(f"\n{args.timm_name}, bf16 autocast, batch {args.batch}, {name}, torch {torch.__version__}\n")
+    print(table(["pipeline", "clips/s", "× compute ceiling"], [(k, v, v / compute) for k, v in rows_out]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""Torch datasets of 5 s windows for training: from the ETL feature cache, or straight from audio
+(the log-mel is then computed on the model's device by the shared torch front end)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from shared_features import FeatureConfig, LabelSpace, features_from_audio, frame_windows, load_audio
+from training.dataset import BirdCLEFDataset, Recording, read_solution_csv
+from training.errors import TrainingError
+from training.etl import FeatureCache
+from training.splits import SplitConfig, stratified_group_split, time_ordered_split
+
+
+class CachedWindows(Dataset):  # type: ignore[type-arg]
+    """Items: (``[n_mels, frames] float32`` features, ``[n_species] float32`` target)."""
+
+    def __init__(
+        self, cache: FeatureCache, rows: list[int], labels: LabelSpace, secondary_weight: float = 0.5
+    ) -> None:
+        self.cache, self.rows, self.labels = cache, rows, labels
+        self.targets = (
+            np.stack(
+                [
+                    labels.encode(
+                        cache.index[i]["primary_label"],
+                        [c for c in cache.index[i]["secondary_labels"].split() if c],
+                        secondary_weight,
+                    )
+                    for i in rows
+                ]
+            )
+            if rows
+            else np.zeros((0, len(labels)), np.float32)
+        )
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def target_matrix(self) -> np.ndarray:
+        return self.targets
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(self.cache.features(self.rows[k])), torch.from_numpy(self.targets[k])
+
+
+class AudioWindows(Dataset):  # type: ignore[type-arg]
+    """Items: (``[window_samples] float32`` waveform, target). Decodes lazily with a small LRU."""
+
+    def __init__(
+        self,
+        ds: BirdCLEFDataset,
+        recordings: list[Recording],
+        cfg: FeatureConfig,
+        secondary_weight: float = 0.5,
+        cache_files: int = 64,
+    ) -> None:
+        from shared_features import audio_info, count_windows
+
+        self.ds, self.cfg = ds, cfg
+        self.items: list[tuple[Recording, int]] = []
+        for r in recordings:
+            n = round(audio_info(ds.audio_path(r)).duration * cfg.sample_rate)
+            self.items += [(r, w) for w in range(count_windows(n, cfg))]
+        self.targets = {
+            r.filename: ds.labels.encode(r.primary_label, r.secondary_labels, secondary_weight)
+            for r in recordings
+        }
+        self._lru: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cap = cache_files
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def target_matrix(self) -> np.ndarray:
+        n = len(self.ds.labels)
+        return np.stack([self.targets[r.filename] for r, _ in self.items]) if self.items else np.zeros((0, n))
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rec, w = self.items[k]
+        if rec.filename not in self._lru:
+            wins, _ = frame_windows(load_audio(self.ds.audio_path(rec), self.cfg), self.cfg)
+            self._lru[rec.filename] = wins
+            if len(self._lru) > self._cap:
+                self._lru.popitem(last=False)
+        wins = self._lru[rec.filename]
+        return torch.from_numpy(wins[min(w, len(wins) - 1)]), torch.from_numpy(self.targets[rec.filename])
+
+
+@dataclass
+class SoundscapeSet:
+    """Held-out labelled soundscape windows (synthetic truth): never used for training or early
+    stopping, only for the final report."""
+
+    row_ids: list[str]
+    features: np.ndarray  # [n, n_mels, frames] float32
+    truth_csv: Path
+
+
+@dataclass
+class TrainData:
+    train: Dataset  # type: ignore[type-arg]
+    val: Dataset  # type: ignore[type-arg]
+    labels: LabelSpace
+    feature_cfg: FeatureConfig
+    dataset_fingerprint: str
+    description: str
+    soundscapes: SoundscapeSet | None = None
+
+
+def recording_splits(ds: BirdCLEFDataset, seed: int = 0, subset: str = "all") -> dict[str, str]:
+    """filename → "train" / "val" / "test" (grouped, stratified); with ``subset`` "initial" or "new"
+    only that part of the time-ordered split is kept."""
+    recs = ds.recordings
+    if subset != "all":
+        if subset not in ("initial", "new"):
+            raise TrainingError(f"subset must be all, initial or new, got {subset!r}")
+        t = time_ordered_split(recs)
+        recs = [r for r, s in zip(recs, t) if s == subset]
+    split = stratified_group_split(recs, SplitConfig(seed=seed))
+    return {r.filename: s for r, s in zip(recs, split)}
+
+
+def load_soundscapes(cache: FeatureCache, truth_csv: Path) -> SoundscapeSet:
+    ids, _, _ = read_solution_csv(truth_csv, cache.labels)
+    pos = {}
+    for i in cache.rows("soundscape"):
+        row = cache.index[i]
+        pos[f"{Path(row['recording']).stem}_{int(round(float(row['end'])))}"] = i
+    missing = [r for r in ids if r not in pos]
+    if missing:
+        raise TrainingError(f"{truth_csv}: {len(missing)} truth rows not in the cache (e.g. {missing[0]})")
+    return SoundscapeSet(ids, np.stack([cache.features(pos[r]) for r in ids]), truth_csv)
+
+
+def from_cache(
+    cache_dir: Path,
+    *,
+    seed: int = 0,
+    subset: str = "all",
+    secondary_weight: float = 0.5,
+    min_snr_db: float | None = None,
+    feature_cfg: FeatureConfig | None = None,
+) -> TrainData:
+    cache = FeatureCache(cache_dir, feature_cfg)
+    ds = BirdCLEFDataset.load(cache.manifest["dataset"])
+    split = recording_splits(ds, seed, subset)
+    rows: dict[str, list[int]] = {"train": [], "val": []}
+    for i, r in enumerate(cache.index):
+        if r["source"] != "train" or r["recording"] not in split:
+            continue
+        s = split[r["recording"]]
+        if s == "train" and min_snr_db is not None and float(r["snr_db"]) < min_snr_db:
+            continue
+        if s in rows:
+            rows[s].append(i)
+    truth = Path(cache.manifest["dataset"]) / "soundscape_solution.csv"
+    scapes = load_soundscapes(cache, truth) if truth.exists() and cache.rows("soundscape") else None
+    return TrainData(
+        CachedWindows(cache, rows["train"], cache.labels, secondary_weight),
+        CachedWindows(cache, rows["val"], cache.labels, 0.0),
+        cache.labels,
+        cache.cfg,
+        cache.manifest["dataset_fingerprint"],
+        f"cache {cache_dir} ({subset}: {len(rows['train'])} train / {len(rows['val'])} val windows)",
+        scapes,
+    )
+
+
+def from_audio(
+    root: Path,
+    feature_cfg: FeatureConfig,
+    *,
+    seed: int = 0,
+    subset: str = "all",
+    secondary_weight: float = 0.5,
+) -> TrainData:
+    ds = BirdCLEFDataset.load(root)
+    split = recording_splits(ds, seed, subset)
+    recs = {s: [r for r in ds.recordings if split.get(r.filename) == s] for s in ("train", "val")}
+    tr = AudioWindows(ds, recs["train"], feature_cfg, secondary_weight)
+    va = AudioWindows(ds, recs["val"], feature_cfg, 0.0)
+    scapes = None
+    truth = Path(root) / "soundscape_solution.csv"
+    if truth.exists():
+        ids, feats = [], []
+        for p in ds.soundscapes():
+            f, wins = features_from_audio(load_audio(p, feature_cfg), feature_cfg)
+            for w, x in zip(wins, f):
+                ids.append(f"{p.stem}_{w.end_second}")
+                feats.append(x)
+        want, _, _ = read_solution_csv(truth, ds.labels)
+        pos = {r: i for i, r in enumerate(ids)}
+        scapes = SoundscapeSet(want, np.stack([feats[pos[r]] for r in want]), truth)
+    from training.etl import dataset_fingerprint
+
+    return TrainData(
+        tr,
+        va,
+        ds.labels,
+        feature_cfg,
+        dataset_fingerprint(ds, ds.soundscapes(), feature_cfg),
+        f"audio {root} ({subset}: {len(tr)} train / {len(va)} val windows)",
+        scapes,
+    )

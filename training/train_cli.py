@@ -1,0 +1,256 @@
+"""``silencio train …``: fit members (locally or on Ray), register them, list the registry."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+from training.errors import TrainingError
+
+USER_ERRORS: tuple[type[BaseException], ...] = (TrainingError,)
+
+
+def register(sub: Any) -> None:
+    t = sub.add_parser(
+        "train",
+        help="train ensemble members with MLflow tracking (locally or on Ray)",
+        description="Train the ensemble members, track them in MLflow, manage registry aliases.",
+    )
+    g = t.add_subparsers(dest="cmd", metavar="SUBCOMMAND", required=True)
+
+    f = g.add_parser(
+        "fit", help="train one member (resnet50, efficientnet_b0, efficientnet_b0_lora, cnn14_sed)"
+    )
+    f.add_argument("member", help="member name: resnet50, efficientnet_b0, efficientnet_b0_lora, cnn14_sed")
+    src = f.add_mutually_exclusive_group(required=True)
+    src.add_argument("--cache", type=Path, help="feature cache from `silencio data prepare`")
+    src.add_argument("--data", type=Path, help="dataset root: train straight from audio (log-mel on device)")
+    f.add_argument("--config", type=Path, help="YAML file with `model:` and `train:` sections")
+    f.add_argument("--out", type=Path, help="run directory (default $SILENCIO_HOME/runs/<member>/<time>)")
+    f.add_argument("--epochs", type=int, help="maximum epochs")
+    f.add_argument("--batch-size", type=int, help="batch size")
+    f.add_argument("--lr", type=float, help="peak learning rate")
+    f.add_argument("--loss", choices=["bce", "focal"], help="loss function")
+    f.add_argument("--max-minutes", type=float, help="stop after the epoch that exceeds this budget")
+    f.add_argument("--patience", type=int, help="early-stopping patience (epochs)")
+    f.add_argument("--timm-name", help="override the timm architecture (e.g. a tiny one for tests)")
+    f.add_argument("--downsample", type=int, help="average-pool the log-mel image by this factor")
+    f.add_argument("--base", help="base checkpoint for efficientnet (ImageNet state dict or ours)")
+    f.add_argument("--lora-rank", type=int, help="LoRA rank (efficientnet_b0)")
+    f.add_argument("--sed-width", type=int, help="CNN14 base width (64 = PANNs)")
+    f.add_argument("--panns", help="PANNs CNN14 checkpoint to start the SED from")
+    f.add_argument("--init-from", help="continue from a model: checkpoint path or models:/name@alias")
+    f.add_argument(
+        "--subset",
+        choices=["all", "initial", "new"],
+        default="all",
+        help="train on the whole data or one part of the time-ordered split",
+    )
+    f.add_argument("--merge", action="store_true", help="fold LoRA adapters into the weights after training")
+    f.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    f.add_argument("--seed", type=int, help="random seed")
+    f.add_argument("--no-mlflow", action="store_true", help="do not track in MLflow")
+    f.add_argument("--experiment", default="silencio-members", help="MLflow experiment name")
+    f.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    f.add_argument("--ray", action="store_true", help="run under Ray Train (TorchTrainer, DDP)")
+    f.add_argument("--workers", type=int, default=2, help="Ray workers")
+    f.add_argument("--gpu", action="store_true", help="one GPU per Ray worker")
+    f.add_argument("--fsdp", action="store_true", help="FSDP instead of DDP under Ray")
+    f.add_argument("--max-failures", type=int, default=2, help="Ray restarts after a worker failure")
+    f.set_defaults(func=cmd_fit)
+
+    r = g.add_parser(
+        "register", help="point a registry alias (candidate/staging/production) at a run's model"
+    )
+    r.add_argument("run", help="MLflow run id")
+    r.add_argument(
+        "--alias", required=True, choices=["candidate", "staging", "production"], help="alias to set"
+    )
+    r.add_argument("--name", help="registered model name (default: silencio-<member of the run>)")
+    r.add_argument("--force", action="store_true", help="promote to production even if worse")
+    r.set_defaults(func=cmd_register)
+
+    ls = g.add_parser("list", help="registered models, versions, aliases and validation metrics")
+    ls.set_defaults(func=cmd_list)
+
+
+def _load_yaml(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    import yaml
+
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict) or set(data) - {"model", "train"}:
+        raise TrainingError(f"{path}: expected a mapping with `model:` and/or `train:` sections")
+    return data
+
+
+def resolve_configs(args: argparse.Namespace) -> tuple[Any, Any]:
+    from training.loop import TrainConfig
+    from training.models import member_config
+
+    y = _load_yaml(args.config)
+    member = args.member
+    lora = args.lora_rank
+    if member == "efficientnet_b0_lora" and lora is None:
+        lora = None  # the member's default rank
+    mcfg = member_config(
+        member,
+        **{
+            **y.get("model", {}),
+            **{
+                k: v
+                for k, v in {
+                    "timm_name": args.timm_name,
+                    "input_downsample": args.downsample,
+                    "base_checkpoint": args.base,
+                    "lora_rank": lora,
+                    "sed_width": args.sed_width,
+                    "panns_checkpoint": args.panns,
+                    "feature_preset": "panns" if args.panns else None,
+                }.items()
+                if v is not None
+            },
+        },
+    )
+    tr = {
+        **y.get("train", {}),
+        **{
+            k: v
+            for k, v in {
+                "epochs": args.epochs,
+                "batch_size": args.batch_size,
+                "lr": args.lr,
+                "loss": args.loss,
+                "max_minutes": args.max_minutes,
+                "patience": args.patience,
+                "seed": args.seed,
+            }.items()
+            if v is not None
+        },
+    }
+    return mcfg, TrainConfig(**tr)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from shared_features import get_preset
+    from shared_features.paths import home
+
+    mcfg, tcfg = resolve_configs(args)
+    out = args.out or home() / "runs" / mcfg.name / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    if args.ray:
+        from training.ray_train import fit_ray
+
+        res = fit_ray(
+            mcfg,
+            tcfg,
+            cache=args.cache,
+            data_dir=args.data,
+            out_dir=out,
+            workers=args.workers,
+            use_gpu=args.gpu,
+            strategy="fsdp" if args.fsdp else "ddp",
+            max_failures=args.max_failures,
+            track=not args.no_mlflow,
+            experiment=args.experiment,
+            subset=args.subset,
+        )
+    else:
+        from training.data import from_audio, from_cache
+        from training.loop import fit
+        from training.retrain import retrain_comparison
+        from training.tracking import MLflowTracker, NullTracker, resolve_model_uri
+
+        data = (
+            from_cache(
+                args.cache,
+                seed=tcfg.seed,
+                subset=args.subset,
+                secondary_weight=tcfg.secondary_weight,
+                min_snr_db=tcfg.min_snr_db,
+                feature_cfg=get_preset(mcfg.feature_preset),
+            )
+            if args.cache
+            else from_audio(
+                args.data,
+                get_preset(mcfg.feature_preset),
+                seed=tcfg.seed,
+                subset=args.subset,
+                secondary_weight=tcfg.secondary_weight,
+            )
+        )
+        init = resolve_model_uri(args.init_from) if args.init_from else None
+        tracker = NullTracker() if args.no_mlflow else MLflowTracker(args.experiment, run_name=mcfg.name)
+        try:
+            res = fit(
+                mcfg, tcfg, data, out, tracker=tracker, device=args.device, init_from=init, resume=args.resume
+            )
+            if init is not None and args.cache:
+                cmp = retrain_comparison(init, res.checkpoint, args.cache, seed=tcfg.seed)
+                tracker.log_metrics(cmp)
+                (Path(out) / "retrain_comparison.json").write_text(json.dumps(cmp, indent=2))
+                print("old vs new model on both time-ordered splits (validation windows):")
+                for k, v in cmp.items():
+                    print(f"  {k:40s} {v:.4f}")
+            if args.merge and mcfg.lora_rank:
+                from training.models.checkpoint import load_checkpoint, save_checkpoint
+                from training.models.factory import merge_lora
+
+                model, labels, blob = load_checkpoint(res.checkpoint)
+                merged = save_checkpoint(
+                    Path(out) / "model_merged.pt",
+                    merge_lora(model),
+                    labels,
+                    metrics=blob["metrics"],
+                    run_id=res.run_id,
+                )
+                tracker.log_artifact(merged, "model_merged")
+                print(f"merged LoRA adapters → {merged}")
+        except BaseException:
+            tracker.end("FAILED")
+            raise
+        tracker.end()
+    print(
+        f"{mcfg.name}: best validation macro ROC-AUC {res.best_val_roc_auc:.4f} at epoch {res.best_epoch} "
+        f"({res.stopped}); checkpoint {res.checkpoint}"
+    )
+    if res.soundscape:
+        print(
+            f"held-out soundscapes: macro ROC-AUC {res.soundscape['macro_roc_auc']:.4f}, "
+            f"macro AP {res.soundscape['macro_ap']:.4f}; report {res.report}"
+        )
+    if res.run_id:
+        print(f"MLflow run {res.run_id} (registered as silencio-{mcfg.name}@candidate)")
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from training.tracking import _client, register_artifact, set_alias
+
+    c = _client()
+    run = c.get_run(args.run)
+    name = args.name or f"silencio-{run.data.params.get('member', 'model')}"
+    versions = [v for v in c.search_model_versions(f"name='{name}'") if v.run_id == args.run]
+    version = versions[0].version if versions else register_artifact(args.run, name)
+    set_alias(name, str(version), args.alias, force=args.force)
+    print(f"{name} v{version} is now @{args.alias}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from training.tracking import VAL_METRIC, _client, tracking_uri
+
+    c = _client()
+    print(f"registry: {tracking_uri()}")
+    for rm in c.search_registered_models():
+        aliases = {v: k for k, v in (rm.aliases or {}).items()}
+        for v in sorted(c.search_model_versions(f"name='{rm.name}'"), key=lambda v: int(v.version)):
+            m = c.get_run(v.run_id).data.metrics.get(VAL_METRIC)
+            print(
+                f"  {rm.name} v{v.version} run {v.run_id} {VAL_METRIC}={m if m is None else round(m, 4)}"
+                f"{' @' + aliases[v.version] if v.version in aliases else ''}"
+            )
+    return 0
