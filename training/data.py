@@ -51,7 +51,9 @@ class CachedWindows(Dataset):  # type: ignore[type-arg]
 
 
 class AudioWindows(Dataset):  # type: ignore[type-arg]
-    """Items: (``[window_samples] float32`` waveform, target). Decodes lazily with a small LRU."""
+    """Items: (``[window_samples] float32`` waveform, target). Decodes lazily; decoded recordings
+    stay in an LRU cache of at most ``cache_bytes`` (default 2 GB), so small datasets are decoded
+    once and large ones stream."""
 
     def __init__(
         self,
@@ -59,7 +61,7 @@ class AudioWindows(Dataset):  # type: ignore[type-arg]
         recordings: list[Recording],
         cfg: FeatureConfig,
         secondary_weight: float = 0.5,
-        cache_files: int = 64,
+        cache_bytes: int = 2 << 30,
     ) -> None:
         from shared_features import audio_info, count_windows
 
@@ -73,7 +75,8 @@ class AudioWindows(Dataset):  # type: ignore[type-arg]
             for r in recordings
         }
         self._lru: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._cap = cache_files
+        self._cap = cache_bytes
+        self._bytes = 0
 
     def __len__(self) -> int:
         return len(self.items)
@@ -87,8 +90,11 @@ class AudioWindows(Dataset):  # type: ignore[type-arg]
         if rec.filename not in self._lru:
             wins, _ = frame_windows(load_audio(self.ds.audio_path(rec), self.cfg), self.cfg)
             self._lru[rec.filename] = wins
-            if len(self._lru) > self._cap:
-                self._lru.popitem(last=False)
+            self._bytes += wins.nbytes
+            while self._bytes > self._cap and len(self._lru) > 1:
+                self._bytes -= self._lru.popitem(last=False)[1].nbytes
+        else:
+            self._lru.move_to_end(rec.filename)
         wins = self._lru[rec.filename]
         return torch.from_numpy(wins[min(w, len(wins) - 1)]), torch.from_numpy(self.targets[rec.filename])
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from training.augment import WaveAugConfig, augment_waveforms
 from training.data import TrainData
 from training.errors import MetricError, TrainingError
 from training.metrics import birdclef_roc_auc
@@ -54,6 +55,7 @@ class TrainConfig:
     max_minutes: float | None = None
     min_snr_db: float | None = None
     trainable: str = "all"  # "all", or "head" for a frozen backbone
+    wave_augment: bool = True  # waveform augmentations (training from audio only): see augment.py
 
     def __post_init__(self) -> None:
         if self.loss not in ("bce", "focal"):
@@ -134,8 +136,12 @@ def train_one_epoch(
     bar = tqdm(loader, desc=desc, disable=not progress, leave=False, mininterval=1.0)
     for step, (x, y) in enumerate(bar):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if tcfg.wave_augment and x.dim() == 2:
+            x, y = augment_waveforms(x, y, WaveAugConfig(), gen)
         if tcfg.mixup_alpha > 0 and float(torch.rand(1, generator=gen)) < tcfg.mixup_prob:
             x, y = mixup(x, y, tcfg.mixup_alpha, gen)
+            if x.dim() == 2 and float(torch.rand(1, generator=gen)) < 0.5:
+                x, y = mixup(x, y, tcfg.mixup_alpha, gen)  # a third source: dense choruses
         with autocast(tcfg, device):
             logits = model(x)
         loss = loss_fn(tcfg, logits, y) / tcfg.grad_accum

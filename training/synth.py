@@ -56,7 +56,8 @@ class SynthConfig:
     clip_seconds: tuple[float, float] = (5.0, 14.0)
     soundscapes: int = 8
     soundscape_seconds: float = 60.0
-    species_per_soundscape: tuple[int, int] = (3, 6)
+    species_per_soundscape: tuple[int, int] = (2, 4)
+    calls_per_species: tuple[int, int] = (1, 4)
     secondary_probability: float = 0.2
     seed: int = 0
 
@@ -333,7 +334,7 @@ def generate(
         present = rng.choice(len(species), size=k_present, replace=False)
         for j in present:
             sp = species[int(j)]
-            for _ in range(int(rng.integers(2, 6))):
+            for _ in range(int(rng.integers(*cfg.calls_per_species, endpoint=True))):
                 call = render_call(sp, rng)
                 at = int(rng.uniform(0, n - call.size))
                 a, b = _mix(x, call, at, rng.uniform(0, 15), nrms)
