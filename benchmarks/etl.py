@@ -16,8 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _table import table  # noqa: E402
+# The script's folder holds training.py, which would shadow the `training` package: drop it from
+# the path and import the project (and our table helper) from the repository root.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+from benchmarks._table import table  # noqa: E402
 
 MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "birdclef2025_mini"
 

@@ -13,7 +13,8 @@ Every species gets a parametric call drawn from its taxon class:
 
 Bands of species of one class overlap; calls vary in pitch, tempo, duration and loudness; clips
 carry pink background noise, un-labelled distractor calls and occasional secondary species; and
-soundscapes mix several species over forest-like noise at low SNR. The output is deterministic for
+soundscapes mix 2–4 species (1–4 call bouts each per minute, SNR 0–15 dB against the noise)
+over forest-like noise, so windows hold 0 to 4 overlapping species. The output is deterministic for
 a seed (same numbers on the same numpy / libsndfile). Written files:
 
     taxonomy.csv, train.csv (the full Kaggle columns), train_audio/<code>/XC<n>.ogg,

@@ -129,3 +129,51 @@ def test_straight_from_audio(tmp_path, synth_dir):
         progress=False,
     )
     assert res.soundscape is not None
+
+
+@pytest.mark.parametrize("member", sorted(TINY))
+def test_one_epoch_on_the_real_mini_dataset(tmp_path_factory, mini, member):
+    """Real BirdCLEF clips (mixed formats and rates), one epoch, every member (tiny variants)."""
+    from training.etl import prepare_cache
+
+    cache = tmp_path_factory.getbasetemp() / "mini_cache"
+    if not (cache / "manifest.json").exists():
+        prepare_cache(mini, cache, workers=1)
+    data = from_cache(cache)
+    assert len(data.labels) == 206 and data.soundscapes is None  # real soundscapes are unlabelled
+    res = fit(
+        member_config(member, **TINY[member]),
+        TrainConfig(epochs=1, batch_size=8),
+        data,
+        tmp_path_factory.mktemp(member),
+        progress=False,
+    )
+    assert res.checkpoint.exists() and res.history[0]["train_loss"] > 0
+
+
+def test_retraining_on_new_data_reports_old_vs_new(tmp_path, synth_cache):
+    from training.retrain import retrain_comparison
+
+    cfg = member_config("resnet50", **TINY["resnet50"])
+    old = fit(
+        cfg,
+        TrainConfig(epochs=1, batch_size=16),
+        from_cache(synth_cache, subset="initial"),
+        tmp_path / "old",
+        progress=False,
+    )
+    new = fit(
+        cfg,
+        TrainConfig(epochs=1, batch_size=16),
+        from_cache(synth_cache, subset="new"),
+        tmp_path / "new",
+        init_from=old.checkpoint,
+        progress=False,
+    )
+    cmp = retrain_comparison(old.checkpoint, new.checkpoint, synth_cache)
+    assert set(cmp) >= {
+        "old_model_on_initial_val_roc_auc",
+        "new_model_on_new_val_roc_auc",
+        "forgetting_initial",
+        "gain_new",
+    }

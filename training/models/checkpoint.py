@@ -94,7 +94,7 @@ def _build_lora_shell(mcfg: ModelConfig, n: int) -> AudioClassifier:
 
     from training.models.factory import LORA_TARGETS, _timm
 
-    bb = _timm(mcfg.timm_name or "efficientnet_b0", n, mcfg.drop_rate)
+    bb = _timm(mcfg.timm_name or "efficientnet_b0", n, mcfg.drop_rate, mcfg.global_pool)
     bb = get_peft_model(
         bb,
         LoraConfig(

@@ -80,10 +80,17 @@ class AudioClassifier(nn.Module):
         return out
 
 
-def _timm(name: str, n_classes: int, drop_rate: float) -> nn.Module:
+def _timm(name: str, n_classes: int, drop_rate: float, global_pool: str = "avg") -> nn.Module:
     import timm
 
-    return timm.create_model(name, pretrained=False, in_chans=1, num_classes=n_classes, drop_rate=drop_rate)
+    return timm.create_model(
+        name,
+        pretrained=False,
+        in_chans=1,
+        num_classes=n_classes,
+        drop_rate=drop_rate,
+        global_pool=global_pool,
+    )
 
 
 def _load_base(model: nn.Module, path: str) -> None:
@@ -114,9 +121,9 @@ def build_model(mcfg: ModelConfig, n_classes: int) -> AudioClassifier:
     fcfg = get_preset(mcfg.feature_preset)
     backbone: nn.Module
     if mcfg.arch == "resnet50":
-        backbone = _timm(mcfg.timm_name or "resnet50", n_classes, mcfg.drop_rate)
+        backbone = _timm(mcfg.timm_name or "resnet50", n_classes, mcfg.drop_rate, mcfg.global_pool)
     elif mcfg.arch == "efficientnet_b0":
-        backbone = _timm(mcfg.timm_name or "efficientnet_b0", n_classes, mcfg.drop_rate)
+        backbone = _timm(mcfg.timm_name or "efficientnet_b0", n_classes, mcfg.drop_rate, mcfg.global_pool)
         if mcfg.base_checkpoint:
             _load_base(backbone, mcfg.base_checkpoint)
         elif mcfg.lora_rank:
