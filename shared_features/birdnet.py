@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,9 +87,12 @@ class BirdNET:
     def __init__(self, labels: LabelSpace, num_threads: int = 1, embeddings: bool = True) -> None:
         model, label_file = locate()
         Interp = interpreter_class()
-        self._interp = Interp(
-            model_path=str(model), num_threads=num_threads, experimental_preserve_all_tensors=embeddings
-        )
+        with warnings.catch_warnings():
+            # the embedding is an intermediate tensor: keeping all tensors is what we want here
+            warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
+            self._interp = Interp(
+                model_path=str(model), num_threads=num_threads, experimental_preserve_all_tensors=embeddings
+            )
         self._batch = 0
         self._in = self._interp.get_input_details()[0]["index"]
         self._out = self._interp.get_output_details()[0]["index"]
