@@ -98,12 +98,15 @@ def test_usage_errors(argv):
 
 def test_demo_quick_runs_and_reuses(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("SILENCIO_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert main(["demo", "--quick", "--species", "5", "--workers", "1"]) == 0
     out = capsys.readouterr().out
-    assert "macro ROC-AUC" in out and "synthetic soundscape windows" in out
+    assert "macro ROC-AUC" in out and "MLflow run" in out and "model.onnx" in out
     assert "not built yet" in out
-    report = next((tmp_path / "home" / "demo").rglob("report.md")).read_text()
-    assert "held out" in report and "centroid baseline" in report
+    work = next((tmp_path / "home" / "demo").iterdir())
+    assert "held out" in (work / "baseline_report" / "report.md").read_text()
+    assert (work / "member" / "report" / "report.md").exists()
+    assert (tmp_path / "home" / "mlflow" / "mlflow.db").exists()
     assert main(["demo", "--quick", "--species", "5", "--workers", "1"]) == 0
     out = capsys.readouterr().out
     assert "reusing" in out and "files reused" in out
