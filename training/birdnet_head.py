@@ -1,0 +1,140 @@
+"""A trained head over BirdNET v2.4 embeddings (the agile-modelling approach of perch-hoplite):
+BirdNET, frozen, turns each 5 s window into a 1024-d embedding; a linear layer trained here maps it
+to all species of the label space — including the frogs, insects and mammals BirdNET does not know.
+
+The head is small (1024 × n_species) and saved as ``.npz`` with the label space, the BirdNET
+version and the standardisation of the embeddings. Other embedding models (Google Perch, when a
+user has its files) plug in through :class:`EmbeddingModel`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from shared_features import DEFAULT, FeatureConfig, LabelSpace
+from training.errors import TrainingError
+from training.metrics import birdclef_roc_auc
+
+
+class EmbeddingModel(Protocol):
+    """What a pretrained embedding member provides (BirdNET today; Perch when installed)."""
+
+    name: str
+
+    def predict_windows(self, windows: np.ndarray, cfg: FeatureConfig = ..., batch: int = ...) -> object: ...
+
+
+def embed(model: object, windows: np.ndarray, cfg: FeatureConfig = DEFAULT, batch: int = 8) -> np.ndarray:
+    """``[n, window_samples]`` → ``[n, 1024]`` float32 embeddings."""
+    out = model.predict_windows(windows, cfg, batch)  # type: ignore[attr-defined]
+    return np.asarray(out.embeddings, np.float32)
+
+
+@dataclass
+class EmbeddingHead:
+    labels: LabelSpace
+    weight: np.ndarray  # [dim, n_species]
+    bias: np.ndarray  # [n_species]
+    mean: np.ndarray  # [dim]
+    std: np.ndarray  # [dim]
+    embedder: str = "birdnet-v2.4"
+
+    def predict(self, emb: np.ndarray) -> np.ndarray:
+        z = (np.asarray(emb, np.float32) - self.mean) / self.std
+        return (1.0 / (1.0 + np.exp(-(z @ self.weight + self.bias)))).astype(np.float32)
+
+    def save(self, path: Path) -> Path:
+        np.savez(
+            path,
+            weight=self.weight,
+            bias=self.bias,
+            mean=self.mean,
+            std=self.std,
+            labels=np.array(self.labels.to_json()),
+            embedder=np.array(self.embedder),
+        )
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> EmbeddingHead:
+        with np.load(path) as z:
+            return cls(
+                LabelSpace.from_json(str(z["labels"])),
+                z["weight"],
+                z["bias"],
+                z["mean"],
+                z["std"],
+                str(z["embedder"]),
+            )
+
+
+def fit_head(
+    emb: np.ndarray,
+    targets: np.ndarray,
+    labels: LabelSpace,
+    *,
+    val: tuple[np.ndarray, np.ndarray] | None = None,
+    epochs: int = 300,
+    lr: float = 1e-2,
+    weight_decay: float = 1e-3,
+    seed: int = 0,
+) -> tuple[EmbeddingHead, dict[str, float]]:
+    """Full-batch AdamW logistic regression with early stopping on the validation macro ROC-AUC."""
+    if emb.shape[0] != targets.shape[0] or targets.shape[1] != len(labels):
+        raise TrainingError(
+            f"embeddings {emb.shape} and targets {targets.shape} do not match {len(labels)} species"
+        )
+    torch.manual_seed(seed)
+    mean, std = emb.mean(axis=0), emb.std(axis=0) + 1e-6
+    x = torch.from_numpy((emb - mean) / std).float()
+    y = torch.from_numpy(np.asarray(targets, np.float32))
+    lin = torch.nn.Linear(x.shape[1], y.shape[1])
+    opt = torch.optim.AdamW(lin.parameters(), lr=lr, weight_decay=weight_decay)
+    best, best_state, history = -1.0, None, {}
+    for epoch in range(epochs):
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(lin(x), y)
+        loss.backward()
+        opt.step()
+        if val is not None and (epoch % 10 == 9 or epoch == epochs - 1):
+            head = _head(lin, labels, mean, std)
+            score = birdclef_roc_auc(val[1] >= 0.999, head.predict(val[0]))
+            if score > best:
+                best, best_state = score, {k: v.clone() for k, v in lin.state_dict().items()}
+                history = {
+                    "val_roc_auc": score,
+                    "epoch": float(epoch + 1),
+                    "train_loss": float(loss.detach()),
+                }
+    if best_state is not None:
+        lin.load_state_dict(best_state)
+    return _head(lin, labels, mean, std), history
+
+
+def _head(lin: torch.nn.Linear, labels: LabelSpace, mean: np.ndarray, std: np.ndarray) -> EmbeddingHead:
+    return EmbeddingHead(
+        labels,
+        lin.weight.detach().numpy().T.copy(),
+        lin.bias.detach().numpy().copy(),
+        mean.astype(np.float32),
+        std.astype(np.float32),
+    )
+
+
+def summary_json(head: EmbeddingHead, metrics: dict[str, float], members: Sequence[str] = ()) -> str:
+    return json.dumps(
+        {
+            "embedder": head.embedder,
+            "n_species": len(head.labels),
+            "metrics": metrics,
+            "members": list(members),
+        },
+        indent=2,
+    )
