@@ -19,8 +19,9 @@ $S train fit efficientnet_b0 "${common[@]}" --out "$WORK/efficientnet_b0"
 $S train fit efficientnet_b0_lora "${common[@]}" --base "$WORK/efficientnet_b0/model.pt" --merge \
     --out "$WORK/efficientnet_b0_lora"
 $S train fit cnn14_sed "${common[@]}" --sed-width 16 --out "$WORK/cnn14_sed"
+$S train birdnet-head --data "$WORK/synth" --experiment silencio-acceptance --out "$WORK/birdnet_head"
 echo
 echo "held-out synthetic soundscape windows (seed 0), macro ROC-AUC per member:"
-for m in resnet50 efficientnet_b0 efficientnet_b0_lora cnn14_sed; do
+for m in resnet50 efficientnet_b0 efficientnet_b0_lora cnn14_sed birdnet_head; do
   printf '  %-22s %s\n' "$m" "$(grep -m1 'macro ROC-AUC (BirdCLEF 2025)' "$WORK/$m/report/report.md" | cut -d'|' -f3)"
 done

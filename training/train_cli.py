@@ -76,6 +76,17 @@ def register(sub: Any) -> None:
     ls = g.add_parser("list", help="registered models, versions, aliases and validation metrics")
     ls.set_defaults(func=cmd_list)
 
+    bh = g.add_parser("birdnet-head", help="train a linear head on BirdNET v2.4 embeddings over all species")
+    bh.add_argument("--data", type=Path, required=True, help="dataset root (BirdCLEF layout)")
+    bh.add_argument(
+        "--out", type=Path, help="output directory (default $SILENCIO_HOME/runs/birdnet_head/<time>)"
+    )
+    bh.add_argument("--epochs", type=int, default=400, help="full-batch optimisation steps")
+    bh.add_argument("--seed", type=int, default=0, help="split and initialisation seed")
+    bh.add_argument("--no-mlflow", action="store_true", help="do not track in MLflow")
+    bh.add_argument("--experiment", default="silencio-members", help="MLflow experiment name")
+    bh.set_defaults(func=cmd_birdnet_head)
+
 
 def _load_yaml(path: Path | None) -> dict[str, Any]:
     if path is None:
@@ -224,6 +235,30 @@ def cmd_fit(args: argparse.Namespace) -> int:
         )
     if res.run_id:
         print(f"MLflow run {res.run_id} (registered as silencio-{mcfg.name}@candidate)")
+    return 0
+
+
+def cmd_birdnet_head(args: argparse.Namespace) -> int:
+    from shared_features.paths import home
+    from training.birdnet_head import train_birdnet_head
+    from training.tracking import MLflowTracker, NullTracker
+
+    out = args.out or home() / "runs" / "birdnet_head" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    tracker = NullTracker() if args.no_mlflow else MLflowTracker(args.experiment, run_name="birdnet_head")
+    try:
+        res = train_birdnet_head(args.data, out, seed=args.seed, epochs=args.epochs, tracker=tracker)
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end()
+    val = res["val"]
+    print(
+        f"birdnet_head: best validation macro ROC-AUC {val.get('val_roc_auc', float('nan')):.4f}; "  # type: ignore[union-attr]
+        f"head {res['head']}"
+    )
+    if "soundscape" in res:
+        s = res["soundscape"]
+        print(f"held-out soundscapes: macro ROC-AUC {s['macro_roc_auc']:.4f}, macro AP {s['macro_ap']:.4f}")  # type: ignore[index]
     return 0
 
 

@@ -31,3 +31,25 @@ def test_head_on_embeddings(tmp_path, synth_dir):
     assert p.shape == (len(x), len(ds.labels)) and ((0 <= p) & (p <= 1)).all()
     again = EmbeddingHead.load(head.save(tmp_path / "head.npz"))
     assert np.allclose(again.predict(x), p) and again.labels == ds.labels
+
+
+@pytest.mark.slow
+def test_birdnet_head_command(tmp_path, synth_dir, capsys):
+    from silencio.cli import main
+
+    rc = main(
+        [
+            "train",
+            "birdnet-head",
+            "--data",
+            str(synth_dir),
+            "--out",
+            str(tmp_path / "h"),
+            "--epochs",
+            "60",
+            "--no-mlflow",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0 and "held-out soundscapes" in out
+    assert (tmp_path / "h" / "head.npz").exists() and (tmp_path / "h" / "report" / "report.md").exists()
