@@ -17,7 +17,7 @@ import numpy as np
 from shared_features.audio import AudioSource, iter_audio_chunks
 from shared_features.config import DEFAULT, FeatureConfig
 from shared_features.mel import finish, frame_power, log_mel, mel_filterbank, stft_frames
-from shared_features.windows import Window
+from shared_features.windows import Window, final_window_start
 
 WindowFeatures = tuple[Window, np.ndarray]
 
@@ -116,17 +116,9 @@ class StreamingLogMel:
             return []
         self._flushed = True
         cfg = self.cfg
-        if self._total == 0:
-            return []
         k = self._next_window
-        start = k * cfg.stride_samples
-        if k == 0:
-            keep = True  # shorter than one window: one padded window
-        else:
-            covered_end = (k - 1) * cfg.stride_samples + cfg.window_samples
-            uncovered = self._total - covered_end
-            keep = uncovered > 0 and uncovered >= int(round(cfg.min_final_window_seconds * cfg.sample_rate))
-        if not keep or start >= self._total:
+        start = final_window_start(k, self._total, cfg)
+        if start is None:
             return []
         tail = self._samples(start, self._total)
         padded = np.zeros(cfg.window_samples, np.float32)

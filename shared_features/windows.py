@@ -36,20 +36,29 @@ class Window:
         return int(round(self.end))
 
 
+def final_window_start(n_full: int, n_samples: int, cfg: FeatureConfig = DEFAULT) -> int | None:
+    """The one place of the final-window rule: after ``n_full`` full windows of a recording of
+    ``n_samples`` samples, the start sample of the zero-padded final window, or ``None`` when the
+    policy drops the tail. Used by the batch, chunked and streaming paths alike."""
+    if n_samples <= 0:
+        return None
+    start = n_full * cfg.stride_samples
+    if start >= n_samples:
+        return None
+    if n_full == 0:
+        return 0  # shorter than one window: one padded window
+    uncovered = n_samples - ((n_full - 1) * cfg.stride_samples + cfg.window_samples)
+    min_tail = int(round(cfg.min_final_window_seconds * cfg.sample_rate))
+    return start if uncovered > 0 and uncovered >= min_tail else None
+
+
 def window_starts(n_samples: int, cfg: FeatureConfig = DEFAULT) -> list[int]:
     """Start sample of every window of a recording of ``n_samples`` samples (see module policy)."""
     win, stride = cfg.window_samples, cfg.stride_samples
-    if n_samples <= 0:
-        return []
-    if n_samples <= win:
-        return [0]
-    n_full = 1 + (n_samples - win) // stride
+    n_full = 0 if n_samples < win else 1 + (n_samples - win) // stride
     starts = [k * stride for k in range(n_full)]
-    covered_end = starts[-1] + win
-    uncovered = n_samples - covered_end
-    if uncovered >= int(round(cfg.min_final_window_seconds * cfg.sample_rate)) and uncovered > 0:
-        starts.append(n_full * stride)
-    return starts
+    final = final_window_start(n_full, n_samples, cfg)
+    return starts if final is None else [*starts, final]
 
 
 def count_windows(n_samples: int, cfg: FeatureConfig = DEFAULT) -> int:
@@ -76,15 +85,6 @@ def frame_windows(samples: np.ndarray, cfg: FeatureConfig = DEFAULT) -> tuple[np
     return out, window_times(samples.size, cfg)
 
 
-def pad_or_trim(samples: np.ndarray, cfg: FeatureConfig = DEFAULT) -> np.ndarray:
-    """Exactly one window: zero-pad or cut ``[n] float32`` to ``window_samples``."""
-    win = cfg.window_samples
-    out = np.zeros(win, dtype=np.float32)
-    n = min(win, samples.size)
-    out[:n] = samples[:n]
-    return out
-
-
 def iter_windows(
     chunks: Iterable[np.ndarray], cfg: FeatureConfig = DEFAULT
 ) -> Iterator[tuple[Window, np.ndarray]]:
@@ -92,7 +92,6 @@ def iter_windows(
     ``(Window, [window_samples] float32)``, the last one zero-padded. Holds one window plus one
     chunk of audio at a time, so hour-long recordings stay in bounded memory."""
     win, stride = cfg.window_samples, cfg.stride_samples
-    min_tail = int(round(cfg.min_final_window_seconds * cfg.sample_rate))
     buf = np.zeros(0, np.float32)
     buf_start = 0
     total = 0
@@ -116,15 +115,8 @@ def iter_windows(
         if cut > 0:
             buf = buf[cut:]
             buf_start += cut
-    if total == 0:
-        return
-    start = k * stride
-    if k == 0:
-        keep = True
-    else:
-        uncovered = total - ((k - 1) * stride + win)
-        keep = uncovered > 0 and uncovered >= min_tail
-    if keep and start < total:
+    start = final_window_start(k, total, cfg)
+    if start is not None:
         tail = buf[start - buf_start : total - buf_start]
         out = np.zeros(win, np.float32)
         out[: tail.size] = tail
