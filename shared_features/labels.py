@@ -115,9 +115,6 @@ class LabelSpace:
         blob = json.dumps([asdict(s) for s in self._species], sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def subset(self, codes: Iterable[str]) -> LabelSpace:
-        return LabelSpace(self[c] for c in codes)
-
     # ------------------------------------------------------------------ lookup
     def __len__(self) -> int:
         return len(self._species)
@@ -155,17 +152,11 @@ class LabelSpace:
                 f"unknown species code {code!r} (not in this label space of {len(self)} species)"
             ) from None
 
-    def by_scientific_name(self) -> dict[str, Species]:
-        return {s.scientific_name.lower(): s for s in self._species}
-
     def class_counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for s in self._species:
             out[s.taxon_class] = out.get(s.taxon_class, 0) + 1
         return out
-
-    def class_mask(self, taxon_class: str) -> np.ndarray:
-        return np.array([s.taxon_class == taxon_class for s in self._species])
 
     # ------------------------------------------------------------------ encoding
     def encode(
@@ -177,12 +168,6 @@ class LabelSpace:
         for code in secondary:
             y[self.index(code)] = max(y[self.index(code)], secondary_weight)
         y[self.index(primary)] = 1.0
-        return y
-
-    def encode_many(self, codes: Iterable[str]) -> np.ndarray:
-        y = np.zeros(len(self), np.float32)
-        for code in codes:
-            y[self.index(code)] = 1.0
         return y
 
     def decode(self, y: np.ndarray, threshold: float = 0.5) -> list[Species]:

@@ -50,6 +50,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from shared_features.paths import home
     from training.baseline import CentroidBaseline
     from training.cli import _bar
+    from training.data import load_soundscapes
     from training.dataset import write_solution_csv
     from training.etl import FeatureCache, prepare_cache
     from training.report import write_report
@@ -98,14 +99,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("[4/7] baseline: nearest class-centroid of mel profiles, fitted on the training clips")
     baseline = CentroidBaseline.fit(cache)
     if truth.exists():
-        rows = cache.rows("soundscape")
-        feats = np.stack([cache.features(i) for i in rows])
-        ids = [
-            f"{Path(cache.index[i]['recording']).stem}_{int(round(float(cache.index[i]['end'])))}"
-            for i in rows
-        ]
+        scapes = load_soundscapes(cache, truth)
         pred = work / "baseline_predictions.csv"
-        write_solution_csv(pred, ids, baseline.predict(feats), cache.labels)
+        write_solution_csv(pred, scapes.row_ids, baseline.predict(scapes.features), cache.labels)
         b = write_report(
             pred,
             truth,

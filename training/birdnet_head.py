@@ -9,8 +9,6 @@ user has its files) plug in through :class:`EmbeddingModel`.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -21,6 +19,7 @@ import torch
 from shared_features import DEFAULT, FeatureConfig, LabelSpace
 from training.errors import TrainingError
 from training.metrics import birdclef_roc_auc
+from training.tracking import Tracker
 
 
 class EmbeddingModel(Protocol):
@@ -33,7 +32,7 @@ class EmbeddingModel(Protocol):
 
 def embed(model: object, windows: np.ndarray, cfg: FeatureConfig = DEFAULT, batch: int = 8) -> np.ndarray:
     """``[n, window_samples]`` → ``[n, 1024]`` float32 embeddings."""
-    out = model.predict_windows(windows, cfg, batch)  # type: ignore[attr-defined]
+    out = model.predict_windows(windows, cfg, batch)
     return np.asarray(out.embeddings, np.float32)
 
 
@@ -128,34 +127,21 @@ def _head(lin: torch.nn.Linear, labels: LabelSpace, mean: np.ndarray, std: np.nd
     )
 
 
-def summary_json(head: EmbeddingHead, metrics: dict[str, float], members: Sequence[str] = ()) -> str:
-    return json.dumps(
-        {
-            "embedder": head.embedder,
-            "n_species": len(head.labels),
-            "metrics": metrics,
-            "members": list(members),
-        },
-        indent=2,
-    )
-
-
 def train_birdnet_head(
-    data_dir: Path, out_dir: Path, *, seed: int = 0, epochs: int = 400, tracker: object | None = None
+    data_dir: Path, out_dir: Path, *, seed: int = 0, epochs: int = 400, tracker: Tracker | None = None
 ) -> dict[str, object]:
     """Embed the dataset's train / validation windows (and labelled soundscapes) with BirdNET, fit
     the head (early stopping on validation), save ``head.npz`` and, with soundscape truth, a report."""
-    from shared_features import frame_windows, load_audio
     from shared_features.birdnet import BirdNET
-    from training.data import from_audio
-    from training.dataset import BirdCLEFDataset, read_solution_csv, write_solution_csv
+    from training.data import from_audio, soundscape_waveforms
+    from training.dataset import BirdCLEFDataset, write_solution_csv
     from training.report import write_report
     from training.tracking import NullTracker
 
     tracker = tracker or NullTracker()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = from_audio(data_dir, DEFAULT, seed=seed)
+    data = from_audio(data_dir, DEFAULT, seed=seed, soundscapes=False)
     bn = BirdNET(data.labels, num_threads=2)
 
     def waves(ds: object) -> np.ndarray:
@@ -165,35 +151,27 @@ def train_birdnet_head(
     head, hist = fit_head(
         x_tr,
         data.train.target_matrix(),
-        data.labels,  # type: ignore[attr-defined]
+        data.labels,
         val=(x_va, data.val.target_matrix()),
         epochs=epochs,
         seed=seed,
-    )  # type: ignore[attr-defined]
+    )
     head.save(out_dir / "head.npz")
     tracker.log_params(
         {
             "member": "birdnet_head",
             "embedder": head.embedder,
-            "data": data.description,  # type: ignore[attr-defined]
+            "data": data.description,
             "dataset_fingerprint": data.dataset_fingerprint,
             "epochs": epochs,
         }
     )
-    tracker.log_metrics({"best_val_roc_auc": hist.get("val_roc_auc", float("nan"))})  # type: ignore[attr-defined]
+    tracker.log_metrics({"best_val_roc_auc": hist.get("val_roc_auc", float("nan"))})
     result: dict[str, object] = {"head": str(out_dir / "head.npz"), "val": hist}
     truth = Path(data_dir) / "soundscape_solution.csv"
     if truth.exists():
-        ds = BirdCLEFDataset.load(data_dir)
-        ids, wins = [], []
-        for p in ds.soundscapes():
-            w, times = frame_windows(load_audio(p))
-            ids += [f"{p.stem}_{t.end_second}" for t in times]
-            wins.append(w)
-        want, _, _ = read_solution_csv(truth, data.labels)
-        pos = {r: i for i, r in enumerate(ids)}
-        allw = np.concatenate(wins)
-        probs = head.predict(embed(bn, allw[[pos[r] for r in want]]))
+        want, waves = soundscape_waveforms(BirdCLEFDataset.load(data_dir), truth)
+        probs = head.predict(embed(bn, waves))
         pred = out_dir / "report" / "soundscape_predictions.csv"
         write_solution_csv(pred, want, probs, data.labels)
         rep = write_report(
@@ -206,7 +184,7 @@ def train_birdnet_head(
         result["soundscape"] = {"macro_roc_auc": rep.macro_roc_auc, "macro_ap": rep.macro_ap}
         tracker.log_metrics(
             {"soundscape_macro_roc_auc": rep.macro_roc_auc, "soundscape_macro_ap": rep.macro_ap}
-        )  # type: ignore[attr-defined]
-        tracker.log_artifact(out_dir / "report", "report")  # type: ignore[attr-defined]
-    tracker.log_artifact(out_dir / "head.npz", "model")  # type: ignore[attr-defined]
+        )
+        tracker.log_artifact(out_dir / "report", "report")
+    tracker.log_artifact(out_dir / "head.npz", "model")
     return result

@@ -6,16 +6,25 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from shared_features import FeatureConfig, LabelSpace, features_from_audio, frame_windows, load_audio
-from training.dataset import BirdCLEFDataset, Recording, read_solution_csv
+from shared_features import DEFAULT, FeatureConfig, LabelSpace, frame_windows, load_audio, log_mel
+from training.dataset import BirdCLEFDataset, Recording, read_solution_csv, row_id
 from training.errors import TrainingError
 from training.etl import FeatureCache
 from training.splits import SplitConfig, stratified_group_split, time_ordered_split
+
+
+class WindowSet(Protocol):
+    """What the loop needs of a window dataset (:class:`CachedWindows`, :class:`AudioWindows`)."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def target_matrix(self) -> np.ndarray: ...
 
 
 class CachedWindows(Dataset):  # type: ignore[type-arg]
@@ -133,16 +142,39 @@ def recording_splits(ds: BirdCLEFDataset, seed: int = 0, subset: str = "all") ->
     return {r.filename: s for r, s in zip(recs, split)}
 
 
-def load_soundscapes(cache: FeatureCache, truth_csv: Path) -> SoundscapeSet:
-    ids, _, _ = read_solution_csv(truth_csv, cache.labels)
-    pos = {}
-    for i in cache.rows("soundscape"):
-        row = cache.index[i]
-        pos[f"{Path(row['recording']).stem}_{int(round(float(row['end'])))}"] = i
-    missing = [r for r in ids if r not in pos]
+def _in_truth_order(
+    truth_csv: Path, labels: LabelSpace, found: dict[str, int], where: str
+) -> tuple[list[str], list[int]]:
+    """The truth file's row ids and their positions in ``found`` (row_id → position)."""
+    ids, _, _ = read_solution_csv(truth_csv, labels)
+    missing = [r for r in ids if r not in found]
     if missing:
-        raise TrainingError(f"{truth_csv}: {len(missing)} truth rows not in the cache (e.g. {missing[0]})")
-    return SoundscapeSet(ids, np.stack([cache.features(pos[r]) for r in ids]), truth_csv)
+        raise TrainingError(f"{truth_csv}: {len(missing)} truth rows not in {where} (e.g. {missing[0]})")
+    return ids, [found[r] for r in ids]
+
+
+def load_soundscapes(cache: FeatureCache, truth_csv: Path) -> SoundscapeSet:
+    """The labelled soundscape windows of a cache, in the truth file's row order."""
+    found = {
+        row_id(cache.index[i]["recording"], round(float(cache.index[i]["end"]))): i
+        for i in cache.rows("soundscape")
+    }
+    ids, order = _in_truth_order(truth_csv, cache.labels, found, "the cache")
+    return SoundscapeSet(ids, np.stack([cache.features(i) for i in order]), truth_csv)
+
+
+def soundscape_waveforms(
+    ds: BirdCLEFDataset, truth_csv: Path, cfg: FeatureConfig = DEFAULT
+) -> tuple[list[str], np.ndarray]:
+    """Decoded ``[n, window_samples]`` soundscape windows of a dataset, in the truth file's order."""
+    ids: list[str] = []
+    wins: list[np.ndarray] = []
+    for p in ds.soundscapes():
+        w, times = frame_windows(load_audio(p, cfg), cfg)
+        ids += [row_id(p, t.end_second) for t in times]
+        wins.append(w)
+    want, order = _in_truth_order(truth_csv, ds.labels, {r: i for i, r in enumerate(ids)}, "the soundscapes")
+    return want, np.concatenate(wins)[order]
 
 
 def from_cache(
@@ -186,7 +218,10 @@ def from_audio(
     seed: int = 0,
     subset: str = "all",
     secondary_weight: float = 0.5,
+    soundscapes: bool = True,
 ) -> TrainData:
+    """Training windows straight from audio; with ``soundscapes`` (and truth), the held-out
+    labelled soundscape windows as features for the final report."""
     ds = BirdCLEFDataset.load(root)
     split = recording_splits(ds, seed, subset)
     recs = {s: [r for r in ds.recordings if split.get(r.filename) == s] for s in ("train", "val")}
@@ -194,16 +229,10 @@ def from_audio(
     va = AudioWindows(ds, recs["val"], feature_cfg, 0.0)
     scapes = None
     truth = Path(root) / "soundscape_solution.csv"
-    if truth.exists():
-        ids, feats = [], []
-        for p in ds.soundscapes():
-            f, wins = features_from_audio(load_audio(p, feature_cfg), feature_cfg)
-            for w, x in zip(wins, f):
-                ids.append(f"{p.stem}_{w.end_second}")
-                feats.append(x)
-        want, _, _ = read_solution_csv(truth, ds.labels)
-        pos = {r: i for i, r in enumerate(ids)}
-        scapes = SoundscapeSet(want, np.stack([feats[pos[r]] for r in want]), truth)
+    if soundscapes and truth.exists():
+        ids, waves = soundscape_waveforms(ds, truth, feature_cfg)
+        feats = np.concatenate([log_mel(waves[i : i + 32], feature_cfg) for i in range(0, len(waves), 32)])
+        scapes = SoundscapeSet(ids, feats, truth)
     from training.etl import dataset_fingerprint
 
     return TrainData(

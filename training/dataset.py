@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -208,7 +208,3 @@ def read_solution_csv(
         order = [codes.index(c) for c in labels.codes]
         arr, codes = arr[:, order], list(labels.codes)
     return ids, codes, arr
-
-
-def group_ids(recordings: Iterable[Recording]) -> list[str]:
-    return [r.catalogue_id for r in recordings]

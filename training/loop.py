@@ -14,7 +14,6 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -23,12 +22,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from training.augment import WaveAugConfig, augment_waveforms
-from training.data import TrainData
+from training.data import TrainData, WindowSet
 from training.errors import MetricError, TrainingError
 from training.metrics import birdclef_roc_auc
 from training.models.checkpoint import save_checkpoint
 from training.models.config import ModelConfig
-from training.models.factory import AudioClassifier, SpecAugment, build_model
+from training.models.factory import AudioClassifier, SpecAugment, add_lora, build_model
 from training.tracking import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
@@ -184,9 +183,7 @@ def predict(
     return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
 
-def validate(
-    model: nn.Module, ds: CachedOrAudio, device: torch.device, tcfg: TrainConfig
-) -> dict[str, float]:
+def validate(model: nn.Module, ds: WindowSet, device: torch.device, tcfg: TrainConfig) -> dict[str, float]:
     probs = predict(model, ds, device, tcfg.batch_size * 2, tcfg)
     y = (ds.target_matrix() >= 0.999).astype(np.float32)  # validation scores primary labels only
     p = np.clip(probs, 1e-7, 1 - 1e-7)
@@ -196,9 +193,6 @@ def validate(
     except MetricError:
         out["val_roc_auc"] = float("nan")
     return out
-
-
-CachedOrAudio = Any
 
 
 def make_optimizer(
@@ -235,21 +229,11 @@ def prepare_model(
         if labels != data.labels:
             raise TrainingError(f"{init_from}: label space differs from the data's")
         if mcfg.lora_rank and not model.mcfg.lora_rank:
-            from peft import LoraConfig, get_peft_model
-
-            from training.models.factory import LORA_TARGETS
-
-            model.backbone = get_peft_model(
-                model.backbone,
-                LoraConfig(
-                    r=mcfg.lora_rank,
-                    lora_alpha=mcfg.lora_alpha,
-                    lora_dropout=mcfg.lora_dropout,
-                    target_modules=LORA_TARGETS,
-                    modules_to_save=["classifier"],
-                ),
+            # record every LoRA setting: a reload must rebuild the very same adapters
+            model.mcfg = model.mcfg.replace(
+                lora_rank=mcfg.lora_rank, lora_alpha=mcfg.lora_alpha, lora_dropout=mcfg.lora_dropout
             )
-            model.mcfg = model.mcfg.replace(lora_rank=mcfg.lora_rank)
+            model.backbone = add_lora(model.backbone, model.mcfg)
     else:
         model = build_model(mcfg, len(data.labels))
     if tcfg.specaugment:

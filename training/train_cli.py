@@ -105,9 +105,7 @@ def resolve_configs(args: argparse.Namespace) -> tuple[Any, Any]:
 
     y = _load_yaml(args.config)
     member = args.member
-    lora = args.lora_rank
-    if member == "efficientnet_b0_lora" and lora is None:
-        lora = None  # the member's default rank
+    lora = args.lora_rank  # None keeps the member's default rank
     mcfg = member_config(
         member,
         **{

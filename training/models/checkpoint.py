@@ -78,31 +78,8 @@ def load_checkpoint(
         )
     # the base checkpoint is already folded into the saved weights
     mcfg = mcfg.replace(base_checkpoint=None, panns_checkpoint=None)
-    if mcfg.lora_rank:
-        model = _build_lora_shell(mcfg, len(labels))
-    else:
-        model = build_model(mcfg, len(labels))
+    model = build_model(mcfg, len(labels), weights_follow=True)
     model.load_state_dict(blob["state_dict"])
     model.to(map_location)
     model.eval()
     return model, labels, blob
-
-
-def _build_lora_shell(mcfg: ModelConfig, n: int) -> AudioClassifier:
-    """A LoRA model whose base weights come from the checkpoint itself (no base file needed)."""
-    from peft import LoraConfig, get_peft_model
-
-    from training.models.factory import LORA_TARGETS, _timm
-
-    bb = _timm(mcfg.timm_name or "efficientnet_b0", n, mcfg.drop_rate, mcfg.global_pool)
-    bb = get_peft_model(
-        bb,
-        LoraConfig(
-            r=mcfg.lora_rank,
-            lora_alpha=mcfg.lora_alpha,
-            lora_dropout=mcfg.lora_dropout,
-            target_modules=LORA_TARGETS,
-            modules_to_save=["classifier"],
-        ),
-    )
-    return AudioClassifier(bb, get_preset(mcfg.feature_preset), mcfg)

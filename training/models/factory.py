@@ -117,7 +117,23 @@ def _load_base(model: nn.Module, path: str) -> None:
     log.info("base checkpoint %s: %d/%d tensors loaded", path, len(fixed), len(own))
 
 
-def build_model(mcfg: ModelConfig, n_classes: int) -> AudioClassifier:
+def add_lora(backbone: nn.Module, mcfg: ModelConfig) -> nn.Module:
+    """Wrap ``backbone`` with LoRA adapters on the pointwise convolutions (classifier trained)."""
+    from peft import LoraConfig, get_peft_model
+
+    lcfg = LoraConfig(
+        r=mcfg.lora_rank,
+        lora_alpha=mcfg.lora_alpha,
+        lora_dropout=mcfg.lora_dropout,
+        target_modules=LORA_TARGETS,
+        modules_to_save=["classifier"],
+    )
+    return get_peft_model(backbone, lcfg)
+
+
+def build_model(mcfg: ModelConfig, n_classes: int, weights_follow: bool = False) -> AudioClassifier:
+    """Build a member. ``weights_follow``: a checkpoint's weights will be loaded into it next, so
+    a LoRA member needs no base checkpoint (the saved weights include the base)."""
     fcfg = get_preset(mcfg.feature_preset)
     backbone: nn.Module
     if mcfg.arch == "resnet50":
@@ -126,22 +142,13 @@ def build_model(mcfg: ModelConfig, n_classes: int) -> AudioClassifier:
         backbone = _timm(mcfg.timm_name or "efficientnet_b0", n_classes, mcfg.drop_rate, mcfg.global_pool)
         if mcfg.base_checkpoint:
             _load_base(backbone, mcfg.base_checkpoint)
-        elif mcfg.lora_rank:
+        elif mcfg.lora_rank and not weights_follow:
             raise TrainingError(
                 "LoRA fine-tuning needs a base checkpoint (--base): a local ImageNet "
                 "checkpoint or an efficientnet_b0 trained by `silencio train fit`"
             )
         if mcfg.lora_rank:
-            from peft import LoraConfig, get_peft_model
-
-            lcfg = LoraConfig(
-                r=mcfg.lora_rank,
-                lora_alpha=mcfg.lora_alpha,
-                lora_dropout=mcfg.lora_dropout,
-                target_modules=LORA_TARGETS,
-                modules_to_save=["classifier"],
-            )
-            backbone = get_peft_model(backbone, lcfg)
+            backbone = add_lora(backbone, mcfg)
     else:
         sed = Cnn14SED(fcfg.n_mels // mcfg.input_downsample, n_classes, mcfg.sed_width, mcfg.drop_rate)
         if mcfg.panns_checkpoint:
