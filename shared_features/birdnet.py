@@ -155,3 +155,47 @@ class BirdNET:
                     embs[i + j] = emb[start : start + n].mean(axis=0)
                 start += n
         return BirdNETOutput(probs, embs, self.known.copy())
+
+
+@dataclass
+class EmbeddingHead:
+    """A linear head over embeddings (trained by ``training.birdnet_head``): ``.npz`` with the
+    weights, the embedding standardisation, the label space and the embedder's name."""
+
+    labels: LabelSpace
+    weight: np.ndarray  # [dim, n_species]
+    bias: np.ndarray  # [n_species]
+    mean: np.ndarray  # [dim]
+    std: np.ndarray  # [dim]
+    embedder: str = "birdnet-v2.4"
+
+    def predict(self, emb: np.ndarray) -> np.ndarray:
+        z = (np.asarray(emb, np.float32) - self.mean) / self.std
+        out: np.ndarray = (1.0 / (1.0 + np.exp(-np.clip(z @ self.weight + self.bias, -30, 30)))).astype(
+            np.float32
+        )
+        return out
+
+    def save(self, path: Path) -> Path:
+        np.savez(
+            path,
+            weight=self.weight,
+            bias=self.bias,
+            mean=self.mean,
+            std=self.std,
+            labels=np.array(self.labels.to_json()),
+            embedder=np.array(self.embedder),
+        )
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> EmbeddingHead:
+        with np.load(path) as z:
+            return cls(
+                LabelSpace.from_json(str(z["labels"])),
+                z["weight"],
+                z["bias"],
+                z["mean"],
+                z["std"],
+                str(z["embedder"]),
+            )

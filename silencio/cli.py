@@ -19,6 +19,7 @@ GROUPS: tuple[str, ...] = (
     "shared_features.cli",
     "training.cli",
     "training.train_cli",
+    "training.export_cli",
     "silencio.demo",
 )
 

@@ -118,17 +118,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "best_val_roc_auc": res.best_val_roc_auc,
         "soundscape": res.soundscape,
     }
-    print("[6/7] export to ONNX (fp32) with a parity check against PyTorch")
-    from training.export import export_onnx
+    print("[6/7] export edge packages: ONNX fp32 (parity vs PyTorch) and int8 (checked vs fp32)")
+    from training.dataset import read_solution_csv
+    from training.export import export_edge
 
-    sample = np.stack([cache.features(i) for i in cache.rows("train")[:8]])
-    man = export_onnx(res.checkpoint, work / "edge_package", sample)
-    print(
-        f"      {work / 'edge_package' / 'model.onnx'} ({man['bytes'] / 1e6:.1f} MB, "
-        f"sha256 {man['sha256'][:12]}…, "
-        f"max |ONNX − torch| {man['parity']['max_abs_diff_vs_torch']:.1e})"
+    rows = cache.rows("train")
+    feats = np.stack([cache.features(i) for i in rows[:: max(1, len(rows) // 96)]])
+    check, check_y = None, None
+    if truth.exists():  # compare the int8 export with fp32 on the labelled soundscape windows
+        check = scapes.features
+        _, _, check_y = read_solution_csv(truth, cache.labels)
+    mans = export_edge(
+        res.checkpoint,
+        work / "edge_packages",
+        parity=feats[:8],
+        calibration=feats,
+        check=check if check is not None else feats,
+        check_targets=check_y,
+        name="silencio-demo-edge",
+        version=str(res.run_id or "local"),
     )
-    summary["edge_package"] = man
+    for fmt, man in mans.items():
+        m = man["members"][0]
+        v = man["validation"].get("vs_fp32", {})
+        agree = f", top-1 agreement with fp32 {v['top1_agreement']:.3f}" if v else ""
+        print(f"      {fmt}: {m['bytes'] / 1e6:.1f} MB, sha256 {m['sha256'][:12]}…{agree}")
+    summary["edge_packages"] = mans
     print("[7/7] summary")
     if res.soundscape and "baseline" in summary:
         print(

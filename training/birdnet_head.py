@@ -9,7 +9,6 @@ user has its files) plug in through :class:`EmbeddingModel`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 from shared_features import DEFAULT, FeatureConfig, LabelSpace
+from shared_features.birdnet import EmbeddingHead
 from training.errors import TrainingError
 from training.metrics import birdclef_roc_auc
 from training.tracking import Tracker
@@ -34,44 +34,6 @@ def embed(model: object, windows: np.ndarray, cfg: FeatureConfig = DEFAULT, batc
     """``[n, window_samples]`` → ``[n, 1024]`` float32 embeddings."""
     out = model.predict_windows(windows, cfg, batch)
     return np.asarray(out.embeddings, np.float32)
-
-
-@dataclass
-class EmbeddingHead:
-    labels: LabelSpace
-    weight: np.ndarray  # [dim, n_species]
-    bias: np.ndarray  # [n_species]
-    mean: np.ndarray  # [dim]
-    std: np.ndarray  # [dim]
-    embedder: str = "birdnet-v2.4"
-
-    def predict(self, emb: np.ndarray) -> np.ndarray:
-        z = (np.asarray(emb, np.float32) - self.mean) / self.std
-        return (1.0 / (1.0 + np.exp(-(z @ self.weight + self.bias)))).astype(np.float32)
-
-    def save(self, path: Path) -> Path:
-        np.savez(
-            path,
-            weight=self.weight,
-            bias=self.bias,
-            mean=self.mean,
-            std=self.std,
-            labels=np.array(self.labels.to_json()),
-            embedder=np.array(self.embedder),
-        )
-        return path
-
-    @classmethod
-    def load(cls, path: Path) -> EmbeddingHead:
-        with np.load(path) as z:
-            return cls(
-                LabelSpace.from_json(str(z["labels"])),
-                z["weight"],
-                z["bias"],
-                z["mean"],
-                z["std"],
-                str(z["embedder"]),
-            )
 
 
 def fit_head(

@@ -67,6 +67,12 @@ def register(sub: Any) -> None:
     s.add_argument("--species", type=int, default=12, help="number of species (≥ 4)")
     s.add_argument("--clips", type=int, default=16, help="focal clips per species")
     s.add_argument("--soundscapes", type=int, default=8, help="1-minute soundscapes with ground truth")
+    s.add_argument(
+        "--unlabelled",
+        type=int,
+        default=0,
+        help="extra 1-minute soundscapes without published truth (for pseudo-labelling)",
+    )
     s.add_argument("--seed", type=int, default=0, help="random seed (output is deterministic for it)")
     s.set_defaults(func=cmd_synth)
 
@@ -159,6 +165,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
                 species=args.species,
                 clips_per_species=args.clips,
                 soundscapes=args.soundscapes,
+                unlabelled_soundscapes=args.unlabelled,
                 seed=args.seed,
             ),
             progress=update,
@@ -167,7 +174,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
         close()
     print(
         f"SYNTHETIC dataset at {args.out}: {len(s['species'])} species, {s['clips']} clips, "  # type: ignore[arg-type]
-        f"{s['soundscapes']} soundscapes with truth in soundscape_solution.csv"
+        f"{s['soundscapes']} soundscapes with truth in soundscape_solution.csv, "
+        f"{s['unlabelled_soundscapes']} without"
     )
     return 0
 

@@ -169,7 +169,11 @@ def soundscape_waveforms(
     """Decoded ``[n, window_samples]`` soundscape windows of a dataset, in the truth file's order."""
     ids: list[str] = []
     wins: list[np.ndarray] = []
+    wanted, _, _ = read_solution_csv(truth_csv, ds.labels)
+    stems = {r.rsplit("_", 1)[0] for r in wanted}
     for p in ds.soundscapes():
+        if p.stem not in stems:  # unlabelled soundscapes (pseudo-labelling material)
+            continue
         w, times = frame_windows(load_audio(p, cfg), cfg)
         ids += [row_id(p, t.end_second) for t in times]
         wins.append(w)

@@ -1,22 +1,30 @@
-"""Export a member to ONNX (fp32) for the edge and the cloud, with its contracts inside.
+"""Export members for the edge and the cloud, with their contracts inside, and refuse to publish
+exports that are worse than their thresholds.
 
-The exported graph takes log-mel features ``[batch, n_mels, n_frames] float32`` (computed by
+An exported graph takes log-mel features ``[batch, n_mels, n_frames] float32`` (computed by
 ``shared_features`` on the device, numpy) and returns sigmoid probabilities ``[batch, n_species]``.
-Its ``metadata_props`` carry ``feature_config`` (JSON, with fingerprint), ``feature_fingerprint``,
-``labels`` (LabelSpace JSON), ``model_config``, ``run_id``, ``metrics`` and
-``package_version``. The export is refused when ONNX Runtime and PyTorch disagree by more than
-``tolerance`` on the given windows.
+Its ONNX ``metadata_props`` carry ``feature_config`` (JSON, with fingerprint),
+``feature_fingerprint``, ``labels`` (LabelSpace JSON), ``model_config``, ``run_id``, ``metrics``
+and ``package_version``.
 
-Package layout (``PACKAGE_VERSION`` 1): ``DIR/model.onnx`` and ``DIR/package.json`` (format,
-version, file name, sha256, feature fingerprint, label digest, run id, metrics, parity figures).
-ONNX int8 and TFLite packages come with the model-factory issue.
+* **ONNX fp32** is refused when ONNX Runtime and PyTorch disagree by more than ``tolerance``
+  (1e-4) on the check windows.
+* **ONNX int8** is static QDQ quantisation (per-channel int8 weights, uint8 activations)
+  calibrated on real windows; it is compared with fp32 on held-out real windows (top-1 agreement,
+  macro ROC-AUC drop against their labels) and refused below :class:`PublishThresholds`.
+* **TFLite** comes from ``scripts/export_tflite.sh`` (litert-torch in its own environment).
+
+Each export is wrapped as an ``edge`` model package (:mod:`shared_features.package`) with its
+figures in ``package.json``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +32,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from shared_features.package import PACKAGE_VERSION, MemberSpec, sha256_file
 from training.errors import TrainingError
 from training.models.checkpoint import load_checkpoint
 from training.models.factory import AudioClassifier, merge_lora
+from training.package import write_package
 
 log = logging.getLogger(__name__)
-PACKAGE_VERSION = 1
+__all__ = ["ExportError", "PublishThresholds", "export_edge", "export_onnx", "quantize_int8", "sha256_file"]
 
 
 class ExportError(TrainingError):
@@ -45,33 +55,25 @@ class _FeaturesToProbs(nn.Module):
         return torch.sigmoid(self.model.backbone(self.model.features(feats)))
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def export_onnx(
-    ckpt: Path, out_dir: Path, windows: np.ndarray | None = None, *, tolerance: float = 1e-4, opset: int = 17
+    ckpt: Path, path: Path, windows: np.ndarray | None = None, *, tolerance: float = 1e-4, opset: int = 17
 ) -> dict[str, Any]:
-    """Export ``ckpt`` to ``out_dir/model.onnx`` + ``package.json``; returns the manifest.
-    ``windows``: ``[n, n_mels, n_frames]`` features for the parity check (default: 8 seeded
-    random feature windows — prefer real ones)."""
+    """Export ``ckpt`` to the ONNX file ``path``; returns ``{member, labels, feature_cfg, run_id,
+    metrics, parity}``. ``windows``: ``[n, n_mels, n_frames]`` features for the parity check
+    (default: 8 seeded random feature windows — prefer real ones)."""
     import onnx
     import onnxruntime as ort
 
     model, labels, blob = load_checkpoint(ckpt)
+    member = model.mcfg.name  # before merging: efficientnet_b0_lora stays named so
     model = merge_lora(model).eval()
     cfg = model.feature_cfg
     if windows is None:
         windows = np.random.default_rng(0).standard_normal((8, cfg.n_mels, cfg.n_frames)).astype(np.float32)
     windows = np.asarray(windows, np.float32)
     wrapper = _FeaturesToProbs(model).eval()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "model.onnx"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(
         wrapper,
         (torch.from_numpy(windows[:1]),),
@@ -93,8 +95,8 @@ def export_onnx(
         "package_version": str(PACKAGE_VERSION),
     }
     for k, v in meta.items():
-        p = m.metadata_props.add()
-        p.key, p.value = k, v
+        prop = m.metadata_props.add()
+        prop.key, prop.value = k, v
     onnx.save(m, str(path))
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"features": windows})[0]
@@ -104,20 +106,177 @@ def export_onnx(
     if diff > tolerance:
         path.unlink()
         raise ExportError(f"ONNX and PyTorch disagree by {diff:.2e} > {tolerance:.0e}; not exported")
-    manifest = {
-        "format": "onnx-fp32",
-        "package_version": PACKAGE_VERSION,
-        "file": path.name,
-        "sha256": sha256_file(path),
-        "bytes": path.stat().st_size,
-        "member": model.mcfg.name,
-        "feature_fingerprint": cfg.fingerprint(),
-        "labels_sha256": labels.digest(),
-        "n_species": len(labels),
+    log.info("exported %s → %s (parity %.2e)", ckpt, path, diff)
+    return {
+        "member": member,
+        "labels": labels,
+        "feature_cfg": cfg,
         "run_id": blob.get("run_id"),
         "metrics": blob.get("metrics", {}),
         "parity": {"max_abs_diff_vs_torch": diff, "windows": int(len(windows)), "tolerance": tolerance},
     }
-    (out_dir / "package.json").write_text(json.dumps(manifest, indent=2))
-    log.info("exported %s → %s (parity %.2e)", ckpt, path, diff)
-    return manifest
+
+
+def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray) -> Path:
+    """Static QDQ int8 quantisation of an fp32 ONNX model (per-channel int8 weights, uint8
+    activations, min-max calibration on ``calibration`` ``[n, n_mels, n_frames]`` real windows)."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    calib = np.asarray(calibration, np.float32)
+    if len(calib) == 0:
+        raise ExportError("int8 calibration needs real windows; got none")
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.batches = iter([{"features": calib[i : i + 8]} for i in range(0, len(calib), 8)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        quantize_static(
+            str(pre),
+            str(out),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    # quantisation drops custom metadata: carry it over from the fp32 model
+    src, q = onnx.load(str(fp32)), onnx.load(str(out))
+    del q.metadata_props[:]
+    for prop in src.metadata_props:
+        new = q.metadata_props.add()
+        new.key, new.value = prop.key, prop.value
+    onnx.save(q, str(out))
+    return Path(out)
+
+
+@dataclass(frozen=True)
+class PublishThresholds:
+    """A quantised / converted export is published only if, on held-out real windows, its top-1
+    agrees with fp32 on at least ``min_top1_agreement`` of the windows and its macro ROC-AUC is at
+    most ``max_roc_auc_drop`` below fp32's."""
+
+    min_top1_agreement: float = 0.90
+    max_roc_auc_drop: float = 0.02
+
+
+def compare(ref: np.ndarray, got: np.ndarray, targets: np.ndarray | None) -> dict[str, float]:
+    """Agreement of an export with its fp32 reference on the same windows."""
+    from training.metrics import birdclef_roc_auc
+
+    out = {
+        "top1_agreement": float((ref.argmax(1) == got.argmax(1)).mean()),
+        "max_abs_diff": float(np.abs(ref - got).max()),
+        "windows": float(len(ref)),
+    }
+    if targets is not None:
+        y = np.asarray(targets) >= 0.5
+        a_ref, a_got = birdclef_roc_auc(y, ref), birdclef_roc_auc(y, got)
+        out.update(roc_auc_fp32=a_ref, roc_auc=a_got, roc_auc_drop=a_ref - a_got)
+    return out
+
+
+def _onnx_probs(path: Path, feats: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.concatenate(
+        [sess.run(None, {"features": feats[i : i + 32]})[0] for i in range(0, len(feats), 32)]
+    )
+
+
+def export_edge(
+    ckpt: Path,
+    out_root: Path,
+    *,
+    parity: np.ndarray,
+    calibration: np.ndarray,
+    check: np.ndarray,
+    check_targets: np.ndarray | None,
+    name: str = "silencio-edge",
+    version: str = "0",
+    formats: tuple[str, ...] = ("onnx-fp32", "onnx-int8"),
+    thresholds: PublishThresholds = PublishThresholds(),
+    tolerance: float = 1e-4,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Export ``ckpt`` as edge packages ``out_root/<format>/``; returns format → manifest.
+
+    ``parity``: windows for the fp32 parity check; ``calibration``: windows for int8 calibration;
+    ``check`` / ``check_targets``: held-out windows (and labels) on which each export is compared
+    with fp32. A format that fails its thresholds raises :class:`ExportError` and leaves nothing
+    under its directory."""
+    out_root = Path(out_root)
+    out_root.mkdir(parents=True, exist_ok=True)
+    unknown = set(formats) - {"onnx-fp32", "onnx-int8"}
+    if unknown:
+        raise ExportError(f"unknown export formats {sorted(unknown)} (TFLite: scripts/export_tflite.sh)")
+    manifests: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(dir=out_root) as tmp:
+        fp32 = Path(tmp) / "model.onnx"
+        info = export_onnx(ckpt, fp32, parity, tolerance=tolerance)
+        ref = _onnx_probs(fp32, check)
+        files = {"onnx-fp32": fp32}
+        if "onnx-int8" in formats:
+            files["onnx-int8"] = quantize_int8(fp32, Path(tmp) / "model.int8.onnx", calibration)
+        validations: dict[str, dict[str, Any]] = {}
+        for fmt in formats:  # check every format before publishing any
+            validation: dict[str, Any] = {"parity": info["parity"]}
+            if fmt != "onnx-fp32":
+                cmp = compare(ref, _onnx_probs(files[fmt], check), check_targets)
+                validation["vs_fp32"] = cmp
+                validation["thresholds"] = asdict(thresholds)
+                bad = cmp["top1_agreement"] < thresholds.min_top1_agreement or (
+                    cmp.get("roc_auc_drop", 0.0) > thresholds.max_roc_auc_drop
+                )
+                if bad:
+                    raise ExportError(
+                        f"{fmt} export of {ckpt} is worse than the thresholds on {len(check)} real "
+                        f"windows: top-1 agreement {cmp['top1_agreement']:.3f} (min "
+                        f"{thresholds.min_top1_agreement}), ROC-AUC drop {cmp.get('roc_auc_drop', 0):.4f} "
+                        f"(max {thresholds.max_roc_auc_drop}); not published"
+                    )
+            validations[fmt] = validation
+        for fmt in formats:
+            spec = MemberSpec(
+                name=info["member"],
+                runtime="onnx",
+                feature_preset=info["feature_cfg"].name if info["feature_cfg"].name != "edge" else "default",
+                feature_fingerprint=info["feature_cfg"].fingerprint(),
+                quantization="int8" if fmt.endswith("int8") else "fp32",
+                metrics=dict(info["metrics"]),
+            )
+            dest = out_root / fmt
+            if dest.exists():
+                shutil.rmtree(dest)
+            manifests[fmt] = write_package(
+                dest,
+                kind="edge",
+                name=name,
+                version=version,
+                labels=info["labels"],
+                members=[(spec, files[fmt])],
+                extra={
+                    "format_name": fmt,
+                    "run_id": info["run_id"],
+                    "metrics": dict(info["metrics"]),
+                    "validation": validations[fmt],
+                    **(extra or {}),
+                },
+            )
+            log.info("edge package %s → %s", fmt, dest)
+    return manifests

@@ -90,18 +90,32 @@ def loss_fn(tcfg: TrainConfig, logits: torch.Tensor, y: torch.Tensor) -> torch.T
 def mixup(
     x: torch.Tensor, y: torch.Tensor, alpha: float, gen: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mix each example with a shuffled partner; the target is the union of both label sets.
-
-    Waveforms (``[B, samples]``) are *added* with a random relative gain (0.1–1), as overlapping
-    calls add up in air; features (``[B, n_mels, frames]``) are mixed convexly (mixup)."""
-    if x.dim() == 2:
-        perm = torch.randperm(x.shape[0], generator=gen).to(x.device)
-        gain = (0.1 + 0.9 * torch.rand(x.shape[0], 1, generator=gen)).to(x.device)
-        return x + gain * x[perm], torch.maximum(y, y[perm])
+    """Feature mixup (``[B, n_mels, frames]``): each example mixed convexly with a shuffled partner;
+    the target is the union of both label sets."""
     lam = float(np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=gen))).beta(alpha, alpha))
     lam = max(lam, 1 - lam)
     perm = torch.randperm(x.shape[0], generator=gen).to(x.device)
     return lam * x + (1 - lam) * x[perm], torch.maximum(y, y[perm])
+
+
+def mix_waveforms(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    prob: float,
+    gen: torch.Generator,
+    gain_db: tuple[float, float] = (-12, 6),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Waveform mixing (``[B, samples]``): each example, with probability ``prob``, gets a shuffled
+    partner *added* at a random relative gain (−12…+6 dB), as overlapping calls add up in air; the
+    target is the union. Per example, so a batch holds solo calls and choruses side by side, and a
+    loud partner teaches the model that a faint call beside it is still there."""
+    b = x.shape[0]
+    perm = torch.randperm(b, generator=gen).to(x.device)
+    sel = (torch.rand(b, 1, generator=gen) < prob).to(x.device)
+    db = gain_db[0] + (gain_db[1] - gain_db[0]) * torch.rand(b, 1, generator=gen)
+    rms = x.pow(2).mean(dim=1, keepdim=True).sqrt() + 1e-6
+    gain = (10 ** (db / 20)).to(x.device) * rms / rms[perm]
+    return x + sel * gain * x[perm], torch.where(sel, torch.maximum(y, y[perm]), y)
 
 
 def unwrap(model: nn.Module) -> AudioClassifier:
@@ -137,10 +151,11 @@ def train_one_epoch(
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if tcfg.wave_augment and x.dim() == 2:
             x, y = augment_waveforms(x, y, WaveAugConfig(), gen)
-        if tcfg.mixup_alpha > 0 and float(torch.rand(1, generator=gen)) < tcfg.mixup_prob:
+        if tcfg.mixup_alpha > 0 and x.dim() == 2:
+            x, y = mix_waveforms(x, y, tcfg.mixup_prob, gen)
+            x, y = mix_waveforms(x, y, tcfg.mixup_prob / 2, gen)  # a third source: dense choruses
+        elif tcfg.mixup_alpha > 0 and float(torch.rand(1, generator=gen)) < tcfg.mixup_prob:
             x, y = mixup(x, y, tcfg.mixup_alpha, gen)
-            if x.dim() == 2 and float(torch.rand(1, generator=gen)) < 0.5:
-                x, y = mixup(x, y, tcfg.mixup_alpha, gen)  # a third source: dense choruses
         with autocast(tcfg, device):
             logits = model(x)
         loss = loss_fn(tcfg, logits, y) / tcfg.grad_accum

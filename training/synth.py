@@ -61,6 +61,9 @@ class SynthConfig:
     calls_per_species: tuple[int, int] = (1, 4)
     secondary_probability: float = 0.2
     seed: int = 0
+    #: extra soundscapes *without* published truth (like BirdCLEF's train_soundscapes), for
+    #: pseudo-labelling; generated after everything else, so adding them changes nothing else
+    unlabelled_soundscapes: int = 0
 
 
 @dataclass(frozen=True)
@@ -241,6 +244,69 @@ def _write(path: Path, x: np.ndarray) -> None:
     soundfile.write(path, x.astype(np.float32), SR, format="OGG", subtype="VORBIS")
 
 
+def _soundscapes(
+    out: Path,
+    cfg: SynthConfig,
+    count: int,
+    prefix: str,
+    day: str,
+    species: list[SpeciesSpec],
+    rng: np.random.Generator,
+    tick: Callable[[], None],
+) -> tuple[list[tuple[str, str, float, float]], list[tuple[str, np.ndarray]]]:
+    """Write ``count`` soundscapes; return their call events and truth rows per 5 s window."""
+    win = 5.0
+    codes = [s.code for s in species]
+    events: list[tuple[str, str, float, float]] = []
+    truth_rows: list[tuple[str, np.ndarray]] = []
+    for k in range(count):
+        name = f"{prefix}{k:02d}_{day}_{6 + k % 12:02d}0000"
+        n = int(cfg.soundscape_seconds * SR)
+        x = _background(n, rng, level=rng.uniform(0.01, 0.03))
+        nrms = float(np.sqrt(np.mean(x**2)) + 1e-9)
+        lo, hi = cfg.species_per_soundscape
+        k_present = min(len(species), int(rng.integers(lo, hi, endpoint=True)))
+        present = rng.choice(len(species), size=k_present, replace=False)
+        mine: list[tuple[str, str, float, float]] = []
+        for j in present:
+            sp = species[int(j)]
+            for _ in range(int(rng.integers(*cfg.calls_per_species, endpoint=True))):
+                call = render_call(sp, rng)
+                at = int(rng.uniform(0, n - call.size))
+                a, b = _mix(x, call, at, rng.uniform(0, 15), nrms)
+                mine.append((name, sp.code, a / SR, b / SR))
+        for _ in range(int(rng.integers(1, 5))):
+            _mix(x, _distractor(rng), int(rng.uniform(0, n - SR)), rng.uniform(0, 10), nrms)
+        _write(out / "train_soundscapes" / f"{name}.ogg", x)
+        for w_i in range(int(cfg.soundscape_seconds // win)):
+            wlo, whi = w_i * win, (w_i + 1) * win
+            y = np.zeros(len(species), np.int8)
+            for _, code, a, b in mine:
+                # present when at least 0.5 s of the call falls inside the window
+                if min(b, whi) - max(a, wlo) >= 0.5:
+                    y[codes.index(code)] = 1
+            truth_rows.append((f"{name}_{int(whi)}", y))
+        events += mine
+        tick()
+    return events, truth_rows
+
+
+def _write_truth(path: Path, codes: list[str], rows: list[tuple[str, np.ndarray]]) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["row_id", *codes])
+        for rid, y in rows:
+            w.writerow([rid, *y.tolist()])
+
+
+def _write_events(path: Path, events: list[tuple[str, str, float, float]]) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["soundscape", "primary_label", "start", "end"])
+        for e in events:
+            w.writerow([e[0], e[1], f"{e[2]:.3f}", f"{e[3]:.3f}"])
+
+
 def generate(
     out: Path, cfg: SynthConfig = SynthConfig(), progress: Callable[[int, int], None] | None = None
 ) -> dict[str, object]:
@@ -252,8 +318,7 @@ def generate(
         raise ValueError(f"need at least 4 species (one per taxon class), got {cfg.species}")
     rng = np.random.default_rng(cfg.seed)
     species = make_species(cfg.species, rng)
-    by_code = {s.code: s for s in species}
-    total = len(species) * cfg.clips_per_species + cfg.soundscapes
+    total = len(species) * cfg.clips_per_species + cfg.soundscapes + cfg.unlabelled_soundscapes
     done = 0
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "taxonomy.csv", "w", newline="") as fh:
@@ -322,53 +387,32 @@ def generate(
         w.writerows(rows)
 
     # soundscapes with their truth per 5 s window
-    win = 5.0
-    events = []
-    truth_rows = []
-    for k in range(cfg.soundscapes):
-        name = f"SYN{k:02d}_20250101_{6 + k % 12:02d}0000"
-        n = int(cfg.soundscape_seconds * SR)
-        x = _background(n, rng, level=rng.uniform(0.01, 0.03))
-        nrms = float(np.sqrt(np.mean(x**2)) + 1e-9)
-        lo, hi = cfg.species_per_soundscape
-        k_present = min(len(species), int(rng.integers(lo, hi, endpoint=True)))
-        present = rng.choice(len(species), size=k_present, replace=False)
-        for j in present:
-            sp = species[int(j)]
-            for _ in range(int(rng.integers(*cfg.calls_per_species, endpoint=True))):
-                call = render_call(sp, rng)
-                at = int(rng.uniform(0, n - call.size))
-                a, b = _mix(x, call, at, rng.uniform(0, 15), nrms)
-                events.append((name, sp.code, a / SR, b / SR))
-        for _ in range(int(rng.integers(1, 5))):
-            _mix(x, _distractor(rng), int(rng.uniform(0, n - SR)), rng.uniform(0, 10), nrms)
-        _write(out / "train_soundscapes" / f"{name}.ogg", x)
-        for w_i in range(int(cfg.soundscape_seconds // win)):
-            lo, hi = w_i * win, (w_i + 1) * win
-            y = np.zeros(len(species), np.int8)
-            for fname, code, a, b in events:
-                # present when at least 0.5 s of the call falls inside the window
-                if fname == name and min(b, hi) - max(a, lo) >= 0.5:
-                    y[[s.code for s in species].index(code)] = 1
-            truth_rows.append((f"{name}_{int(hi)}", y))
+    codes = [s.code for s in species]
+
+    def tick() -> None:
+        nonlocal done
         done += 1
         if progress:
             progress(done, total)
-    with open(out / "soundscape_solution.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["row_id", *by_code])
-        for rid, y in truth_rows:
-            w.writerow([rid, *y.tolist()])
-    with open(out / "soundscape_events.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["soundscape", "primary_label", "start", "end"])
-        for e in events:
-            w.writerow([e[0], e[1], f"{e[2]:.3f}", f"{e[3]:.3f}"])
+
+    events, truth_rows = _soundscapes(out, cfg, cfg.soundscapes, "SYN", "20250101", species, rng, tick)
+    _write_truth(out / "soundscape_solution.csv", codes, truth_rows)
+    _write_events(out / "soundscape_events.csv", events)
+    if cfg.unlabelled_soundscapes:
+        u_events, u_rows = _soundscapes(
+            out, cfg, cfg.unlabelled_soundscapes, "SYNU", "20250102", species, rng, tick
+        )
+        # hidden truth: never read by training, only by the pseudo-label quality check
+        hidden = out / "hidden_truth"
+        hidden.mkdir(exist_ok=True)
+        _write_truth(hidden / "unlabelled_solution.csv", codes, u_rows)
+        _write_events(hidden / "unlabelled_events.csv", u_events)
     summary = {
         "config": asdict(cfg),
         "species": [asdict(s) for s in species],
         "clips": len(rows),
         "soundscapes": cfg.soundscapes,
+        "unlabelled_soundscapes": cfg.unlabelled_soundscapes,
         "events": len(events),
     }
     (out / "synth_config.json").write_text(json.dumps(summary, indent=2))

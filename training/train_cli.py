@@ -87,6 +87,45 @@ def register(sub: Any) -> None:
     bh.add_argument("--experiment", default="silencio-members", help="MLflow experiment name")
     bh.set_defaults(func=cmd_birdnet_head)
 
+    e = g.add_parser(
+        "ensemble",
+        help="bundle members + BirdNET into one ensemble package, weights fitted on validation",
+    )
+    e.add_argument("--data", type=Path, required=True, help="dataset root (BirdCLEF layout)")
+    e.add_argument("--member", type=Path, action="append", default=[], help="member checkpoint (repeat)")
+    e.add_argument("--birdnet-head", type=Path, help="head.npz from `silencio train birdnet-head`")
+    e.add_argument("--no-birdnet", action="store_true", help="leave BirdNET zero-shot out")
+    e.add_argument(
+        "--out", type=Path, help="package directory (default $SILENCIO_HOME/packages/ensemble-<time>)"
+    )
+    e.add_argument("--name", default="silencio-ensemble", help="package name")
+    e.add_argument("--seed", type=int, default=0, help="split seed (must be the members' seed)")
+    e.add_argument("--no-mlflow", action="store_true", help="do not track in MLflow")
+    e.add_argument("--experiment", default="silencio-ensemble", help="MLflow experiment name")
+    e.set_defaults(func=cmd_ensemble)
+
+    d = g.add_parser(
+        "distill", help="train the edge student from an ensemble package (+ pseudo-labelled soundscapes)"
+    )
+    d.add_argument("--data", type=Path, required=True, help="dataset root (BirdCLEF layout)")
+    d.add_argument("--teacher", type=Path, required=True, help="ensemble package directory")
+    d.add_argument("--out", type=Path, help="run directory (default $SILENCIO_HOME/runs/student/<time>)")
+    d.add_argument("--timm-name", help="student architecture (default mobilenetv3_small_100)")
+    d.add_argument("--downsample", type=int, help="average-pool the log-mel image by this factor")
+    d.add_argument("--epochs", type=int, default=20, help="maximum epochs per round")
+    d.add_argument("--max-minutes", type=float, help="time budget per round")
+    d.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    d.add_argument("--patience", type=int, default=8, help="early-stopping patience (epochs)")
+    d.add_argument("--alpha", type=float, default=0.5, help="weight of true labels vs teacher on clips")
+    d.add_argument("--rounds", type=int, default=1, help="pseudo-labelling rounds")
+    d.add_argument("--keep-threshold", type=float, default=0.5, help="keep windows whose top score ≥ this")
+    d.add_argument("--empty-threshold", type=float, default=0.05, help="… or whose every score < this")
+    d.add_argument("--seed", type=int, default=0, help="split and training seed")
+    d.add_argument("--device", help="cpu, cuda (default: cuda when available)")
+    d.add_argument("--no-mlflow", action="store_true", help="do not track in MLflow")
+    d.add_argument("--experiment", default="silencio-student", help="MLflow experiment name")
+    d.set_defaults(func=cmd_distill)
+
 
 def _load_yaml(path: Path | None) -> dict[str, Any]:
     if path is None:
@@ -257,6 +296,90 @@ def cmd_birdnet_head(args: argparse.Namespace) -> int:
     if "soundscape" in res:
         s = res["soundscape"]
         print(f"held-out soundscapes: macro ROC-AUC {s['macro_roc_auc']:.4f}, macro AP {s['macro_ap']:.4f}")  # type: ignore[index]
+    return 0
+
+
+def _tracker(args: argparse.Namespace, run_name: str) -> Any:
+    from training.tracking import MLflowTracker, NullTracker
+
+    return NullTracker() if args.no_mlflow else MLflowTracker(args.experiment, run_name=run_name)
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from shared_features.paths import home
+    from training.bundle import build_ensemble
+
+    out = args.out or home() / "packages" / f"ensemble-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    tracker = _tracker(args, "ensemble")
+    try:
+        res = build_ensemble(
+            args.data,
+            out,
+            checkpoints=args.member,
+            birdnet_head=args.birdnet_head,
+            birdnet=not args.no_birdnet,
+            name=args.name,
+            seed=args.seed,
+            tracker=tracker,
+        )
+        if tracker.run_id:
+            tracker.register("silencio-ensemble", "model", alias="candidate")
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end()
+    print(f"ensemble package {res.package}")
+    print(f"  validation macro ROC-AUC {res.val_roc_auc:.4f} (weights fitted here)")
+    for n, w in res.weights.items():
+        print(f"  {n:22s} weight {w:.3f}  validation macro ROC-AUC {res.member_val_roc_auc[n]:.4f}")
+    if res.soundscape:
+        s = res.soundscape
+        print(
+            f"held-out soundscapes ({s['windows']} windows): ensemble macro ROC-AUC {s['macro_roc_auc']:.4f}"
+        )
+        for n, v in s["member_macro_roc_auc"].items():
+            print(f"  {n:22s} {v:.4f}")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from shared_features.paths import home
+    from training.distill import DistillConfig, PseudoConfig, distill
+    from training.loop import TrainConfig
+    from training.models.config import member_config
+
+    out = args.out or home() / "runs" / "student" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    mcfg = member_config("student", timm_name=args.timm_name, input_downsample=args.downsample)
+    tcfg = TrainConfig(
+        epochs=args.epochs, lr=args.lr, patience=args.patience, max_minutes=args.max_minutes, seed=args.seed
+    )
+    dcfg = DistillConfig(
+        alpha=args.alpha,
+        pseudo=PseudoConfig(args.keep_threshold, args.empty_threshold, args.rounds),
+    )
+    tracker = _tracker(args, "student")
+    try:
+        res = distill(
+            args.data, args.teacher, out, mcfg=mcfg, tcfg=tcfg, dcfg=dcfg, tracker=tracker, device=args.device
+        )
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end()
+    for r in res["rounds"]:
+        extra = (
+            f", pseudo-labelled windows kept {r['pseudo_windows']}/{r['unlabelled_windows']}"
+            if "pseudo_windows" in r
+            else ""
+        )
+        if "pseudo_precision" in r:
+            extra += f" (precision vs hidden truth {r['pseudo_precision']:.3f})"
+        sc = r.get("soundscape") or {}
+        print(
+            f"round {r['round']}: best validation macro ROC-AUC {r['best_val_roc_auc']:.4f}{extra}"
+            + (f"; held-out soundscapes {sc['macro_roc_auc']:.4f}" if sc else "")
+        )
+    print(f"student checkpoint {res['checkpoint']}")
     return 0
 
 

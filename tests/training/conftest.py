@@ -6,7 +6,9 @@ import pytest
 
 from training.synth import SynthConfig, generate
 
-SMALL = SynthConfig(species=8, clips_per_species=4, clip_seconds=(5.0, 9.0), soundscapes=2, seed=7)
+SMALL = SynthConfig(
+    species=8, clips_per_species=4, clip_seconds=(5.0, 9.0), soundscapes=2, seed=7, unlabelled_soundscapes=1
+)
 
 
 @pytest.fixture(scope="session")
@@ -30,4 +32,5 @@ TINY = {
     "resnet50": {"timm_name": "resnet10t", "input_downsample": 4},
     "efficientnet_b0": {"timm_name": "efficientnet_b0", "input_downsample": 4},
     "cnn14_sed": {"sed_width": 4, "input_downsample": 2},
+    "student": {"timm_name": "mobilenetv3_small_050", "input_downsample": 2},
 }

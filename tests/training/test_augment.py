@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 
 from training.augment import WaveAugConfig, augment_waveforms, coloured_noise
-from training.loop import mixup
+from training.loop import mix_waveforms, mixup
 
 
 def test_coloured_noise_is_unit_rms_and_coloured():
@@ -27,9 +27,26 @@ def test_empty_windows_get_empty_targets_and_crops_keep_labels():
     assert torch.isfinite(xa).all()
 
 
-def test_waveforms_are_added_and_labels_united():
+def test_waveforms_are_added_per_example_and_labels_united():
     g = torch.Generator().manual_seed(2)
-    x = torch.randn(4, 1000)
+    x = torch.randn(64, 1000)
+    y = torch.eye(64)
+    xm, ym = mix_waveforms(x, y, 0.5, g)
+    mixed = ym.sum(dim=1) == 2
+    solo = ym.sum(dim=1) == 1
+    assert torch.all(mixed | solo) and 15 <= int(mixed.sum()) <= 49  # per example, not per batch
+    assert torch.equal(xm[solo], x[solo]) and not torch.equal(xm[mixed], x[mixed])
+    for i in torch.where(mixed)[0]:
+        j = int(torch.where(ym[i] * (1 - y[i]))[0][0])  # the partner it received
+        residual = xm[i] - x[i]
+        gain_db = 20 * torch.log10(residual.pow(2).mean().sqrt() / x[i].pow(2).mean().sqrt())
+        assert torch.allclose(residual / residual.norm(), x[j] / x[j].norm(), atol=1e-4)
+        assert -12.01 <= float(gain_db) <= 6.01
+
+
+def test_feature_mixup_unites_labels():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 8, 10)
     y = torch.eye(4)
     xm, ym = mixup(x, y, 0.4, g)
     assert torch.all(ym.sum(dim=1) >= 1) and ym.max() == 1

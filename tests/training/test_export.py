@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -9,7 +10,8 @@ import pytest
 import torch
 
 from shared_features import DEFAULT, LabelSpace, features_from_audio, load_audio
-from training.export import ExportError, export_onnx, sha256_file
+from shared_features.package import FingerprintMismatchError, PackageError, load_package
+from training.export import ExportError, PublishThresholds, export_edge, export_onnx
 from training.models import build_model, load_checkpoint, member_config, save_checkpoint
 
 from .conftest import TINY
@@ -23,13 +25,12 @@ def test_onnx_export_carries_contracts_and_matches_torch(tmp_path, mini, member)
         tmp_path / "m.pt", model, labels, run_id="run123", metrics={"best_val_roc_auc": 0.9}
     )
     feats, _ = features_from_audio(load_audio(mini / "train_soundscapes" / "H02_20230420_074000.ogg"))
-    man = export_onnx(ckpt, tmp_path / "pkg", feats[:4])
-    path = tmp_path / "pkg" / "model.onnx"
-    assert man["sha256"] == sha256_file(path) and man["parity"]["max_abs_diff_vs_torch"] <= 1e-4
+    path = tmp_path / "m.onnx"
+    info = export_onnx(ckpt, path, feats[:4])
+    assert info["parity"]["max_abs_diff_vs_torch"] <= 1e-4 and info["labels"] == labels
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert meta["feature_fingerprint"] == DEFAULT.fingerprint()
     assert LabelSpace.from_json(meta["labels"]) == labels and meta["run_id"] == "run123"
-    assert json.loads((tmp_path / "pkg" / "package.json").read_text())["n_species"] == 206
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     probs = sess.run(None, {"features": feats})[0]  # any batch size
     m2, _, _ = load_checkpoint(ckpt)
@@ -44,5 +45,118 @@ def test_parity_failure_refuses_export(tmp_path, mini):
         tmp_path / "m.pt", build_model(member_config("resnet50", **TINY["resnet50"]), 206), labels
     )
     with pytest.raises(ExportError, match="disagree"):
-        export_onnx(ckpt, tmp_path / "pkg", tolerance=0.0 - 1.0)
-    assert not (tmp_path / "pkg" / "model.onnx").exists()
+        export_onnx(ckpt, tmp_path / "m.onnx", tolerance=0.0 - 1.0)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def _real_windows(mini):
+    """Features of real windows: the mini soundscape and a few focal clips."""
+    from training.dataset import BirdCLEFDataset
+
+    ds = BirdCLEFDataset.load(mini)
+    feats, ys = [], []
+    for rec in ds.recordings[:10]:
+        f, _ = features_from_audio(load_audio(ds.audio_path(rec)))
+        feats.append(f)
+        ys.append(np.repeat(ds.labels.encode(rec.primary_label)[None], len(f), 0))
+    return np.concatenate(feats), np.concatenate(ys)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory, mini):
+    tmp = tmp_path_factory.mktemp("edge")
+    labels = LabelSpace.from_taxonomy_csv(mini / "taxonomy.csv")
+    torch.manual_seed(0)
+    model = build_model(member_config("resnet50", **TINY["resnet50"]), len(labels)).eval()
+    return save_checkpoint(tmp / "m.pt", model, labels, run_id="r1", metrics={"best_val_roc_auc": 0.5})
+
+
+def test_edge_packages_fp32_and_int8_load_verify_and_score(tmp_path, mini, tiny_ckpt):
+    feats, ys = _real_windows(mini)
+    mans = export_edge(
+        tiny_ckpt,
+        tmp_path / "edge",
+        parity=feats[:4],
+        calibration=feats[::2],
+        check=feats[1::2],
+        check_targets=ys[1::2],
+        thresholds=PublishThresholds(min_top1_agreement=0.0, max_roc_auc_drop=1.0),
+        version="7",
+    )
+    assert set(mans) == {"onnx-fp32", "onnx-int8"}
+    v = mans["onnx-int8"]["validation"]["vs_fp32"]
+    assert 0.0 <= v["top1_agreement"] <= 1.0 and "roc_auc_drop" in v and v["windows"] == len(feats[1::2])
+    fp32 = load_package(tmp_path / "edge" / "onnx-fp32")
+    int8 = load_package(tmp_path / "edge" / "onnx-int8")
+    assert fp32.kind == "edge" and fp32.version == "7" and int8.members[0].quantization == "int8"
+    assert int8.members[0].bytes < fp32.members[0].bytes
+    m, _, _ = load_checkpoint(tiny_ckpt)
+    with torch.no_grad():
+        ref = torch.sigmoid(m(torch.from_numpy(feats[:6]))).numpy()
+    assert np.abs(fp32.predict_features(feats[:6]) - ref).max() <= 1e-4
+    # the waveform path of the package computes the same features itself
+    wave = load_audio(mini / "train_soundscapes" / "H02_20230420_074000.ogg")[: 2 * DEFAULT.window_samples]
+    w = wave.reshape(2, -1)
+    s = fp32.predict(w)
+    f2, _ = features_from_audio(wave)
+    assert np.abs(s.probs - fp32.predict_features(f2[:2])).max() <= 1e-5
+
+
+def test_int8_below_thresholds_is_not_published(tmp_path, mini, tiny_ckpt):
+    feats, ys = _real_windows(mini)
+    with pytest.raises(ExportError, match="not published"):
+        export_edge(
+            tiny_ckpt,
+            tmp_path / "edge",
+            parity=feats[:2],
+            calibration=feats[:8],
+            check=feats[8:20],
+            check_targets=ys[8:20],
+            thresholds=PublishThresholds(min_top1_agreement=1.01),
+        )
+    assert not (tmp_path / "edge" / "onnx-int8").exists() and not (tmp_path / "edge" / "onnx-fp32").exists()
+
+
+def test_package_loader_refuses_corrupt_foreign_and_mismatched(tmp_path, mini, tiny_ckpt):
+    feats, ys = _real_windows(mini)
+    export_edge(
+        tiny_ckpt,
+        tmp_path / "edge",
+        parity=feats[:2],
+        calibration=feats[:4],
+        check=feats[4:8],
+        check_targets=None,
+        formats=("onnx-fp32",),
+    )
+    src = tmp_path / "edge" / "onnx-fp32"
+
+    def variant(name, edit):
+        d = tmp_path / name
+        shutil.copytree(src, d)
+        edit(d)
+        return d
+
+    def flip_byte(d):
+        f = next((d / "members").iterdir())
+        b = bytearray(f.read_bytes())
+        b[len(b) // 2] ^= 0xFF
+        f.write_bytes(bytes(b))
+
+    def rewrite(key, value, member=False):
+        def edit(d):
+            m = json.loads((d / "package.json").read_text())
+            (m["members"][0] if member else m)[key] = value
+            (d / "package.json").write_text(json.dumps(m))
+
+        return edit
+
+    with pytest.raises(PackageError, match="sha256"):
+        load_package(variant("corrupt", flip_byte))
+    with pytest.raises(PackageError, match="version"):
+        load_package(variant("old", rewrite("package_version", 1)))
+    with pytest.raises(FingerprintMismatchError, match="fv1-0000"):
+        load_package(variant("feat", rewrite("feature_fingerprint", "fv1-0000000000000000", member=True)))
+    with pytest.raises(PackageError, match="no package.json"):
+        load_package(tmp_path / "edge")
+    with pytest.raises(PackageError, match="samples"):
+        load_package(src).predict(np.zeros((1, 1000), np.float32))

@@ -24,7 +24,19 @@ def test_layout_and_labels(synth_dir):
     for r in ds.recordings:
         y = load_audio(ds.audio_path(r))
         assert 4.9 <= y.size / 32_000 <= 9.1
-    assert len(ds.soundscapes()) == 2
+    assert len(ds.soundscapes()) == 3  # 2 with published truth, 1 unlabelled
+
+
+def test_unlabelled_soundscapes_have_only_hidden_truth(synth_dir):
+    from training.distill import unlabelled_soundscapes
+
+    unl = unlabelled_soundscapes(synth_dir)
+    assert [p.name[:4] for p in unl] == ["SYNU"]
+    labels = LabelSpace.from_taxonomy_csv(synth_dir / "taxonomy.csv")
+    ids, _, _ = read_solution_csv(synth_dir / "soundscape_solution.csv", labels)
+    assert not any(r.startswith("SYNU") for r in ids)
+    hidden, _, _ = read_solution_csv(synth_dir / "hidden_truth" / "unlabelled_solution.csv", labels)
+    assert len(hidden) == 12 and all(r.startswith(unl[0].stem) for r in hidden)
 
 
 def test_soundscape_truth_matches_events(synth_dir):

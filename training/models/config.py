@@ -8,6 +8,9 @@ from typing import Any
 
 from training.errors import TrainingError
 
+ARCHS = ("resnet50", "efficientnet_b0", "cnn14_sed", "student")
+STUDENT_TIMM = "mobilenetv3_small_100"
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -15,7 +18,9 @@ class ModelConfig:
 
     ``arch``: ``resnet50`` (timm, from scratch), ``efficientnet_b0`` (timm; with ``lora_rank > 0``
     LoRA adapters on the pointwise convolutions, fine-tuned from ``base_checkpoint``),
-    ``cnn14_sed`` (PANNs CNN14 with attention pooling; ``sed_width`` 64 is the PANNs size).
+    ``cnn14_sed`` (PANNs CNN14 with attention pooling; ``sed_width`` 64 is the PANNs size),
+    ``student`` (the small edge CNN distilled from the ensemble; timm ``mobilenetv3_small_100``
+    by default — chosen by measured speed and accuracy, see ``benchmarks/edge_models.py``).
     ``timm_name`` overrides the timm model (tests use tiny ones such as ``resnet10t``).
     ``input_downsample`` average-pools the log-mel image by that factor before the network, to
     fit CPU budgets; 1 uses the full resolution. ``global_pool`` is timm's pooling of the last
@@ -37,10 +42,8 @@ class ModelConfig:
     panns_checkpoint: str | None = None
 
     def __post_init__(self) -> None:
-        if self.arch not in ("resnet50", "efficientnet_b0", "cnn14_sed"):
-            raise TrainingError(
-                f"unknown member arch {self.arch!r}; known: resnet50, efficientnet_b0, cnn14_sed"
-            )
+        if self.arch not in ARCHS:
+            raise TrainingError(f"unknown member arch {self.arch!r}; known: {', '.join(ARCHS)}")
         if self.input_downsample < 1:
             raise TrainingError(f"input_downsample must be ≥ 1, got {self.input_downsample}")
         if self.lora_rank and self.arch != "efficientnet_b0":
@@ -73,6 +76,7 @@ MEMBERS: dict[str, ModelConfig] = {
     "efficientnet_b0": ModelConfig("efficientnet_b0"),
     "efficientnet_b0_lora": ModelConfig("efficientnet_b0", lora_rank=8),
     "cnn14_sed": ModelConfig("cnn14_sed"),  # the "panns" preset with a PANNs checkpoint
+    "student": ModelConfig("student", drop_rate=0.1),
 }
 
 

@@ -12,7 +12,7 @@ from torch import nn
 from shared_features import FeatureConfig, get_preset
 from shared_features.mel_torch import TorchLogMel
 from training.errors import TrainingError
-from training.models.config import ModelConfig
+from training.models.config import STUDENT_TIMM, ModelConfig
 from training.models.sed import Cnn14SED
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,8 @@ def build_model(mcfg: ModelConfig, n_classes: int, weights_follow: bool = False)
             )
         if mcfg.lora_rank:
             backbone = add_lora(backbone, mcfg)
+    elif mcfg.arch == "student":
+        backbone = _timm(mcfg.timm_name or STUDENT_TIMM, n_classes, mcfg.drop_rate, mcfg.global_pool)
     else:
         sed = Cnn14SED(fcfg.n_mels // mcfg.input_downsample, n_classes, mcfg.sed_width, mcfg.drop_rate)
         if mcfg.panns_checkpoint:
