@@ -125,19 +125,25 @@ def _tflite_runner(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarra
     from shared_features.birdnet import interpreter_class
 
     interp = interpreter_class()(model_path=str(path), num_threads=threads)
+    interp.allocate_tensors()
     inp = interp.get_input_details()[0]
     out = interp.get_output_details()[0]
-    state = {"batch": -1}
+    dynamic = int(inp.get("shape_signature", inp["shape"])[0]) == -1
+    state = {"batch": int(inp["shape"][0])}
 
-    def run(feats: np.ndarray) -> np.ndarray:
-        feats = np.ascontiguousarray(feats, np.float32)
-        if state["batch"] != feats.shape[0]:
-            interp.resize_tensor_input(inp["index"], list(feats.shape))
+    def invoke(x: np.ndarray) -> np.ndarray:
+        if dynamic and state["batch"] != x.shape[0]:
+            interp.resize_tensor_input(inp["index"], list(x.shape))
             interp.allocate_tensors()
-            state["batch"] = feats.shape[0]
-        interp.set_tensor(inp["index"], feats)
+            state["batch"] = x.shape[0]
+        interp.set_tensor(inp["index"], np.ascontiguousarray(x, np.float32))
         interp.invoke()
         return np.array(interp.get_tensor(out["index"]), np.float32)
+
+    def run(feats: np.ndarray) -> np.ndarray:
+        if dynamic:
+            return invoke(feats)
+        return np.concatenate([invoke(f[None]) for f in feats])  # a batch-1 graph: one window at a time
 
     return run
 

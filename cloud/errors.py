@@ -1,0 +1,46 @@
+"""The documented exceptions of ``cloud``. Each carries the HTTP status the service answers with;
+the translation to HTTP happens only in ``bentos/`` (the boundary)."""
+
+from __future__ import annotations
+
+
+class CloudError(Exception):
+    """Base class; ``status`` is the HTTP status code of this kind of failure."""
+
+    status = 500
+
+
+class BadRequest(CloudError):
+    """Corrupt, empty or non-audio upload; a clip whose bytes do not match its sha256."""
+
+    status = 400
+
+
+class Unauthorized(CloudError):
+    """A missing or wrong device / admin token."""
+
+    status = 401
+
+
+class NotFound(CloudError):
+    status = 404
+
+
+class PayloadTooLarge(CloudError):
+    status = 413
+
+
+class UnsupportedMediaType(CloudError):
+    status = 415
+
+
+class Unprocessable(CloudError):
+    """Malformed JSON or a payload that does not follow the wire schema."""
+
+    status = 422
+
+
+class NotReady(CloudError):
+    """No model could be loaded (the message says why)."""
+
+    status = 503

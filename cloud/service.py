@@ -1,0 +1,417 @@
+"""What the cloud does, as plain Python: sync ingest, clip confirmation, feedback, reports,
+releases. HTTP lives in ``bentos/`` — this module raises :mod:`cloud.errors` with their status.
+
+Sync is idempotent on UUIDs (a re-sent detection is acknowledged as a duplicate, never stored
+twice); a clip is checked against its declared size and sha256, stored content-addressed, and
+re-scored by the full ensemble into a confirmation the device fetches incrementally (``since``
+cursor). Feedback goes into the relabelling queue that ``silencio cloud export-feedback`` writes
+out as labelled clips for training.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from pydantic import BaseModel, ValidationError
+
+from cloud.errors import BadRequest, NotFound, NotReady, PayloadTooLarge, Unprocessable
+from cloud.inference import Identifier, species_entry
+from cloud.schemas import (
+    WIRE_VERSION,
+    ClipAck,
+    ClipMeta,
+    Confirmation,
+    FeedbackAck,
+    FeedbackIn,
+    Rejected,
+    SyncAck,
+    SyncBatch,
+)
+from cloud.settings import CloudSettings
+from cloud.store import CloudStore
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(model: type[M], body: bytes | str, limit_bytes: float) -> M:
+    """Validate a JSON body against a wire schema: 413 when too large, 422 when malformed."""
+    if len(body) > limit_bytes:
+        raise PayloadTooLarge(f"JSON body of {len(body)} bytes exceeds the {int(limit_bytes)} byte limit")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        errs = exc.errors(include_url=False, include_input=False)
+        detail = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'body'}: {e['msg']}" for e in errs[:5])
+        raise Unprocessable(f"{model.__name__} (wire version {WIRE_VERSION}): {detail}") from None
+
+
+class Cloud:
+    """The cloud application state: settings, store, and (lazily) the model."""
+
+    def __init__(
+        self,
+        settings: CloudSettings | None = None,
+        identifier: Identifier | None = None,
+        on_event: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self.settings = settings or CloudSettings()
+        self.store = CloudStore(self.settings.db_path, self.settings.clips_path)
+        self._identifier = identifier
+        self._load_error: str | None = None
+        self.on_event = on_event or (lambda name, value: None)
+
+    # ------------------------------------------------------------------ model
+    @property
+    def identifier(self) -> Identifier:
+        if self._identifier is None:
+            try:
+                self._identifier = Identifier.load(
+                    self.settings.model,
+                    self.settings.home,
+                    self.settings.taxonomy_path,
+                    self.settings.threads,
+                )
+            except NotReady as exc:
+                self._load_error = str(exc)
+                raise
+        return self._identifier
+
+    def ready(self) -> dict[str, Any]:
+        try:
+            info = self.identifier.model_info()
+        except NotReady as exc:
+            return {"ready": False, "reason": str(exc)}
+        return {"ready": True, "model": info, "store": str(self.settings.db_path)}
+
+    def identify(self, data: bytes | Path, **kw: Any) -> dict[str, Any]:
+        size = len(data) if isinstance(data, bytes) else Path(data).stat().st_size
+        if size > self.settings.max_upload_mb * 1e6:
+            raise PayloadTooLarge(f"upload of {size} bytes exceeds {self.settings.max_upload_mb:g} MB")
+        if size == 0:
+            raise BadRequest(f"{kw.get('name', 'upload')}: empty upload (0 bytes)")
+        out = self.identifier.identify(data, **kw)
+        self.on_event("identify_windows", float(len(out["windows"])))
+        return out
+
+    # ------------------------------------------------------------------ sync
+    def sync(self, token: str | None, body: bytes) -> dict[str, Any]:
+        dev = self.store.authenticate(token)
+        batch = parse(SyncBatch, body, self.settings.max_json_kb * 1024)
+        labels = self.identifier.labels if self._identifier or self._try_labels() else None
+        accepted, duplicates, rejected = [], [], []
+        for t in batch.tours:
+            r = self.store.upsert_tour(dev["id"], t.model_dump(mode="json"))
+            (accepted if r == "accepted" else duplicates if r == "duplicate" else rejected).append(
+                t.uuid if r in ("accepted", "duplicate") else Rejected(uuid=t.uuid, error=r)
+            )
+        for d in batch.detections:
+            if labels is not None and d.species_code not in labels:
+                rejected.append(Rejected(uuid=d.uuid, error=f"unknown species code {d.species_code!r}"))
+                continue
+            if d.end_time < d.start_time:
+                rejected.append(Rejected(uuid=d.uuid, error="end_time before start_time"))
+                continue
+            r = self.store.insert_detection(dev["id"], d.model_dump(mode="json"))
+            if r == "accepted":
+                accepted.append(d.uuid)
+            elif r == "duplicate":
+                duplicates.append(d.uuid)
+            else:
+                rejected.append(Rejected(uuid=d.uuid, error=r))
+        n_new = sum(1 for d in batch.detections if d.uuid in set(accepted))
+        self.on_event("detections_ingested", float(n_new))
+        return SyncAck(accepted=accepted, duplicates=duplicates, rejected=rejected).model_dump(mode="json")
+
+    def _try_labels(self) -> bool:
+        try:
+            self.identifier  # noqa: B018 - loads the model (and its labels) once
+            return True
+        except NotReady:
+            return False
+
+    # ------------------------------------------------------------------ clips
+    def upload_clip(self, token: str | None, meta_json: bytes | str, audio: bytes) -> dict[str, Any]:
+        dev = self.store.authenticate(token)
+        meta = parse(ClipMeta, meta_json, 64 * 1024)
+        limit = self.settings.max_clip_mb * 1e6
+        if len(audio) > limit or meta.bytes > limit:
+            raise PayloadTooLarge(
+                f"clip of {max(len(audio), meta.bytes)} bytes exceeds {self.settings.max_clip_mb:g} MB"
+            )
+        if len(audio) != meta.bytes:
+            raise BadRequest(
+                f"clip {meta.uuid}: received {len(audio)} bytes, meta says {meta.bytes} (partial upload?)"
+            )
+        digest = hashlib.sha256(audio).hexdigest()
+        if digest != meta.sha256:
+            raise BadRequest(f"clip {meta.uuid}: sha256 {digest} does not match the declared {meta.sha256}")
+        existing = self.store.get_clip(str(meta.uuid))
+        if existing is not None:
+            conf = self.store.confirmation_for_clip(str(meta.uuid))
+            return ClipAck(uuid=meta.uuid, duplicate=True, confirmation=conf).model_dump(mode="json")
+        wave = self.identifier.decode(audio, f"clip {meta.uuid}")  # 400/415 before anything is stored
+        path = self.store.clip_path(digest, _ext(audio))
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(path.suffix + ".part")
+            tmp.write_bytes(audio)
+            os.replace(tmp, path)
+        self.store.insert_clip(dev["id"], meta.model_dump(mode="json"), path)
+        conf = self._confirm(dev["id"], meta, wave)
+        self.on_event("clips_confirmed", 1.0)
+        if conf["agree"] is False:
+            self.on_event("disagreements", 1.0)
+        return ClipAck(uuid=meta.uuid, duplicate=False, confirmation=conf).model_dump(mode="json")
+
+    def _confirm(self, device_id: int, meta: ClipMeta, wave: np.ndarray) -> dict[str, Any]:
+        from shared_features import DEFAULT, frame_windows
+
+        ident = self.identifier
+        windows, times = frame_windows(wave, DEFAULT.replace(window_stride_seconds=2.5))
+        probs, _ = ident.scores(windows)
+        det = self.store.detection(str(meta.detection_uuid) if meta.detection_uuid else None)
+        edge = det["species_code"] if det else None
+        if det is not None:  # the windows that overlap the detection inside the clip
+            start = meta.start_offset
+            dur = (
+                datetime.fromisoformat(det["end_time"]) - datetime.fromisoformat(det["start_time"])
+            ).total_seconds()
+            sel = [i for i, t in enumerate(times) if t.end > start and t.start < start + max(dur, 0.1)]
+            probs = probs[sel] if sel else probs
+        clip = probs.max(axis=0)
+        order = np.argsort(-clip)[:5]
+        thr = self.settings.confirm_threshold
+        species = [species_entry(ident.labels, int(j), clip[j]) for j in order if clip[j] >= thr] or [
+            species_entry(ident.labels, int(order[0]), clip[order[0]])
+        ]
+        agree = None
+        if edge is not None and edge in ident.labels:
+            j = ident.labels.index(edge)
+            agree = bool(clip[j] >= thr or int(order[0]) == j)
+        model = f"{ident.package.name} {ident.package.version}"
+        return self.store.add_confirmation(
+            str(meta.uuid),
+            device_id,
+            str(meta.detection_uuid) if meta.detection_uuid else None,
+            edge,
+            agree,
+            species,
+            model,
+        )
+
+    def confirmations(self, token: str | None, since: int = 0, limit: int = 200) -> dict[str, Any]:
+        dev = self.store.authenticate(token)
+        if since < 0 or not 1 <= limit <= 1000:
+            raise BadRequest("since must be ≥ 0 and limit in 1..1000")
+        rows = self.store.confirmations_since(dev["id"], since, limit)
+        items = [Confirmation.model_validate(r).model_dump(mode="json") for r in rows]
+        return {
+            "wire_version": WIRE_VERSION,
+            "confirmations": items,
+            "next": items[-1]["seq"] if items else since,
+        }
+
+    # ------------------------------------------------------------------ feedback
+    def feedback(self, token: str | None, body: bytes) -> dict[str, Any]:
+        dev = self.store.authenticate(token)
+        fb = parse(FeedbackIn, body, 64 * 1024)
+        if fb.kind == "wrong_species":
+            if not fb.correct_code:
+                raise Unprocessable("wrong_species feedback needs correct_code")
+            if self._try_labels() and fb.correct_code not in self.identifier.labels:
+                raise Unprocessable(f"unknown species code {fb.correct_code!r}")
+        det = self.store.detection(str(fb.detection_uuid))
+        if det is None:
+            raise NotFound(f"detection {fb.detection_uuid} is not on the cloud yet: sync detections first")
+        new = self.store.insert_feedback(dev["id"], fb.model_dump(mode="json"))
+        return FeedbackAck(uuid=fb.uuid, duplicate=not new).model_dump(mode="json")
+
+    def export_feedback(self, out: Path, include_exported: bool = False) -> dict[str, Any]:
+        """The relabelling queue as labelled clips: ``out/labels.csv`` (clip, start, end, label,
+        kind, edge label) plus the clip files; marks the rows exported."""
+        rows = self.store.relabel_queue(include_exported)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "clips").mkdir(exist_ok=True)
+        written = 0
+        with open(out / "labels.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["feedback_uuid", "clip", "offset", "label", "kind", "edge_label", "detection_uuid"])
+            for r in rows:
+                label = {"wrong_species": r["correct_code"], "confirmed": r["edge_species"]}.get(
+                    r["kind"], ""
+                )
+                clip = ""
+                if r["clip_path"] and Path(r["clip_path"]).exists():
+                    clip = f"clips/{Path(r['clip_path']).name}"
+                    shutil.copyfile(r["clip_path"], out / clip)
+                w.writerow(
+                    [
+                        r["uuid"],
+                        clip,
+                        r["start_offset"] or 0,
+                        label,
+                        r["kind"],
+                        r["edge_species"],
+                        r["detection_uuid"],
+                    ]
+                )
+                written += 1
+        self.store.mark_exported([r["uuid"] for r in rows])
+        return {"rows": written, "path": str(out / "labels.csv")}
+
+    # ------------------------------------------------------------------ reports
+    def tour_report(self, token: str | None, tour_uuid: str | None = None) -> dict[str, Any]:
+        self.store.authenticate(token, "admin")
+        where, params = ("WHERE t.uuid = ?", [tour_uuid]) if tour_uuid else ("", [])
+        tours = self.store.query(
+            f"SELECT t.*, d.name AS device FROM tours t JOIN devices d ON d.id = t.device_id {where} "
+            "ORDER BY t.started_at",
+            params,
+        )
+        if tour_uuid and not tours:
+            raise NotFound(f"tour {tour_uuid} not found")
+        labels = self.identifier.labels if self._try_labels() else None
+        out = []
+        for t in tours:
+            rows = self.store.query(
+                "SELECT d.species_code AS code, count(*) AS detections, min(d.start_time) AS first_heard, "
+                "max(c.agree) AS cloud_agree, "
+                "max(CASE WHEN f.kind = 'confirmed' THEN 1 ELSE 0 END) AS guide_ok, "
+                "max(CASE WHEN f.kind IN ('wrong_species', 'not_an_animal') THEN 1 ELSE 0 END) AS flagged "
+                "FROM detections d LEFT JOIN confirmations c ON c.detection_uuid = d.uuid "
+                "LEFT JOIN feedback f ON f.detection_uuid = d.uuid WHERE d.tour_uuid = ? "
+                "GROUP BY d.species_code ORDER BY first_heard",
+                [t["uuid"]],
+            )
+            species = []
+            for r in rows:
+                confirmed = bool(r["cloud_agree"]) or bool(r["guide_ok"])
+                entry = {
+                    "code": r["code"],
+                    "detections": r["detections"],
+                    "first_heard": r["first_heard"],
+                    "confirmed": confirmed,
+                    "flagged": bool(r["flagged"]),
+                }
+                if labels is not None and r["code"] in labels:
+                    s = labels[r["code"]]
+                    entry.update(
+                        scientific_name=s.scientific_name,
+                        common_name=s.common_name,
+                        taxon_class=s.taxon_class,
+                    )
+                species.append(entry)
+            out.append(
+                {
+                    "tour": t["uuid"],
+                    "guide": t["guide"],
+                    "device": t["device"],
+                    "location": t["location"],
+                    "started_at": t["started_at"],
+                    "ended_at": t["ended_at"],
+                    "species_heard": len(species),
+                    "species_confirmed": sum(1 for s in species if s["confirmed"]),
+                    "species": species,
+                }
+            )
+        return {"tours": out}
+
+    def summary(self, token: str | None) -> dict[str, Any]:
+        """Per day and per guide: tours, distinct species heard and confirmed, disagreement rate."""
+        rep = self.tour_report(token)["tours"]
+        by: dict[str, dict[str, dict[str, Any]]] = {"day": {}, "guide": {}}
+        for t in rep:
+            for key, val in (("day", t["started_at"][:10]), ("guide", t["guide"])):
+                b = by[key].setdefault(val, {"tours": 0, "heard": set(), "confirmed": set()})
+                b["tours"] += 1
+                b["heard"] |= {s["code"] for s in t["species"]}
+                b["confirmed"] |= {s["code"] for s in t["species"] if s["confirmed"]}
+        conf = self.store.query(
+            "SELECT count(*) AS n, sum(CASE WHEN agree = 0 THEN 1 ELSE 0 END) AS bad, "
+            "sum(CASE WHEN agree IS NOT NULL THEN 1 ELSE 0 END) AS cmp FROM confirmations"
+        )[0]
+        per_tour = [t["species_confirmed"] for t in rep]
+        return {
+            "tours": len(rep),
+            "mean_species_confirmed_per_tour": float(np.mean(per_tour)) if per_tour else 0.0,
+            "mean_species_heard_per_tour": float(np.mean([t["species_heard"] for t in rep])) if rep else 0.0,
+            "disagreement_rate": (conf["bad"] or 0) / conf["cmp"] if conf["cmp"] else None,
+            "confirmations": conf["n"],
+            **{
+                f"per_{key}": {
+                    k: {
+                        "tours": v["tours"],
+                        "species_heard": len(v["heard"]),
+                        "species_confirmed": len(v["confirmed"]),
+                    }
+                    for k, v in sorted(groups.items())
+                }
+                for key, groups in by.items()
+            },
+        }
+
+    # ------------------------------------------------------------------ releases
+    def publish_release(self, package_dir: Path) -> dict[str, Any]:
+        """Register an edge package (directory) as the current release; devices fetch it as a
+        tar archive. The package is verified (sha256s, fingerprint) before it is published."""
+        import tarfile
+        import tempfile
+
+        from shared_features.package import load_package
+
+        pkg = load_package(package_dir)
+        if pkg.kind != "edge":
+            raise BadRequest(f"{package_dir}: a release must be an edge package, not {pkg.kind}")
+        rel_dir = self.settings.home / "cloud" / "releases"
+        rel_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=rel_dir, suffix=".tar", delete=False) as tmp:
+            with tarfile.open(tmp.name, "w") as tar:
+                tar.add(package_dir, arcname="package")
+        digest = hashlib.sha256(Path(tmp.name).read_bytes()).hexdigest()
+        dest = rel_dir / f"{pkg.name}-{pkg.version}-{digest[:12]}.tar"
+        os.replace(tmp.name, dest)
+        self.store.add_release(pkg.version, digest, pkg.feature_fingerprint, str(dest), pkg.manifest)
+        return self.release_info(None, check=False)
+
+    def release_info(self, token: str | None, check: bool = True) -> dict[str, Any]:
+        if check:
+            self.store.authenticate(token)
+        rel = self.store.current_release()
+        if rel is None:
+            raise NotFound("no edge model release published yet (silencio cloud release PACKAGE)")
+        man = json.loads(rel["manifest_json"])
+        return {
+            "version": rel["version"],
+            "name": man.get("name"),
+            "sha256": rel["sha256"],
+            "feature_fingerprint": rel["feature_fingerprint"],
+            "bytes": Path(rel["path"]).stat().st_size,
+            "metrics": man.get("metrics", {}),
+            "validation": man.get("validation", {}),
+            "format": man.get("format_name"),
+            "created_at": rel["created_at"],
+            "download": "/v1/releases/current/download",
+        }
+
+    def release_file(self, token: str | None) -> Path:
+        self.store.authenticate(token)
+        rel = self.store.current_release()
+        if rel is None:
+            raise NotFound("no edge model release published yet")
+        return Path(rel["path"])
+
+
+def _ext(audio: bytes) -> str:
+    head = audio[:4]
+    return {b"OggS": "ogg", b"fLaC": "flac", b"RIFF": "wav"}.get(head, "bin")

@@ -1,0 +1,43 @@
+"""Cloud settings: defaults, then environment (``SILENCIO_CLOUD_*``), then command-line flags.
+Every path lives under ``$SILENCIO_HOME`` unless set explicitly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared_features.paths import home
+
+
+class CloudSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SILENCIO_CLOUD_", extra="ignore")
+
+    home: Path = Field(default_factory=home)
+    db: Path | None = None  # default: <home>/cloud/cloud.db
+    clip_dir: Path | None = None  # default: <home>/cloud/clips
+    #: a model package directory or ``models:/<name>@<alias>``; unset: BirdNET only
+    model: str | None = None
+    #: the label space for the BirdNET-only fallback (BirdCLEF 2025 taxonomy.csv)
+    taxonomy: Path | None = None
+    max_upload_mb: float = 50.0
+    max_clip_mb: float = 10.0
+    max_json_kb: float = 4096.0
+    confirm_threshold: float = 0.5
+    threads: int = 2
+
+    @property
+    def db_path(self) -> Path:
+        return self.db or self.home / "cloud" / "cloud.db"
+
+    @property
+    def clips_path(self) -> Path:
+        return self.clip_dir or self.home / "cloud" / "clips"
+
+    @property
+    def taxonomy_path(self) -> Path | None:
+        if self.taxonomy is not None:
+            return self.taxonomy
+        guess = self.home / "taxonomy.csv"
+        return guess if guess.exists() else None
