@@ -271,8 +271,12 @@ class Cloud:
         return {"rows": written, "path": str(out / "labels.csv")}
 
     # ------------------------------------------------------------------ reports
-    def tour_report(self, token: str | None, tour_uuid: str | None = None) -> dict[str, Any]:
-        self.store.authenticate(token, "admin")
+    def tour_report(
+        self, token: str | None, tour_uuid: str | None = None, *, check: bool = True
+    ) -> dict[str, Any]:
+        """``check=False``: local access (the CLI, which holds the database itself)."""
+        if check:
+            self.store.authenticate(token, "admin")
         where, params = ("WHERE t.uuid = ?", [tour_uuid]) if tour_uuid else ("", [])
         tours = self.store.query(
             f"SELECT t.*, d.name AS device FROM tours t JOIN devices d ON d.id = t.device_id {where} "
@@ -327,9 +331,9 @@ class Cloud:
             )
         return {"tours": out}
 
-    def summary(self, token: str | None) -> dict[str, Any]:
+    def summary(self, token: str | None, *, check: bool = True) -> dict[str, Any]:
         """Per day and per guide: tours, distinct species heard and confirmed, disagreement rate."""
-        rep = self.tour_report(token)["tours"]
+        rep = self.tour_report(token, check=check)["tours"]
         by: dict[str, dict[str, dict[str, Any]]] = {"day": {}, "guide": {}}
         for t in rep:
             for key, val in (("day", t["started_at"][:10]), ("guide", t["guide"])):

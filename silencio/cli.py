@@ -20,6 +20,7 @@ GROUPS: tuple[str, ...] = (
     "training.cli",
     "training.train_cli",
     "training.export_cli",
+    "cloud.cli",
     "silencio.demo",
 )
 

@@ -1,0 +1,5 @@
+import sys
+
+from silencio.cli import main
+
+sys.exit(main())
