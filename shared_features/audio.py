@@ -45,6 +45,8 @@ MAX_DURATION_S = 30 * 60.0
 SILENCE_PEAK = 3e-5
 #: Level at or above which a sample counts as clipped.
 CLIP_LEVEL = 0.999
+#: File extensions of the recordings we look for in folders (decoding itself sniffs the content).
+AUDIO_EXTENSIONS = frozenset({".ogg", ".oga", ".opus", ".wav", ".flac", ".mp3", ".aiff", ".aif"})
 
 # Magic numbers of the containers libsndfile decodes.
 _MAGIC: tuple[tuple[bytes, int, str], ...] = (

@@ -21,6 +21,7 @@ GROUPS: tuple[str, ...] = (
     "training.train_cli",
     "training.export_cli",
     "cloud.cli",
+    "edge.cli",
     "silencio.demo",
 )
 

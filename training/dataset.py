@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from shared_features import LabelSpace, parse_secondary_labels
+from shared_features.audio import AUDIO_EXTENSIONS as AUDIO_EXT
 from shared_features.errors import LabelError
 from training.errors import DatasetError
 
-AUDIO_EXT = frozenset({".ogg", ".wav", ".mp3", ".flac", ".opus"})
 REQUIRED_COLUMNS = ("primary_label", "filename")
 _CATALOGUE = re.compile(r"^(XC|iNat|CSA)(\d+)", re.IGNORECASE)
 

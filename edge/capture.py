@@ -1,0 +1,268 @@
+"""Audio sources for the agent. Each yields *segments* — a continuous stream of ``[n] float32``
+mono chunks at 32 kHz with a name — so features never run across two recordings.
+
+* :class:`MicrophoneSource` — a sounddevice input stream (device by name or index), a bounded
+  queue as ring buffer (overflows counted and logged, never blocking the audio thread), a lost
+  device retried with backoff without ending the session.
+* :class:`FileSource` — replays a recording in real time or as fast as possible (the simulated
+  microphone of demos and tests).
+* :class:`DirectorySource` — watches a folder and processes each new recording once.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from edge.errors import CaptureError
+from shared_features import DEFAULT, iter_audio_chunks
+from shared_features.audio import AUDIO_EXTENSIONS
+
+log = logging.getLogger(__name__)
+Segment = tuple[str, Iterator[np.ndarray]]
+
+
+class AudioSource(Protocol):
+    name: str
+
+    def segments(self) -> Iterator[Segment]: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass
+class CaptureStats:
+    overflows: int = 0
+    dropped_chunks: int = 0
+    restarts: int = 0
+    level_dbfs: float = -120.0
+    seconds: float = 0.0
+
+    def update_level(self, x: np.ndarray) -> None:
+        if x.size:
+            rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+            self.level_dbfs = 20 * np.log10(max(rms, 1e-6))
+            self.seconds += x.size / DEFAULT.sample_rate
+
+
+class FileSource:
+    """One recording as one segment; ``realtime`` paces it like a live microphone."""
+
+    def __init__(self, path: Path | str, *, realtime: bool = False, chunk_seconds: float = 0.5) -> None:
+        self.path = Path(path)
+        self.name = self.path.name
+        self.realtime = realtime
+        self.chunk_seconds = chunk_seconds
+        self.stats = CaptureStats()
+        self._stop = False
+
+    def _chunks(self) -> Iterator[np.ndarray]:
+        t0 = time.monotonic()
+        played = 0.0
+        for block in iter_audio_chunks(self.path, DEFAULT, chunk_seconds=30.0):
+            step = int(self.chunk_seconds * DEFAULT.sample_rate)
+            for i in range(0, block.size, step):
+                if self._stop:
+                    return
+                x = block[i : i + step]
+                self.stats.update_level(x)
+                if self.realtime:
+                    played += x.size / DEFAULT.sample_rate
+                    ahead = played - (time.monotonic() - t0)
+                    if ahead > 0:
+                        time.sleep(ahead)
+                yield x
+
+    def segments(self) -> Iterator[Segment]:
+        yield self.name, self._chunks()
+
+    def stop(self) -> None:
+        self._stop = True
+
+
+class DirectorySource:
+    """New recordings appearing in ``folder`` (by modification time), each processed once.
+    ``idle_exit``: stop after that many seconds without a new file (None: watch forever)."""
+
+    def __init__(
+        self,
+        folder: Path | str,
+        *,
+        poll_seconds: float = 1.0,
+        idle_exit: float | None = None,
+        seen: set[str] | None = None,
+    ) -> None:
+        self.folder = Path(folder)
+        self.name = str(self.folder)
+        self.poll = poll_seconds
+        self.idle_exit = idle_exit
+        self.seen: set[str] = set(seen or ())
+        self.stats = CaptureStats()
+        self._stop = False
+
+    def _ready(self) -> list[Path]:
+        files = [
+            p
+            for p in self.folder.iterdir()
+            if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS and str(p) not in self.seen
+        ]
+        # skip files still being written: their size must be stable across one poll
+        return sorted(files, key=lambda p: p.stat().st_mtime)
+
+    def segments(self) -> Iterator[Segment]:
+        if not self.folder.is_dir():
+            raise CaptureError(f"{self.folder}: not a directory")
+        idle_since = time.monotonic()
+        sizes: dict[Path, int] = {}
+        while not self._stop:
+            new = False
+            for p in self._ready():
+                size = p.stat().st_size
+                if sizes.get(p) != size:
+                    sizes[p] = size
+                    continue
+                self.seen.add(str(p))
+                new = True
+                src = FileSource(p)
+                src.stats = self.stats
+                yield p.name, src._chunks()
+            if new:
+                idle_since = time.monotonic()
+            elif self.idle_exit is not None and time.monotonic() - idle_since > self.idle_exit:
+                return
+            time.sleep(self.poll)
+
+    def stop(self) -> None:
+        self._stop = True
+
+
+@dataclass
+class MicrophoneSource:
+    """The device microphone through sounddevice. ``sd``: the sounddevice module (tests pass a fake
+    one whose ``InputStream`` feeds prepared audio into the same callback)."""
+
+    device: int | str | None = None
+    block_seconds: float = 0.25
+    queue_seconds: float = 30.0
+    max_restarts: int = 20
+    sd: Any = None
+    name: str = "microphone"
+    stats: CaptureStats = field(default_factory=CaptureStats)
+
+    def __post_init__(self) -> None:
+        if self.sd is None:
+            try:
+                import sounddevice
+            except OSError as exc:  # PortAudio missing
+                raise CaptureError(f"no audio system: {exc} (on Debian: apt install libportaudio2)") from None
+            self.sd = sounddevice
+        self._q: queue.Queue[np.ndarray] = queue.Queue(
+            maxsize=max(4, int(self.queue_seconds / self.block_seconds))
+        )
+        self._stop = False
+        self._stream: Any = None
+        self._rate = DEFAULT.sample_rate
+        self._lost = False
+
+    def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+        if status and getattr(status, "input_overflow", False):
+            self.stats.overflows += 1
+            log.warning("microphone input overflow #%d", self.stats.overflows)
+        x = np.asarray(indata, np.float32)
+        x = x.mean(axis=1) if x.ndim == 2 else x.reshape(-1)
+        try:
+            self._q.put_nowait(x.copy())
+        except queue.Full:  # the consumer is behind: drop, count, never block the audio thread
+            self.stats.dropped_chunks += 1
+
+    def _finished(self) -> None:
+        if not self._stop:
+            self._lost = True
+
+    def _open(self) -> None:
+        sd = self.sd
+        rate = DEFAULT.sample_rate
+        try:
+            sd.check_input_settings(device=self.device, samplerate=rate, channels=1, dtype="float32")
+        except Exception:  # noqa: BLE001 - the device cannot do 32 kHz: capture natively, resample
+            info = sd.query_devices(self.device, "input")
+            rate = int(info["default_samplerate"])
+        self._rate = rate
+        self._stream = sd.InputStream(
+            device=self.device,
+            samplerate=rate,
+            channels=1,
+            dtype="float32",
+            blocksize=int(self.block_seconds * rate),
+            callback=self._callback,
+            finished_callback=self._finished,
+        )
+        self._stream.start()
+        self._lost = False
+        log.info("microphone %r open at %d Hz", self.device, rate)
+
+    def _close(self) -> None:
+        if self._stream is not None:
+            try:
+                self._stream.stop()
+                self._stream.close()
+            except Exception as exc:  # noqa: BLE001 - a lost device may fail to close; it is gone anyway
+                log.debug("closing the stream: %s", exc)
+            self._stream = None
+
+    def _chunks(self) -> Iterator[np.ndarray]:
+        import soxr
+
+        resampler = (
+            None
+            if self._rate == DEFAULT.sample_rate
+            else soxr.ResampleStream(self._rate, DEFAULT.sample_rate, 1, dtype="float32")
+        )
+        while not self._stop:
+            try:
+                x = self._q.get(timeout=0.5)
+            except queue.Empty:
+                if self._lost or (self._stream is not None and not self._stream.active):
+                    return  # device lost: the caller reopens it
+                continue
+            if resampler is not None:
+                x = resampler.resample_chunk(x)
+            self.stats.update_level(x)
+            yield x
+
+    def segments(self) -> Iterator[Segment]:
+        delay = 0.5
+        while not self._stop:
+            try:
+                self._open()
+            except Exception as exc:  # noqa: BLE001 - PortAudio raises many kinds; retry them all
+                self.stats.restarts += 1
+                if self.stats.restarts > self.max_restarts:
+                    raise CaptureError(
+                        f"microphone {self.device!r} failed {self.stats.restarts} times: {exc}"
+                    ) from exc
+                log.warning("microphone unavailable (%s); retrying in %.1f s", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            delay = 0.5
+            yield f"{self.name}-{self.stats.restarts}", self._chunks()
+            self._close()
+            if not self._stop:
+                self.stats.restarts += 1
+                log.warning(
+                    "microphone stream ended unexpectedly; reopening (restart %d)", self.stats.restarts
+                )
+                if self.stats.restarts > self.max_restarts:
+                    raise CaptureError(f"microphone {self.device!r} lost {self.stats.restarts} times")
+
+    def stop(self) -> None:
+        self._stop = True
+        self._close()

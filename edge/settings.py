@@ -1,0 +1,64 @@
+"""Device settings: defaults, then environment (``SILENCIO_EDGE_*``), then command-line flags.
+All state lives under ``$SILENCIO_HOME/edge``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared_features.paths import home
+
+
+class EdgeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SILENCIO_EDGE_", extra="ignore")
+
+    home: Path = Field(default_factory=home)
+    #: the cloud service and this device's token (``silencio cloud add-device``)
+    cloud_url: str | None = None
+    token: str | None = None
+    #: the label space for BirdNET when no trained package is installed (BirdCLEF taxonomy.csv)
+    taxonomy: Path | None = None
+    #: detection threshold (a species' top score must reach it); per-species overrides in a JSON file
+    threshold: float = 0.5
+    thresholds_file: Path | None = None
+    stride_seconds: float = 2.5
+    #: clip sampling: share of windows kept at random, and the byte budgets
+    random_clip_rate: float = 0.05
+    uncertain_margin: float = 0.1
+    tour_clip_budget_mb: float = 50.0
+    total_clip_budget_mb: float = 500.0
+    clip_format: str = "OGG"  # OGG (Vorbis) or FLAC
+    #: sync: detections per request, timeouts and retries
+    sync_batch: int = 100
+    sync_timeout_s: float = 10.0
+    sync_retries: int = 4
+    threads: int = 1
+    guide: str = "guide"
+    location: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+
+    @property
+    def root(self) -> Path:
+        return self.home / "edge"
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / "edge.db"
+
+    @property
+    def clip_dir(self) -> Path:
+        return self.root / "clips"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def taxonomy_path(self) -> Path | None:
+        if self.taxonomy is not None:
+            return self.taxonomy
+        guess = self.home / "taxonomy.csv"
+        return guess if guess.exists() else None
