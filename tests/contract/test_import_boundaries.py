@@ -30,7 +30,22 @@ def run(code: str, blocked: tuple[str, ...] = ("torch", "mlflow", "bentoml", "ra
     return proc.stdout
 
 
-@pytest.mark.parametrize("module", ["shared_features", "edge", "silencio.cli"])
+EDGE_MODULES = [
+    "edge.agent",
+    "edge.capture",
+    "edge.cli",
+    "edge.detector",
+    "edge.exports",
+    "edge.sampler",
+    "edge.settings",
+    "edge.store",
+    "edge.sync",
+    "edge.updater",
+    "shared_features.package",
+]
+
+
+@pytest.mark.parametrize("module", ["shared_features", "edge", "silencio.cli", *EDGE_MODULES])
 def test_imports_without_torch(module):
     run(f"import {module}; import sys; assert 'torch' not in sys.modules")
 

@@ -1,0 +1,51 @@
+"""Wire format v1: the payloads the edge builds (its own code; it may not import ``cloud``) validate
+against the cloud's schemas, and the cloud's answers carry what the edge reads."""
+
+from __future__ import annotations
+
+import numpy as np
+import soundfile as sf
+
+from cloud import schemas
+from edge.agent import Agent
+from edge.capture import FileSource
+from edge.sync import WIRE_VERSION, clip_payload, detection_payload, tour_payload
+from tests.edge.conftest import FakeScorer, tone_then_silence
+
+
+def test_edge_payloads_validate_against_cloud_schemas(tmp_path, labels, edge_settings):
+    assert WIRE_VERSION == schemas.WIRE_VERSION
+    agent = Agent(
+        edge_settings.model_copy(update={"random_clip_rate": 1.0}), scorer=FakeScorer(labels), seed=0
+    )
+    tour = agent.start_tour("Ana", "El Silencio")
+    sf.write(tmp_path / "a.wav", np.concatenate([tone_then_silence(6, 6)]), 32_000)
+    agent.run(FileSource(tmp_path / "a.wav"))
+    agent.end_tour()
+    st = agent.store
+    det = st.detections(tour)[0]
+    agent.feedback(det["uuid"], "wrong_species", labels[2].code)
+    batch = {
+        "wire_version": WIRE_VERSION,
+        "tours": [tour_payload(t) for t in st.query("SELECT * FROM tours")],
+        "detections": [detection_payload(d) for d in st.query("SELECT * FROM detections")],
+    }
+    parsed = schemas.SyncBatch.model_validate(batch)
+    assert parsed.detections[0].species_code == det["species_code"]
+    for c in st.query("SELECT * FROM clips"):
+        schemas.ClipMeta.model_validate(clip_payload(c))
+    f = st.query("SELECT * FROM feedback")[0]
+    schemas.FeedbackIn.model_validate(
+        {
+            "wire_version": WIRE_VERSION,
+            **{k: f[k] for k in ("uuid", "detection_uuid", "kind", "correct_code", "note", "created_at")},
+        }
+    )
+
+
+def test_cloud_answers_carry_what_the_edge_reads():
+    ack = set(schemas.SyncAck.model_fields)
+    assert {"accepted", "duplicates", "rejected"} <= ack
+    conf = set(schemas.Confirmation.model_fields)
+    assert {"seq", "detection_uuid", "agree", "species"} <= conf
+    assert "confirmation" in schemas.ClipAck.model_fields

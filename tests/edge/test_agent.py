@@ -1,0 +1,134 @@
+"""The agent over real and generated audio: commit-before-show, event merging, bands, thresholds,
+budgeted sampling with eviction, and the guide's feedback."""
+
+from __future__ import annotations
+
+import numpy as np
+import soundfile as sf
+
+from edge.agent import Agent
+from edge.capture import FileSource
+from edge.detector import band_of
+
+from .conftest import FakeScorer, tone_then_silence
+
+
+def _file(tmp_path, x, name="a.wav"):
+    sf.write(tmp_path / name, x, 32_000)
+    return tmp_path / name
+
+
+def test_detection_is_committed_before_it_is_shown_and_events_merge(tmp_path, labels, edge_settings):
+    seen = []
+
+    def on_detection(ev, info):
+        row = agent.store.detection(ev.uuid)  # already in the database when the UI hears of it
+        assert row is not None and row["species_code"] == ev.species.code
+        seen.append(ev.species.code)
+
+    agent = Agent(edge_settings, scorer=FakeScorer(labels), on_detection=on_detection, seed=0)
+    tour = agent.start_tour("Ana", "Quebrada")
+    # 12 s of calling, 10 s of silence, 6 s of calling: two events of species 0
+    x = np.concatenate([tone_then_silence(12, 10), tone_then_silence(6, 4)])
+    res = agent.run(FileSource(_file(tmp_path, x)))
+    agent.end_tour()
+    dets = sorted(agent.store.detections(tour), key=lambda d: d["offset_start"])
+    assert seen == [labels[0].code, labels[0].code] and res.detections == 2
+    assert [d["species_code"] for d in dets] == [labels[0].code] * 2
+    first, second = dets
+    assert first["offset_start"] == 0.0 and first["offset_end"] >= 12.0 and first["closed"] == 1
+    assert second["offset_start"] >= 17.5 and first["band"] == "confirmed"
+    assert all(d["model_version"] == "fake-1" for d in dets)
+    assert agent.store.tour(tour)["ended_at"] is not None
+
+
+def test_per_species_threshold_and_bands(tmp_path, labels, edge_settings):
+    import json
+
+    (tmp_path / "thr.json").write_text(json.dumps({labels[1].code: 0.15}))
+    s = edge_settings.model_copy(update={"thresholds_file": tmp_path / "thr.json"})
+    agent = Agent(s, scorer=FakeScorer(labels), seed=0)
+    tour = agent.start_tour()
+    agent.run(FileSource(_file(tmp_path, tone_then_silence(0, 10))))
+    dets = agent.store.detections(tour)
+    assert [d["species_code"] for d in dets] == [labels[1].code]  # 0.2 ≥ its own 0.15 threshold
+    assert dets[0]["band"] == "possible"
+    assert band_of(0.9) == "confirmed" and band_of(0.7) == "likely" and band_of(0.3) == "possible"
+
+
+def test_uncertain_windows_are_sampled_within_budget_with_eviction(tmp_path, labels, edge_settings):
+    s = edge_settings.model_copy(
+        update={"threshold": 0.25, "tour_clip_budget_mb": 0.06, "total_clip_budget_mb": 0.2}
+    )
+    agent = Agent(s, scorer=FakeScorer(labels), seed=0)
+    tour = agent.start_tour()
+    noise = lambda sec, seed: (0.01 * np.random.default_rng(seed).standard_normal(int(sec * 32_000))).astype(
+        np.float32
+    )  # noqa: E731
+    agent.run(FileSource(_file(tmp_path, noise(60, 0))))  # every window is uncertain; noise does not compress
+    clips = agent.store.query("SELECT * FROM clips")
+    assert clips and all(c["reason"] == "uncertain" for c in clips)
+    assert agent.store.clip_bytes(tour) <= 60_000 and agent.sampler.stats.skipped_budget > 0
+    assert agent.store.clip_bytes() <= 200_000
+    for c in clips:  # compressed OGG that decodes back to a 5 s window
+        y, sr = sf.read(c["path"])
+        assert sr == 32_000 and y.size == 160_000
+    # once synced, old clips make room for new ones; unsynced ones are never evicted
+    with agent.store.tx() as db:
+        db.execute("UPDATE clips SET synced_at = 'x'")
+    before = {c["uuid"] for c in clips}
+    agent.sampler.tour_budget, agent.sampler.total_budget = 1_000_000, agent.store.clip_bytes() + 50_000
+    agent.start_tour()
+    agent.run(FileSource(_file(tmp_path, noise(20, 1), "b.wav")))
+    assert agent.sampler.stats.evicted > 0
+    evicted = agent.store.query("SELECT uuid, path FROM clips WHERE evicted_at IS NOT NULL")
+    assert evicted and {e["uuid"] for e in evicted} <= before
+    assert not any(__import__("pathlib").Path(e["path"]).exists() for e in evicted)
+
+
+def test_feedback_flags_the_detection_audio(tmp_path, labels, edge_settings):
+    agent = Agent(edge_settings, scorer=FakeScorer(labels), seed=0)
+    tour = agent.start_tour()
+    agent.run(FileSource(_file(tmp_path, tone_then_silence(8, 2))))
+    det = agent.store.detections(tour)[0]
+    out = agent.feedback(det["uuid"], "wrong_species", labels[5].code)
+    assert out["clip"]  # saved from the audio still in memory
+    clip = agent.store.query("SELECT * FROM clips WHERE detection_uuid = ?", [det["uuid"]])[0]
+    assert clip["reason"] == "flagged"
+    assert agent.store.detection(det["uuid"])["status"] == "disputed"
+    fb = agent.store.query("SELECT * FROM feedback")[0]
+    assert fb["kind"] == "wrong_species" and fb["correct_code"] == labels[5].code
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown species"):
+        agent.feedback(det["uuid"], "wrong_species", "class_97")
+
+
+def test_birdnet_fallback_on_a_real_recording(tmp_path, edge_settings):
+    from tests.conftest import MINI
+
+    agent = Agent(edge_settings.model_copy(update={"threshold": 0.5}), seed=0)
+    assert "BirdNET" in agent.scorer.description and "no trained package" in agent.scorer.description
+    tour = agent.start_tour()
+    res = agent.run(FileSource(MINI / "train_audio" / "cattyr" / "iNat854652.ogg"))
+    codes = {d["species_code"] for d in agent.store.detections(tour)}
+    assert res.windows >= 1 and "cattyr" in codes  # BirdNET names this Cattle Tyrant at 0.99
+
+
+def test_exports(tmp_path, labels, edge_settings):
+    from edge.exports import DWC_COLUMNS, RAVEN_COLUMNS, write_csv, write_dwc, write_raven
+
+    agent = Agent(edge_settings, scorer=FakeScorer(labels), seed=0)
+    tour = agent.start_tour("Ana")
+    agent.run(FileSource(_file(tmp_path, tone_then_silence(8, 2))))
+    rows = agent.store.detections(tour)
+    assert write_raven(tmp_path / "r.txt", rows, labels) == 1
+    head, line = (tmp_path / "r.txt").read_text().splitlines()
+    assert head.split("\t") == RAVEN_COLUMNS and labels[0].scientific_name in line
+    assert write_csv(tmp_path / "d.csv", rows, labels) == 1
+    assert write_dwc(tmp_path / "o.csv", rows, labels, {t["uuid"]: t for t in agent.store.tours()}) == 1
+    import csv
+
+    occ = next(csv.DictReader(open(tmp_path / "o.csv")))
+    assert list(occ) == DWC_COLUMNS and occ["basisOfRecord"] == "MachineObservation"
+    assert occ["scientificName"] == labels[0].scientific_name and occ["occurrenceID"].startswith("urn:uuid:")

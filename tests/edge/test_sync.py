@@ -1,0 +1,110 @@
+"""Sync against the real cloud app in-process, through a transport that fails at every step
+(connection errors, lost responses after the cloud processed the request, 500s, dropped uploads):
+after enough runs everything arrives exactly once, and confirmations come back."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from edge.agent import Agent
+from edge.capture import FileSource
+from edge.errors import SyncError
+from edge.sync import SyncClient
+
+from .conftest import FakeScorer, FlakyTransport, tone_then_silence
+
+
+def _record(tmp_path, labels, settings, seconds_pattern):
+    agent = Agent(settings, scorer=FakeScorer(labels), seed=0)
+    agent.start_tour("Ana", "El Silencio")
+    x = np.concatenate([tone_then_silence(a, b) for a, b in seconds_pattern])
+    sf.write(tmp_path / "rec.wav", x, 32_000)
+    agent.run(FileSource(tmp_path / "rec.wav"))
+    agent.end_tour()
+    return agent
+
+
+def test_sync_through_failures_loses_nothing_and_duplicates_nothing(tmp_path, labels, edge_settings, cloud):
+    s = edge_settings.model_copy(update={"random_clip_rate": 0.5, "threshold": 0.5})
+    agent = _record(tmp_path, labels, s, [(6, 8)] * 6)
+    st = agent.store
+    det = st.detections()[0]
+    agent.feedback(det["uuid"], "wrong_species", labels[3].code)
+    n_det = len(st.detections())
+    n_clips = st.query("SELECT count(*) AS n FROM clips")[0]["n"]
+    assert n_det == 6 and n_clips >= 3
+    flaky = FlakyTransport(cloud["client"]._transport, p_fail=0.45, seed=1)
+    client = SyncClient(
+        st,
+        "http://testserver",
+        cloud["token"],
+        transport=flaky,
+        retries=1,
+        batch=2,
+        backoff=0.0,
+        sleep=lambda s: None,
+    )
+    runs = failures = 0
+    while runs < 60:
+        runs += 1
+        try:
+            client.run()
+        except SyncError:
+            failures += 1
+            continue
+        if not any(st.pending().values()):
+            break
+    assert not any(st.pending().values()), st.pending()
+    assert failures > 0 and len(flaky.faults) == 5, flaky.faults  # every kind of fault happened
+    cs = cloud["store"]
+    mine = [d["uuid"] for d in st.query("SELECT uuid FROM detections")]
+    stored = cs.query(f"SELECT uuid FROM detections WHERE uuid IN ({','.join('?' * len(mine))})", mine)
+    assert len(stored) == n_det  # exactly once (primary keys make a second copy impossible; all arrived)
+    clips = cs.query(
+        "SELECT count(*) AS n FROM clips c JOIN devices d ON d.id = c.device_id WHERE d.name = 'edge-test'"
+    )
+    assert clips[0]["n"] == n_clips
+    assert cs.query("SELECT count(*) AS n FROM feedback")[0]["n"] == 1
+    # confirmations came back: detections with a clip are confirmed or disputed now
+    statuses = {
+        r["status"] for r in st.query("SELECT status FROM detections WHERE cloud_species IS NOT NULL")
+    }
+    assert statuses and statuses <= {"confirmed", "disputed"}
+    assert st.get_state("confirmations_since") not in (None, "0")
+
+
+def test_sync_offline_keeps_everything_pending(tmp_path, labels, edge_settings):
+    agent = _record(tmp_path, labels, edge_settings, [(6, 8)])
+    before = agent.store.pending()
+
+    def down(request):
+        raise httpx.ConnectError("network is unreachable", request=request)
+
+    client = SyncClient(
+        agent.store,
+        "http://cloud.invalid",
+        "t",
+        transport=httpx.MockTransport(down),
+        retries=3,
+        backoff=0.0,
+        sleep=lambda s: None,
+    )
+    with pytest.raises(SyncError, match="4 attempts"):
+        client.run()
+    assert agent.store.pending() == before and before["detections"] == 1
+
+
+def test_bad_token_is_a_clear_error(tmp_path, labels, edge_settings, cloud):
+    agent = _record(tmp_path, labels, edge_settings, [(6, 8)])
+    client = SyncClient(
+        agent.store,
+        "http://testserver",
+        "wrong-token",
+        transport=FlakyTransport(cloud["client"]._transport, 0.0),
+    )
+    with pytest.raises(SyncError, match="401"):
+        client.run()
+    assert agent.store.pending()["detections"] == 1
