@@ -36,14 +36,14 @@ def register(sub: Any) -> None:
     ls.set_defaults(func=cmd_listen)
 
     an = g.add_parser("analyze", help="detect in recordings: a table, plus Raven and CSV files")
-    an.add_argument("files", nargs="+", type=Path, help="audio files")
+    an.add_argument("files", nargs="+", type=Path, help="audio files (WAV, FLAC, OGG, MP3)")
     an.add_argument("--out", type=Path, help="directory for <name>.selections.txt and <name>.csv")
     an.add_argument("--realtime", action="store_true", help="replay at real-time speed (a simulated mic)")
     common(an)
     an.set_defaults(func=cmd_analyze)
 
     wa = g.add_parser("watch", help="process each new recording that appears in a folder")
-    wa.add_argument("folder", type=Path)
+    wa.add_argument("folder", type=Path, help="folder to watch")
     wa.add_argument("--idle-exit", type=float, help="stop after this many seconds without a new file")
     common(wa)
     wa.set_defaults(func=cmd_watch)
@@ -70,7 +70,9 @@ def register(sub: Any) -> None:
     tr.set_defaults(func=cmd_tours)
 
     ex = g.add_parser("export", help="detections as Raven selection table, CSV or Darwin Core")
-    ex.add_argument("--format", choices=["raven", "csv", "dwc"], required=True)
+    ex.add_argument(
+        "--format", choices=["raven", "csv", "dwc"], required=True, help="Raven selections, CSV, Darwin Core"
+    )
     ex.add_argument("--out", type=Path, required=True, help="output file")
     ex.add_argument("--tour", help="only this tour")
     ex.add_argument("--taxonomy", type=Path, help="taxonomy.csv for names (default: the model's)")

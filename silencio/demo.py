@@ -128,16 +128,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if truth.exists():  # compare the int8 export with fp32 on the labelled soundscape windows
         check = scapes.features
         _, _, check_y = read_solution_csv(truth, cache.labels)
-    mans = export_edge(
-        res.checkpoint,
-        work / "edge_packages",
-        parity=feats[:8],
-        calibration=feats,
-        check=check if check is not None else feats,
-        check_targets=check_y,
-        name="silencio-demo-edge",
-        version=str(res.run_id or "local"),
-    )
+    from training.export import ExportError
+
+    mans = {}
+    for fmt in ("onnx-fp32", "onnx-int8"):
+        try:
+            mans.update(
+                export_edge(
+                    res.checkpoint,
+                    work / "edge_packages",
+                    parity=feats[:8],
+                    calibration=feats,
+                    check=check if check is not None else feats,
+                    check_targets=check_y,
+                    name="silencio-demo-edge",
+                    version=str(res.run_id or "local"),
+                    formats=(fmt,),
+                )
+            )
+        except ExportError as exc:  # an int8 model worse than fp32 is refused, and the demo says so
+            print(f"      {fmt}: not published — {exc}")
     for fmt, man in mans.items():
         m = man["members"][0]
         v = man["validation"].get("vs_fp32", {})

@@ -50,3 +50,18 @@ def tone(
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * sr)) / sr
     return (amp * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+_CLOUD_APP = None
+
+
+def cloud_asgi():  # type: ignore[no-untyped-def]
+    """The BentoML service's ASGI app, built once per process: BentoML registers its Prometheus
+    metrics when the app is built, and a second build in one process would register them twice.
+    Each TestClient context still starts a fresh service (reading SILENCIO_* at startup)."""
+    global _CLOUD_APP
+    if _CLOUD_APP is None:
+        from bentos.service import Silencio
+
+        _CLOUD_APP = Silencio.to_asgi()
+    return _CLOUD_APP

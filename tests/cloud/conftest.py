@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MINI
+from tests.conftest import MINI, cloud_asgi
 
 SOUNDSCAPE = MINI / "train_soundscapes" / "H02_20230420_074000.ogg"
 
@@ -38,9 +38,8 @@ def cloud_env(tmp_path_factory):
 def client(cloud_env):
     from starlette.testclient import TestClient
 
-    from bentos.service import Silencio
 
-    with TestClient(Silencio.to_asgi(), raise_server_exceptions=False) as c:
+    with TestClient(cloud_asgi(), raise_server_exceptions=False) as c:
         yield c
 
 

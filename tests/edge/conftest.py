@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from shared_features import DEFAULT, LabelSpace
-from tests.conftest import MINI
+from tests.conftest import MINI, cloud_asgi
 
 
 class FakeScorer:
@@ -83,7 +83,6 @@ class FlakyTransport(httpx.BaseTransport):
 def cloud(tmp_path_factory):
     from starlette.testclient import TestClient
 
-    from bentos.service import Silencio
     from cloud.settings import CloudSettings
     from cloud.store import CloudStore
 
@@ -93,6 +92,6 @@ def cloud(tmp_path_factory):
     mp.setenv("SILENCIO_CLOUD_TAXONOMY", str(MINI / "taxonomy.csv"))
     store = CloudStore(CloudSettings().db_path)
     token = store.add_device("edge-test")
-    with TestClient(Silencio.to_asgi(), raise_server_exceptions=False) as tc:
+    with TestClient(cloud_asgi(), raise_server_exceptions=False) as tc:
         yield {"client": tc, "token": token, "store": store, "home": home}
     mp.undo()

@@ -101,7 +101,7 @@ def test_demo_quick_runs_and_reuses(capsys, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert main(["demo", "--quick", "--species", "5", "--workers", "1"]) == 0
     out = capsys.readouterr().out
-    assert "macro ROC-AUC" in out and "MLflow run" in out and "model.onnx" in out
+    assert "macro ROC-AUC" in out and "MLflow run" in out and "onnx-fp32" in out
     assert "not built yet" in out
     work = next((tmp_path / "home" / "demo").iterdir())
     assert "held out" in (work / "baseline_report" / "report.md").read_text()

@@ -18,7 +18,9 @@ def test_prepare_synth_and_resume(tmp_path, synth_dir):
     out = tmp_path / "cache"
     m = prepare_cache(synth_dir, out, workers=2)
     ds = BirdCLEFDataset.load(synth_dir)
-    expected = sum(count_windows(load_audio(ds.audio_path(r)).size) for r in ds.recordings) + 2 * 12
+    expected = (
+        sum(count_windows(load_audio(ds.audio_path(r)).size) for r in ds.recordings) + 3 * 12
+    )  # 2 labelled + 1 unlabelled soundscape
     assert m["n_windows"] == expected and m["n_bad_files"] == 0 and m["resumed_files"] == 0
     assert m["fingerprint"] == DEFAULT.fingerprint() and len(m["dataset_fingerprint"]) == 32
     cache = FeatureCache(out, DEFAULT)
@@ -30,7 +32,7 @@ def test_prepare_synth_and_resume(tmp_path, synth_dir):
     got = np.stack([cache.features(i) for i in rows])
     assert got.shape == ref.shape and np.abs(got - ref).max() < 0.01
     assert cache.index[rows[0]]["primary_label"] == r.primary_label
-    assert len(cache.rows("soundscape")) == 24
+    assert len(cache.rows("soundscape")) == 36  # labelled and unlabelled soundscapes
     # second run: everything reused, same result
     m2 = prepare_cache(synth_dir, out, workers=1)
     assert m2["resumed_files"] == m2["n_files"] and m2["n_windows"] == expected
