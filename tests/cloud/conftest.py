@@ -38,7 +38,6 @@ def cloud_env(tmp_path_factory):
 def client(cloud_env):
     from starlette.testclient import TestClient
 
-
     with TestClient(cloud_asgi(), raise_server_exceptions=False) as c:
         yield c
 
