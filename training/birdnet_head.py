@@ -90,7 +90,13 @@ def _head(lin: torch.nn.Linear, labels: LabelSpace, mean: np.ndarray, std: np.nd
 
 
 def train_birdnet_head(
-    data_dir: Path, out_dir: Path, *, seed: int = 0, epochs: int = 400, tracker: Tracker | None = None
+    data_dir: Path,
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    epochs: int = 400,
+    tracker: Tracker | None = None,
+    embedder: object | None = None,
 ) -> dict[str, object]:
     """Embed the dataset's train / validation windows (and labelled soundscapes) with BirdNET, fit
     the head (early stopping on validation), save ``head.npz`` and, with soundscape truth, a report."""
@@ -104,7 +110,7 @@ def train_birdnet_head(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = from_audio(data_dir, DEFAULT, seed=seed, soundscapes=False)
-    bn = BirdNET(data.labels, num_threads=2)
+    bn = embedder if embedder is not None else BirdNET(data.labels, num_threads=2)  # or Perch
 
     def waves(ds: object) -> np.ndarray:
         return np.stack([ds[i][0].numpy() for i in range(len(ds))])  # type: ignore[index, arg-type]
@@ -118,6 +124,7 @@ def train_birdnet_head(
         epochs=epochs,
         seed=seed,
     )
+    head.embedder = str(getattr(bn, "name", head.embedder))
     head.save(out_dir / "head.npz")
     tracker.log_params(
         {

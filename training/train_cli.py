@@ -82,6 +82,11 @@ def register(sub: Any) -> None:
         "--out", type=Path, help="output directory (default $SILENCIO_HOME/runs/birdnet_head/<time>)"
     )
     bh.add_argument("--epochs", type=int, default=400, help="full-batch optimisation steps")
+    bh.add_argument(
+        "--embedder", choices=["birdnet", "perch"], default="birdnet", help="the pretrained embedding model"
+    )
+    bh.add_argument("--perch-model", type=Path, help="your Perch TFLite file (with --embedder perch)")
+    bh.add_argument("--perch-classes", type=Path, help="its class list, one eBird code per line")
     bh.add_argument("--seed", type=int, default=0, help="split and initialisation seed")
     bh.add_argument("--no-mlflow", action="store_true", help="do not track in MLflow")
     bh.add_argument("--experiment", default="silencio-members", help="MLflow experiment name")
@@ -283,7 +288,21 @@ def cmd_birdnet_head(args: argparse.Namespace) -> int:
     out = args.out or home() / "runs" / "birdnet_head" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     tracker = NullTracker() if args.no_mlflow else MLflowTracker(args.experiment, run_name="birdnet_head")
     try:
-        res = train_birdnet_head(args.data, out, seed=args.seed, epochs=args.epochs, tracker=tracker)
+        emb = None
+        if args.embedder == "perch":
+            from shared_features import LabelSpace
+            from shared_features.perch import Perch
+
+            if not args.perch_model or not args.perch_classes:
+                raise TrainingError(
+                    "--embedder perch needs --perch-model and --perch-classes (Perch is not downloaded)"
+                )
+            emb = Perch(
+                args.perch_model, args.perch_classes, LabelSpace.from_taxonomy_csv(args.data / "taxonomy.csv")
+            )
+        res = train_birdnet_head(
+            args.data, out, seed=args.seed, epochs=args.epochs, tracker=tracker, embedder=emb
+        )
     except BaseException:
         tracker.end("FAILED")
         raise
