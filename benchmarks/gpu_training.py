@@ -5,8 +5,8 @@ Measures, for EfficientNet-B0 (bf16 autocast, channels-last) at batch ``--batch`
 1. ``compute``: training steps on a batch already on the GPU (the ceiling);
 2. ``cache``: the ETL feature cache (float16 memmaps) through a DataLoader with workers and
    pinned memory → GPU → training step;
-3. ``audio``: decoded 5 s waveforms (float32, RAM) → GPU → the shared torch log-mel on the GPU →
-   training step;
+3. ``audio``: decoded 5 s waveforms (float32, or int16 PCM — half the bytes — converted on the
+   GPU) → GPU → the shared torch log-mel on the GPU → training step;
 4. the two loaders alone (no model), to show where the time goes.
 
 Prints clips/s and the ratio of each to the compute ceiling.
@@ -32,18 +32,44 @@ from benchmarks._table import table  # noqa: E402
 
 
 class GatheredBatches:
-    """Random batches gathered from in-RAM tensors with one ``index_select`` into a pinned buffer
-    (no per-item Python, no collate): the waveform path without DataLoader overhead."""
+    """Random batches gathered from in-RAM tensors with one ``index_select`` (no per-item Python,
+    no collate). ``reuse``: into two pre-allocated pinned buffers, copied to the device
+    asynchronously, each buffer reused only after its copy finished (CUDA events); otherwise a new
+    pinned tensor per batch."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch: int, pin: bool) -> None:
-        self.x, self.y, self.batch, self.pin = x, y, batch, pin
+    def __init__(
+        self, x: torch.Tensor, y: torch.Tensor, batch: int, pin: bool, dev: torch.device, reuse: bool = False
+    ) -> None:
+        self.x, self.y, self.batch, self.pin, self.dev, self.reuse = x, y, batch, pin, dev, reuse
+        if reuse:
+            self.bufs = [
+                (
+                    torch.empty((batch, *x.shape[1:]), dtype=x.dtype).pin_memory(),
+                    torch.empty((batch, *y.shape[1:]), dtype=y.dtype).pin_memory(),
+                )
+                for _ in range(2)
+            ]
+            self.events: list[torch.cuda.Event | None] = [None, None]
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         perm = torch.randperm(len(self.x))
-        for i in range(0, len(perm) - self.batch + 1, self.batch):
+        for k, i in enumerate(range(0, len(perm) - self.batch + 1, self.batch)):
             idx = perm[i : i + self.batch]
-            xb, yb = self.x.index_select(0, idx), self.y.index_select(0, idx)
-            yield (xb.pin_memory(), yb.pin_memory()) if self.pin else (xb, yb)
+            if not self.reuse:
+                xb, yb = self.x.index_select(0, idx), self.y.index_select(0, idx)
+                yield (xb.pin_memory(), yb.pin_memory()) if self.pin else (xb, yb)
+                continue
+            j = k % 2
+            ev = self.events[j]
+            if ev is not None:
+                ev.synchronize()  # the previous copy out of this buffer is done
+            xb, yb = self.bufs[j]
+            torch.index_select(self.x, 0, idx, out=xb)
+            torch.index_select(self.y, 0, idx, out=yb)
+            xd, yd = xb.to(self.dev, non_blocking=True), yb.to(self.dev, non_blocking=True)
+            self.events[j] = torch.cuda.Event()
+            self.events[j].record()
+            yield xd, yd
 
 
 def main() -> None:
@@ -137,7 +163,18 @@ def main() -> None:
         pin_memory=dev.type == "cuda",
         drop_last=True,
     )
-    gathered = GatheredBatches(torch.from_numpy(wav), targets, args.batch, pin=dev.type == "cuda")
+    cuda = dev.type == "cuda"
+    gathered = GatheredBatches(torch.from_numpy(wav), targets, args.batch, pin=cuda, dev=dev)
+    wav16 = torch.from_numpy(np.round(np.clip(wav, -1.0, 32767 / 32768) * 32768).astype(np.int16))
+    loader16 = DataLoader(
+        TensorDataset(wav16, targets),
+        batch_size=args.batch,
+        shuffle=True,
+        num_workers=2,
+        pin_memory=cuda,
+        drop_last=True,
+    )
+    gathered16 = GatheredBatches(wav16, targets, args.batch, pin=cuda, dev=dev, reuse=cuda)
     rows_out = [
         ("compute only (batch on GPU)", compute),
         ("cache loader alone", run(cache_loader, False, args.steps)),
@@ -146,6 +183,9 @@ def main() -> None:
         ("waveform → GPU log-mel → train step", run(audio_loader, True, args.steps)),
         ("waveform batch gather (pinned) alone", run(gathered, False, args.steps)),
         ("waveform batch gather → GPU log-mel → train step", run(gathered, True, args.steps)),
+        ("int16 waveform loader → GPU log-mel → train step", run(loader16, True, args.steps)),
+        ("int16 gather, reused pinned buffers, async copy alone", run(gathered16, False, args.steps)),
+        ("int16 gather, reused pinned buffers → GPU log-mel → train step", run(gathered16, True, args.steps)),
     ]
     name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
     print(f"\n{args.timm_name}, bf16 autocast, batch {args.batch}, {name}, torch {torch.__version__}\n")

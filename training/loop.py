@@ -149,6 +149,8 @@ def train_one_epoch(
     bar = tqdm(loader, desc=desc, disable=not progress, leave=False, mininterval=1.0)
     for step, (x, y) in enumerate(bar):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if x.dtype == torch.int16:  # 16-bit PCM from the loader: float on the device
+            x = x.float() * (1.0 / 32768.0)
         if tcfg.wave_augment and x.dim() == 2:
             x, y = augment_waveforms(x, y, WaveAugConfig(), gen)
         if tcfg.mixup_alpha > 0 and x.dim() == 2:

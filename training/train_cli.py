@@ -233,6 +233,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
                 seed=tcfg.seed,
                 subset=args.subset,
                 secondary_weight=tcfg.secondary_weight,
+                int16=_on_gpu(args.device),  # 16-bit PCM halves the host→GPU traffic
             )
         )
         init = resolve_model_uri(args.init_from) if args.init_from else None
@@ -400,6 +401,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
         )
     print(f"student checkpoint {res['checkpoint']}")
     return 0
+
+
+def _on_gpu(device: str | None) -> bool:
+    import torch
+
+    return (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
 
 
 def cmd_register(args: argparse.Namespace) -> int:

@@ -51,8 +51,8 @@ class SpecAugment(nn.Module):
 
 
 class AudioClassifier(nn.Module):
-    """Front end + backbone. Input: ``[B, window_samples]`` waveforms (log-mel computed on the
-    model's device by :class:`TorchLogMel`, the shared recipe) or ``[B, n_mels, frames]``
+    """Front end + backbone. Input: ``[B, window_samples]`` waveforms, float32 or int16 PCM (log-mel
+    computed on the model's device by :class:`TorchLogMel`, the shared recipe) or ``[B, n_mels, frames]``
     features from the ETL cache. Output: ``[B, n_classes]`` logits."""
 
     def __init__(self, backbone: nn.Module, feature_cfg: FeatureConfig, mcfg: ModelConfig) -> None:
@@ -64,6 +64,8 @@ class AudioClassifier(nn.Module):
         self.augment: nn.Module = nn.Identity()  # the training loop sets a SpecAugment
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.int16:  # 16-bit PCM windows (half the host→GPU traffic): to float here
+            x = x.float() * (1.0 / 32768.0)
         if x.dim() == 2:
             x = self.frontend(x)
         if x.dim() == 3:
