@@ -173,8 +173,11 @@ class SilencioApp(App[int]):
         agent: Agent,
         source_factory: Callable[[], AudioSource],
         sync_factory: Callable[[], Any] | None = None,
+        sync_every: float = 120.0,
     ) -> None:
         super().__init__()
+        self.sync_every = sync_every
+        self._manual_sync = False
         self.agent = agent
         self.source_factory = source_factory
         self.sync_factory = sync_factory
@@ -209,6 +212,8 @@ class SilencioApp(App[int]):
         self.refresh_summary()
         self.refresh_status()
         self.run_agent()
+        if self.sync_factory is not None:  # background sync whenever the cloud answers
+            self.set_interval(self.sync_every, self.run_sync)
 
     # ------------------------------------------------------------------ workers
     @work(thread=True, exclusive=True, group="agent")
@@ -301,10 +306,13 @@ class SilencioApp(App[int]):
         self.refresh_status()
 
     def on_sync_done(self, m: SyncDone) -> None:
+        changed = self.online != m.ok
         self.online = m.ok
         if m.ok:
             self.last_sync = datetime.now().strftime("%H:%M:%S")
-        self.notify(m.text, severity="information" if m.ok else "warning")
+        if self._manual_sync or changed:  # background syncs speak only when something changes
+            self.notify(m.text, severity="information" if m.ok else "warning")
+        self._manual_sync = False
         self.refresh_statuses()
         self.refresh_status()
 
@@ -394,6 +402,7 @@ class SilencioApp(App[int]):
 
     def action_sync_now(self) -> None:
         self.notify("syncing …")
+        self._manual_sync = True
         self.run_sync()
 
     def _set_status(self, u: str, status: str) -> None:

@@ -109,7 +109,9 @@ def _onnx_runner(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    gpu = "CUDAExecutionProvider" in ort.get_available_providers()  # the cloud on a GPU node
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+    sess = ort.InferenceSession(str(path), so, providers=providers)
     meta = sess.get_modelmeta().custom_metadata_map
     name = sess.get_inputs()[0].name
 
