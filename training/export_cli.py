@@ -52,6 +52,13 @@ def cmd_edge(args: argparse.Namespace) -> int:
     xv, yv = windows_of(data.val)
     rng = np.random.default_rng(args.seed)
     calib = xt[rng.permutation(len(xt))[:256]]
+    # calibrate on what the device will hear too: windows of unlabelled soundscapes, when there are any
+    from training.distill import FileWindows, unlabelled_soundscapes
+
+    unl = FileWindows(unlabelled_soundscapes(args.data))
+    if len(unl):
+        pick = rng.permutation(len(unl))[:256]
+        calib = np.concatenate([calib, np.stack([unl.window(int(k)) for k in pick])])
     feats_cal = np.concatenate([log_mel(calib[i : i + 32], DEFAULT) for i in range(0, len(calib), 32)])
     feats_val = np.concatenate([log_mel(xv[i : i + 32], DEFAULT) for i in range(0, len(xv), 32)])
     tracker = NullTracker() if args.no_mlflow else MLflowTracker(args.experiment, run_name="edge-export")
