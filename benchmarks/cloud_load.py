@@ -128,8 +128,9 @@ def main() -> None:
         rows = [asyncio.run(run_clients(url, n, args.seconds, payloads)) for n in (1, 8, 32)]
     finally:
         if proc is not None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(30)
+            from silencio.demo import _stop
+
+            _stop(proc)
     base = rows[0]
     print(f"server {url}; {len(payloads)} real 5 s clips (WAV, 32 kHz); {args.seconds:.0f} s per level\n")
     print(

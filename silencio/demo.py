@@ -505,16 +505,27 @@ def _truth_species(data: Path, scape: Path) -> set[str] | None:
 
 
 def _stop(proc: Any) -> None:
-    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+    """SIGTERM the process group (the server and every worker it started), wait until none is
+    left, SIGKILL what outlives 30 s."""
+    pgid = proc.pid
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        proc.poll()  # reap our direct child
         try:
-            os.killpg(proc.pid, sig)
+            os.killpg(pgid, 0)  # anyone left in the group?
         except ProcessLookupError:
-            return
+            break
+        time.sleep(0.2)
+    else:
         try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
 
 
 def _tail(work: Path, summary: dict[str, Any]) -> None:

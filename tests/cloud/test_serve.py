@@ -4,7 +4,6 @@ recording; its Prometheus metrics carry the service's own counters."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -85,14 +84,6 @@ def test_real_server_identifies_a_real_recording_and_ingests(tmp_path):
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """Stop the server and every process it started (its own process group)."""
-    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    from silencio.demo import _stop as stop_group
+
+    stop_group(proc)
