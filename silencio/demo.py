@@ -302,7 +302,9 @@ def _export(data: Path, work: Path, student: Path, summary: dict[str, Any]) -> P
         d = from_audio(data, DEFAULT, soundscapes=False)
         xt, _ = windows_of(d.train)
         xv, yv = windows_of(d.val)
-        ft, fv = log_mel(xt[:256]), log_mel(xv)
+        from training.export_cli import calibration_windows
+
+        ft, fv = log_mel(calibration_windows(data, xt)), log_mel(xv)
         for fmt in ("onnx-fp32", "onnx-int8"):
             try:
                 export_edge(

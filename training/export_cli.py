@@ -35,6 +35,22 @@ def register(sub: Any) -> None:
     e.set_defaults(func=cmd_edge)
 
 
+def calibration_windows(data_dir: Path, train_windows: Any, seed: int = 0, n: int = 256) -> Any:
+    """int8 calibration windows: ``n`` training windows plus up to ``n`` windows of the unlabelled
+    soundscapes — what the device will hear — when the dataset has any."""
+    import numpy as np
+
+    from training.distill import FileWindows, unlabelled_soundscapes
+
+    rng = np.random.default_rng(seed)
+    calib = train_windows[rng.permutation(len(train_windows))[:n]]
+    unl = FileWindows(unlabelled_soundscapes(data_dir))
+    if len(unl):
+        pick = rng.permutation(len(unl))[:n]
+        calib = np.concatenate([calib, np.stack([unl.window(int(k)) for k in pick])])
+    return calib
+
+
 def cmd_edge(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -50,15 +66,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
     data = from_audio(args.data, DEFAULT, seed=args.seed, soundscapes=False)
     xt, _ = windows_of(data.train)
     xv, yv = windows_of(data.val)
-    rng = np.random.default_rng(args.seed)
-    calib = xt[rng.permutation(len(xt))[:256]]
-    # calibrate on what the device will hear too: windows of unlabelled soundscapes, when there are any
-    from training.distill import FileWindows, unlabelled_soundscapes
-
-    unl = FileWindows(unlabelled_soundscapes(args.data))
-    if len(unl):
-        pick = rng.permutation(len(unl))[:256]
-        calib = np.concatenate([calib, np.stack([unl.window(int(k)) for k in pick])])
+    calib = calibration_windows(args.data, xt, args.seed)
     feats_cal = np.concatenate([log_mel(calib[i : i + 32], DEFAULT) for i in range(0, len(calib), 32)])
     feats_val = np.concatenate([log_mel(xv[i : i + 32], DEFAULT) for i in range(0, len(xv), 32)])
     tracker = NullTracker() if args.no_mlflow else MLflowTracker(args.experiment, run_name="edge-export")
