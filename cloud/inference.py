@@ -77,7 +77,14 @@ def resolve_model(model: str | None, home: Path, taxonomy: Path | None) -> tuple
                 raise NotReady(
                     f"{model}: loading from the MLflow registry needs mlflow (pip install 'silencio[train]')"
                 ) from None
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model))
+            import os
+
+            uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+            mlflow.set_tracking_uri(uri)  # the same embedded default as training's
+            try:
+                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model))
+            except Exception as exc:  # noqa: BLE001 - MLflow raises many kinds; all mean "not loadable"
+                raise NotReady(f"{model}: not found in the MLflow registry at {uri} ({exc})") from None
             return local, False
         p = Path(model)
         if not (p / "package.json").exists():
