@@ -1,4 +1,4 @@
-"""The embedding head on Perch embeddings (a tiny Perch-shaped model from tests/data)."""
+"""The embedding head on Perch embeddings (a tiny Perch-shaped model written at test time)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from pathlib import Path
 
 from shared_features import LabelSpace
 from shared_features.perch import Perch
-
-DATA = Path(__file__).resolve().parents[1] / "data"
+from tests.perch_model import write_tiny_perch
 
 
 def test_embedding_head_trains_on_perch(synth_dir, tmp_path):
@@ -19,7 +18,7 @@ def test_embedding_head_trains_on_perch(synth_dir, tmp_path):
         synth_dir,
         tmp_path,
         epochs=20,
-        embedder=Perch(DATA / "tiny_perch.tflite", DATA / "tiny_perch_labels.txt", labels),
+        embedder=Perch(*write_tiny_perch(tmp_path / "perch"), labels),
     )
     head = EmbeddingHead.load(Path(str(res["head"])))
     assert head.embedder == "perch" and head.weight.shape == (16, 8)
