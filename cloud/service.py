@@ -39,6 +39,7 @@ from cloud.schemas import (
 )
 from cloud.settings import CloudSettings
 from cloud.store import CloudStore
+from shared_features.audio import sniff_format
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -161,7 +162,7 @@ class Cloud:
             conf = self.store.confirmation_for_clip(str(meta.uuid))
             return ClipAck(uuid=meta.uuid, duplicate=True, confirmation=conf).model_dump(mode="json")
         wave = self.identifier.decode(audio, f"clip {meta.uuid}")  # 400/415 before anything is stored
-        path = self.store.clip_path(digest, _ext(audio))
+        path = self.store.clip_path(digest, sniff_format(audio[:64]) or "bin")
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(path.suffix + ".part")
@@ -414,8 +415,3 @@ class Cloud:
         if rel is None:
             raise NotFound("no edge model release published yet")
         return Path(rel["path"])
-
-
-def _ext(audio: bytes) -> str:
-    head = audio[:4]
-    return {b"OggS": "ogg", b"fLaC": "flac", b"RIFF": "wav"}.get(head, "bin")

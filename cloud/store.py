@@ -12,17 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from cloud.errors import Unauthorized
+from shared_features.sqlite import SQLiteStore, now
 
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -109,70 +103,20 @@ MIGRATIONS: list[tuple[str, str]] = [
 ]
 
 
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class CloudStore:
+class CloudStore(SQLiteStore):
     """One SQLite database plus the clip directory. Thread-safe (one lock around the connection:
     BentoML runs handlers in a thread pool)."""
 
+    MIGRATIONS = MIGRATIONS
+
     def __init__(self, path: Path | str, clip_dir: Path | str | None = None) -> None:
-        self.path = Path(path) if str(path) != ":memory:" else None
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
-        self.db = sqlite_utils.Database(conn)
-        self.lock = threading.RLock()
-        if self.path is not None:
-            self.db.enable_wal()
-        self.db.execute("PRAGMA foreign_keys = ON")
-        self.db.execute("PRAGMA busy_timeout = 30000")
+        super().__init__(path)
         base = self.path.parent if self.path is not None else Path(".")
         self.clip_dir = Path(clip_dir) if clip_dir is not None else base / "clips"
-        self.migrate()
-
-    # ------------------------------------------------------------------ plumbing
-    @contextmanager
-    def tx(self) -> Iterator[sqlite_utils.Database]:
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.db
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
-
-    def migrate(self) -> list[str]:
-        with self.lock:
-            self.db.execute(
-                "CREATE TABLE IF NOT EXISTS migrations (id INTEGER PRIMARY KEY, name TEXT NOT NULL, "
-                "applied_at TEXT NOT NULL)"
-            )
-            done = {r[0] for r in self.db.execute("SELECT id FROM migrations").fetchall()}
-            applied = []
-            for i, (name, sql) in enumerate(MIGRATIONS, start=1):
-                if i in done:
-                    continue
-                with self.tx() as db:
-                    for stmt in filter(str.strip, sql.split(";")):
-                        db.execute(stmt)
-                    db.execute("INSERT INTO migrations VALUES (?, ?, ?)", [i, name, now()])
-                applied.append(name)
-            return applied
-
-    def query(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
-        with self.lock:
-            return list(self.db.query(sql, params))
-
-    def close(self) -> None:
-        with self.lock:
-            self.db.conn.close()
 
     # ------------------------------------------------------------------ devices
     def add_device(self, name: str, role: str = "device") -> str:

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from edge.store import EdgeStore, now
+from edge.store import EdgeStore
+from shared_features.sqlite import now
 
 log = logging.getLogger(__name__)
 

@@ -14,16 +14,11 @@ Rules that make "never lose a detection" hold:
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import uuid as uuidlib
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
+from shared_features.sqlite import SQLiteStore, now
 
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -98,66 +93,15 @@ MIGRATIONS: list[tuple[str, str]] = [
 ]
 
 
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
 def new_uuid() -> str:
     return str(uuidlib.uuid4())
 
 
-class EdgeStore:
+class EdgeStore(SQLiteStore):
+    MIGRATIONS = MIGRATIONS
+
     def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
-        self.db = sqlite_utils.Database(conn)
-        self.lock = threading.RLock()
-        self.db.enable_wal()
-        self.db.execute("PRAGMA synchronous = FULL")
-        self.db.execute("PRAGMA foreign_keys = ON")
-        self.db.execute("PRAGMA busy_timeout = 30000")
-        self.migrate()
-
-    @contextmanager
-    def tx(self) -> Iterator[sqlite_utils.Database]:
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.db
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
-
-    def migrate(self) -> list[str]:
-        with self.lock:
-            self.db.execute(
-                "CREATE TABLE IF NOT EXISTS migrations (id INTEGER PRIMARY KEY, name TEXT NOT NULL, "
-                "applied_at TEXT NOT NULL)"
-            )
-            done = {r[0] for r in self.db.execute("SELECT id FROM migrations").fetchall()}
-            applied = []
-            for i, (name, sql) in enumerate(MIGRATIONS, start=1):
-                if i in done:
-                    continue
-                with self.tx() as db:
-                    for stmt in filter(str.strip, sql.split(";")):
-                        db.execute(stmt)
-                    db.execute("INSERT INTO migrations VALUES (?, ?, ?)", [i, name, now()])
-                applied.append(name)
-            return applied
-
-    def query(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
-        with self.lock:
-            return list(self.db.query(sql, params))
-
-    def integrity(self) -> str:
-        return str(self.query("PRAGMA integrity_check")[0]["integrity_check"])
-
-    def close(self) -> None:
-        with self.lock:
-            self.db.conn.close()
+        super().__init__(path, synchronous="FULL")  # a committed detection survives power loss
 
     # ------------------------------------------------------------------ tours
     def start_tour(

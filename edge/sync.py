@@ -22,7 +22,8 @@ from typing import Any
 import httpx
 
 from edge.errors import SyncError
-from edge.store import EdgeStore, now
+from edge.store import EdgeStore
+from shared_features.sqlite import now
 
 log = logging.getLogger(__name__)
 WIRE_VERSION = 1

@@ -100,7 +100,7 @@ class Scores:
     known: dict[str, np.ndarray]
 
 
-def _onnx_runner(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+def onnx_runner(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
     try:
         import onnxruntime as ort
     except ImportError:  # pragma: no cover - installed with every extra that loads packages
@@ -123,7 +123,7 @@ def _onnx_runner(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]
     return run
 
 
-def _tflite_runner(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+def tflite_runner(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
     from shared_features.birdnet import interpreter_class
 
     interp = interpreter_class()(model_path=str(path), num_threads=threads)
@@ -261,13 +261,13 @@ class ModelPackage:
             assert m.file is not None
             path = self.root / m.file
             if m.runtime == "onnx":
-                run = _onnx_runner(path, self.threads)
+                run = onnx_runner(path, self.threads)
                 fp = getattr(run, "meta", {}).get("feature_fingerprint")
                 if fp is not None and fp != m.feature_fingerprint:
                     raise FingerprintMismatchError(f"{path}: ONNX metadata fingerprint {fp} ≠ package's")
                 self._runners[m.name] = run
             else:
-                self._runners[m.name] = _tflite_runner(path, self.threads)
+                self._runners[m.name] = tflite_runner(path, self.threads)
         return self._runners[m.name]
 
     def _birdnet_out(self, windows: np.ndarray) -> Any:

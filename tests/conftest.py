@@ -65,3 +65,32 @@ def cloud_asgi():  # type: ignore[no-untyped-def]
 
         _CLOUD_APP = Silencio.to_asgi()
     return _CLOUD_APP
+
+
+def tiny_edge_package(out: Path, labels, *, version: str, seed: int = 0, val_roc_auc: float = 0.5) -> Path:  # type: ignore[no-untyped-def]
+    """An ONNX fp32 edge package of an *untrained* tiny student (MobileNetV3-Small 0.5, 2× pooled
+    input): the shape of a release, for tests of the plumbing around it — no accuracy implied."""
+    import torch
+
+    from training.export import PublishThresholds, export_edge
+    from training.models import build_model, member_config, save_checkpoint
+
+    torch.manual_seed(seed)
+    m = build_model(
+        member_config("student", timm_name="mobilenetv3_small_050", input_downsample=2), len(labels)
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = save_checkpoint(out / "student.pt", m.eval(), labels, metrics={"best_val_roc_auc": val_roc_auc})
+    feats = np.random.default_rng(seed).standard_normal((4, 128, 316)).astype(np.float32)
+    export_edge(
+        ckpt,
+        out,
+        parity=feats[:1],
+        calibration=feats,
+        check=feats,
+        check_targets=None,
+        formats=("onnx-fp32",),
+        thresholds=PublishThresholds(0, 1),
+        version=version,
+    )
+    return out / "onnx-fp32"

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shared_features.package import PACKAGE_VERSION, MemberSpec, sha256_file
+from shared_features.package import PACKAGE_VERSION, MemberSpec, onnx_runner, sha256_file
 from training.errors import TrainingError
 from training.models.checkpoint import load_checkpoint
 from training.models.factory import AudioClassifier, merge_lora
@@ -191,12 +191,8 @@ def compare(ref: np.ndarray, got: np.ndarray, targets: np.ndarray | None) -> dic
 
 
 def _onnx_probs(path: Path, feats: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return np.concatenate(
-        [sess.run(None, {"features": feats[i : i + 32]})[0] for i in range(0, len(feats), 32)]
-    )
+    run = onnx_runner(path, threads=2)
+    return np.concatenate([run(feats[i : i + 32]) for i in range(0, len(feats), 32)])
 
 
 def export_edge(

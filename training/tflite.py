@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from shared_features import DEFAULT, log_mel
-from shared_features.package import MemberSpec
+from shared_features.package import MemberSpec, tflite_runner
 from training.errors import TrainingError
 from training.export import ExportError, PublishThresholds, _FeaturesToProbs, compare
 from training.models.checkpoint import load_checkpoint
@@ -49,17 +49,8 @@ def convert(ckpt: Path, path: Path, sample: np.ndarray) -> dict[str, Any]:
 
 
 def tflite_probs(path: Path, feats: np.ndarray) -> np.ndarray:
-    from shared_features.birdnet import interpreter_class
-
-    interp = interpreter_class()(model_path=str(path), num_threads=2)
-    interp.allocate_tensors()
-    i, o = interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]
-    out = []
-    for f in feats:
-        interp.set_tensor(i, np.ascontiguousarray(f[None], np.float32))
-        interp.invoke()
-        out.append(np.array(interp.get_tensor(o))[0])
-    return np.stack(out).astype(np.float32)
+    """``[n, n_mels, n_frames]`` → ``[n, C]`` through the package runtime's TFLite runner."""
+    return tflite_runner(path, threads=2)(feats)
 
 
 def export_tflite(

@@ -10,6 +10,8 @@ import tarfile
 
 import pytest
 
+from tests.conftest import tiny_edge_package
+
 from .conftest import SOUNDSCAPE, auth, clip_meta, detection, now, real_clip, tour
 
 
@@ -240,35 +242,18 @@ def test_feedback_reports_and_relabel_export(client, cloud_env, tmp_path):
 
 def test_release_publish_and_download(client, cloud_env, mini, tmp_path):
     import numpy as np
-    import torch
 
     from cloud.service import Cloud
     from cloud.settings import CloudSettings
-    from shared_features import LabelSpace, features_from_audio, load_audio
-    from training.export import PublishThresholds, export_edge
-    from training.models import build_model, member_config, save_checkpoint
+    from shared_features import LabelSpace
 
     dev = auth(cloud_env["device"])
     assert client.get("/v1/releases/current", headers=dev).status_code == 404
     labels = LabelSpace.from_taxonomy_csv(mini / "taxonomy.csv")
-    torch.manual_seed(0)
-    m = build_model(member_config("student", timm_name="mobilenetv3_small_050", input_downsample=2), 206)
-    ckpt = save_checkpoint(tmp_path / "s.pt", m.eval(), labels, metrics={"best_val_roc_auc": 0.7})
-    feats, _ = features_from_audio(load_audio(SOUNDSCAPE))
-    export_edge(
-        ckpt,
-        tmp_path / "edge",
-        parity=feats[:2],
-        calibration=feats,
-        check=feats,
-        check_targets=None,
-        formats=("onnx-fp32",),
-        thresholds=PublishThresholds(0, 1),
-        version="42",
-    )
+    package = tiny_edge_package(tmp_path / "edge", labels, version="42", val_roc_auc=0.7)
     with pytest.raises(Exception, match="not a silencio model package"):
         Cloud(CloudSettings(home=cloud_env["home"])).publish_release(tmp_path)  # not a package at all
-    Cloud(CloudSettings(home=cloud_env["home"])).publish_release(tmp_path / "edge" / "onnx-fp32")
+    Cloud(CloudSettings(home=cloud_env["home"])).publish_release(package)
     info = client.get("/v1/releases/current", headers=dev).json()
     assert info["version"] == "42" and info["feature_fingerprint"].startswith("fv1-")
     assert client.get("/v1/releases/current/download").status_code == 401

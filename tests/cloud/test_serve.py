@@ -4,7 +4,6 @@ recording; its Prometheus metrics carry the service's own counters."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,18 +16,14 @@ from tests.conftest import MINI, REPO
 from .conftest import auth, detection, tour
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.timeout(300)
 def test_real_server_identifies_a_real_recording_and_ingests(tmp_path):
     from cloud.store import CloudStore
 
     home = tmp_path / "home"
     token = CloudStore(home / "cloud" / "cloud.db").add_device("dev")
+    from silencio.demo import _free_port
+
     port = _free_port()
     env = {**os.environ, "SILENCIO_HOME": str(home), "BENTOML_HOME": str(tmp_path / "bentoml")}
     cmd = [

@@ -3,16 +3,15 @@ installed model on stored clips, atomic switch, rollback, and refusal of a corru
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from edge.agent import Agent
 from edge.capture import FileSource
 from edge.errors import UpdateError
 from edge.sync import SyncClient
 from edge.updater import check_and_update, rollback
+from tests.conftest import tiny_edge_package
 
 from .conftest import FakeScorer, FlakyTransport, tone_then_silence
 
@@ -20,29 +19,9 @@ from .conftest import FakeScorer, FlakyTransport, tone_then_silence
 def _release(tmp_path, labels, cloud, version):
     from cloud.service import Cloud
     from cloud.settings import CloudSettings
-    from shared_features import features_from_audio
-    from training.export import PublishThresholds, export_edge
-    from training.models import build_model, member_config, save_checkpoint
 
-    torch.manual_seed(int(version))
-    m = build_model(
-        member_config("student", timm_name="mobilenetv3_small_050", input_downsample=2), len(labels)
-    )
-    ckpt = save_checkpoint(tmp_path / f"s{version}.pt", m.eval(), labels, metrics={"best_val_roc_auc": 0.5})
-    x = np.concatenate([tone_then_silence(4, 6)])
-    feats, _ = features_from_audio(x)
-    export_edge(
-        ckpt,
-        tmp_path / f"edge{version}",
-        parity=feats[:1],
-        calibration=feats,
-        check=feats,
-        check_targets=None,
-        formats=("onnx-fp32",),
-        version=version,
-        thresholds=PublishThresholds(0, 1),
-    )
-    return Cloud(CloudSettings(home=cloud["home"])).publish_release(tmp_path / f"edge{version}" / "onnx-fp32")
+    package = tiny_edge_package(tmp_path / f"edge{version}", labels, version=version, seed=int(version))
+    return Cloud(CloudSettings(home=cloud["home"])).publish_release(package)
 
 
 def test_update_shadow_switch_rollback_and_corruption(tmp_path, labels, edge_settings, cloud):
