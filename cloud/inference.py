@@ -25,8 +25,10 @@ from shared_features.errors import (
     AudioError,
     AudioTooLongError,
     FingerprintMismatchError,
+    LabelError,
     UnsupportedFormatError,
 )
+from shared_features.labels import taxonomy_path
 from shared_features.package import PACKAGE_FORMAT, PACKAGE_VERSION, ModelPackage, PackageError, load_package
 
 log = logging.getLogger(__name__)
@@ -90,12 +92,11 @@ def resolve_model(model: str | None, home: Path, taxonomy: Path | None) -> tuple
         if not (p / "package.json").exists():
             raise NotReady(f"{model}: not a model package directory (no package.json)")
         return p, False
-    if taxonomy is None or not Path(taxonomy).exists():
-        raise NotReady(
-            "no model package and no taxonomy.csv for the BirdNET-only fallback: pass --model PACKAGE "
-            "or --taxonomy (the BirdCLEF 2025 taxonomy.csv)"
-        )
-    return birdnet_only_package(home / "packages" / "birdnet-only", Path(taxonomy)), True
+    try:
+        tax = taxonomy_path(taxonomy)
+    except LabelError as exc:
+        raise NotReady(str(exc)) from None
+    return birdnet_only_package(home / "packages" / "birdnet-only", tax), True
 
 
 def species_entry(labels: LabelSpace, idx: int, p: float) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared_features.labels import taxonomy_path
 from shared_features.paths import home
 
 
@@ -19,7 +20,7 @@ class CloudSettings(BaseSettings):
     clip_dir: Path | None = None  # default: <home>/cloud/clips
     #: a model package directory or ``models:/<name>@<alias>``; unset: BirdNET only
     model: str | None = None
-    #: the label space for the BirdNET-only fallback (BirdCLEF 2025 taxonomy.csv)
+    #: the label space (BirdCLEF taxonomy.csv); default: the El Silencio taxonomy shipped with the package
     taxonomy: Path | None = None
     max_upload_mb: float = 50.0
     max_clip_mb: float = 10.0
@@ -36,8 +37,7 @@ class CloudSettings(BaseSettings):
         return self.clip_dir or self.home / "cloud" / "clips"
 
     @property
-    def taxonomy_path(self) -> Path | None:
-        if self.taxonomy is not None:
-            return self.taxonomy
-        guess = self.home / "taxonomy.csv"
-        return guess if guess.exists() else None
+    def taxonomy_path(self) -> Path:
+        """The label space's taxonomy: the setting (resolved against the working directory) or the
+        El Silencio taxonomy shipped with the package."""
+        return taxonomy_path(self.taxonomy)

@@ -339,9 +339,7 @@ def _labels(st: Any, s: Any) -> Any:
     active = st.active_model()
     if active is not None:
         return load_package(active["path"], verify=False).labels
-    if s.taxonomy_path is not None:
-        return LabelSpace.from_taxonomy_csv(s.taxonomy_path)
-    raise EdgeError("no installed model and no --taxonomy: cannot name species")
+    return LabelSpace.from_taxonomy_csv(s.taxonomy_path)
 
 
 def cmd_tui(args: argparse.Namespace) -> int:

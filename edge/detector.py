@@ -19,9 +19,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edge.errors import NoModelError
 from shared_features import DEFAULT, FeatureConfig, LabelSpace
-from shared_features.labels import Species
+from shared_features.labels import Species, taxonomy_path
 from shared_features.streaming import StreamingLogMel
 from shared_features.windows import Window
 
@@ -90,13 +89,8 @@ class BirdNETScorer:
 def load_scorer(model_path: Path | None, taxonomy: Path | None, threads: int = 1) -> Scorer:
     if model_path is not None:
         return PackageScorer(model_path, threads)
-    if taxonomy is None or not Path(taxonomy).exists():
-        raise NoModelError(
-            "no model package installed (silencio edge update) and no taxonomy.csv for the BirdNET "
-            "fallback (--taxonomy or SILENCIO_EDGE_TAXONOMY)"
-        )
     log.warning("no trained package installed: using BirdNET v2.4 zero-shot (birds only)")
-    return BirdNETScorer(LabelSpace.from_taxonomy_csv(taxonomy), threads)
+    return BirdNETScorer(LabelSpace.from_taxonomy_csv(taxonomy_path(taxonomy)), threads)
 
 
 def load_thresholds(path: Path | None, labels: LabelSpace) -> dict[str, float]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared_features.labels import taxonomy_path
 from shared_features.paths import home
 
 
@@ -18,7 +19,7 @@ class EdgeSettings(BaseSettings):
     #: the cloud service and this device's token (``silencio cloud add-device``)
     cloud_url: str | None = None
     token: str | None = None
-    #: the label space for BirdNET when no trained package is installed (BirdCLEF taxonomy.csv)
+    #: the label space (BirdCLEF taxonomy.csv); default: the El Silencio taxonomy shipped with the package
     taxonomy: Path | None = None
     #: detection threshold (a species' top score must reach it); per-species overrides in a JSON file
     threshold: float = 0.5
@@ -57,8 +58,7 @@ class EdgeSettings(BaseSettings):
         return self.root / "models"
 
     @property
-    def taxonomy_path(self) -> Path | None:
-        if self.taxonomy is not None:
-            return self.taxonomy
-        guess = self.home / "taxonomy.csv"
-        return guess if guess.exists() else None
+    def taxonomy_path(self) -> Path:
+        """The label space's taxonomy: the setting (resolved against the working directory) or the
+        El Silencio taxonomy shipped with the package."""
+        return taxonomy_path(self.taxonomy)

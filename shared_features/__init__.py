@@ -38,7 +38,13 @@ from shared_features.errors import (
     SilentAudioError,
     UnsupportedFormatError,
 )
-from shared_features.labels import LabelSpace, Species, parse_secondary_labels
+from shared_features.labels import (
+    DEFAULT_TAXONOMY,
+    LabelSpace,
+    Species,
+    parse_secondary_labels,
+    taxonomy_path,
+)
 from shared_features.mel import features_from_audio, log_mel, mel_filterbank
 from shared_features.streaming import StreamingLogMel, iter_window_features
 from shared_features.windows import Window, count_windows, frame_windows, window_times
@@ -60,7 +66,9 @@ __all__ = [
     "FingerprintMismatchError",
     "InvalidSamplesError",
     "LabelError",
+    "DEFAULT_TAXONOMY",
     "LabelSpace",
+    "taxonomy_path",
     "PANNS",
     "PRESETS",
     "SilencioFeatureError",

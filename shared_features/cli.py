@@ -31,7 +31,9 @@ def register(sub: Any) -> None:
 
     bn = g.add_parser("birdnet", help="zero-shot BirdNET v2.4 species per 5 s window of audio files")
     bn.add_argument("files", type=Path, nargs="+", help="audio files")
-    bn.add_argument("--taxonomy", type=Path, required=True, help="BirdCLEF taxonomy.csv (the label space)")
+    bn.add_argument(
+        "--taxonomy", type=Path, help="taxonomy.csv (default: the El Silencio label space in the package)"
+    )
     bn.add_argument("--top", type=int, default=3, help="species shown per window")
     bn.add_argument("--threshold", type=float, default=0.1, help="minimum probability shown")
     bn.set_defaults(func=cmd_birdnet)
@@ -49,10 +51,10 @@ def cmd_birdnet(args: argparse.Namespace) -> int:
 
     from shared_features.audio import load_audio
     from shared_features.birdnet import BirdNET
-    from shared_features.labels import LabelSpace
+    from shared_features.labels import LabelSpace, taxonomy_path
     from shared_features.windows import frame_windows
 
-    labels = LabelSpace.from_taxonomy_csv(args.taxonomy)
+    labels = LabelSpace.from_taxonomy_csv(taxonomy_path(args.taxonomy))
     model = BirdNET(labels)
     print(
         f"BirdNET v2.4 (zero-shot; knows {int(model.known.sum())} of {len(labels)} species; "

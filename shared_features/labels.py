@@ -14,6 +14,7 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,24 @@ import numpy as np
 from shared_features.errors import LabelError
 
 TAXON_CLASSES = ("Aves", "Amphibia", "Insecta", "Mammalia")
+
+#: The El Silencio label space that ships with the package: BirdCLEF 2025's ``taxonomy.csv``
+#: (206 species: 146 Aves, 34 Amphibia, 17 Insecta, 9 Mammalia), unchanged. Every command uses it
+#: unless a ``--taxonomy`` / setting overrides it.
+DEFAULT_TAXONOMY = Path(__file__).resolve().parent / "data" / "taxonomy.csv"
+
+
+def taxonomy_path(path: str | os.PathLike[str] | None = None) -> Path:
+    """The taxonomy a command should use: ``path`` resolved against the working directory, or the
+    packaged default. Raises :class:`LabelError` naming the absolute path when it does not exist."""
+    if path is None or str(path) == "":
+        return DEFAULT_TAXONOMY
+    p = Path(path).expanduser().resolve()
+    if not p.is_file():
+        raise LabelError(f"taxonomy file {p} does not exist (or is not a file)")
+    return p
+
+
 _REQUIRED = ("primary_label", "scientific_name", "common_name", "class_name")
 
 
@@ -89,6 +108,11 @@ class LabelSpace:
             )
             for r in rows
         )
+
+    @classmethod
+    def default(cls) -> LabelSpace:
+        """The El Silencio label space shipped with the package (BirdCLEF 2025, 206 species)."""
+        return cls.from_taxonomy_csv(DEFAULT_TAXONOMY)
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": 1, "sha256": self.digest(), "species": [asdict(s) for s in self._species]}

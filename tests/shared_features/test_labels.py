@@ -77,3 +77,27 @@ def test_secondary_labels(cell, expected):
 def test_secondary_labels_malformed():
     with pytest.raises(LabelError, match="malformed"):
         parse_secondary_labels("['a'")
+
+
+def test_packaged_label_space_is_birdclef_2025(mini):
+    """The label space that ships with the package is BirdCLEF 2025's taxonomy, row for row."""
+    from shared_features.labels import DEFAULT_TAXONOMY
+
+    default = LabelSpace.default()
+    assert len(default) == 206
+    assert default.class_counts() == {"Aves": 146, "Amphibia": 34, "Insecta": 17, "Mammalia": 9}
+    assert default == LabelSpace.from_taxonomy_csv(mini / "taxonomy.csv")
+    assert DEFAULT_TAXONOMY.is_file()
+
+
+def test_taxonomy_path_resolves_against_the_working_directory(tmp_path, monkeypatch, mini):
+    from shared_features.labels import DEFAULT_TAXONOMY, taxonomy_path
+
+    assert taxonomy_path(None) == DEFAULT_TAXONOMY
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "taxonomy.csv").write_bytes((mini / "taxonomy.csv").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    p = taxonomy_path("sub/taxonomy.csv")
+    assert p.is_absolute() and p == (tmp_path / "sub" / "taxonomy.csv").resolve()
+    with pytest.raises(LabelError, match=str(tmp_path / "missing.csv")):
+        taxonomy_path("missing.csv")
