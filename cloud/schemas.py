@@ -1,18 +1,31 @@
-"""The edge ↔ cloud wire format, version 1 (``WIRE_VERSION``): pydantic models validated by the cloud
-on every request. The edge builds the same JSON with its own code (it may not import ``cloud``);
-``tests/contract`` validates the edge's payloads against these models. Changing a field means a
+"""The edge ↔ cloud wire format, version 2 (``WIRE_VERSION``): pydantic models validated by the cloud
+on every request.
+
+Version 2 (from 1): confidence bands are ``high | medium | low`` (v1's ``confirmed | likely |
+possible`` read like the cloud's verdict); a sync batch may carry the device's status
+(``DeviceStatus``); a clip's meta may carry the recording it was cut from (``source``,
+``source_offset``) and the edge model's top scores (``edge_top``). Version-1 payloads are still
+accepted: their band names are mapped (confirmed → high, likely → medium, possible → low).
+
+The edge builds the same JSON with its own code (it may not import ``cloud``); ``tests/contract``
+validates the edge's payloads against these models. Changing a field means a
 new ``WIRE_VERSION`` and a changed contract test, in the same commit (see ``docs/contracts.md``).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2
+#: versions the cloud accepts (a device that has not updated yet still syncs)
+ACCEPTED_WIRE_VERSIONS = (1, 2)
+#: confidence bands of a detection, by the edge's score (not the cloud's verdict)
+BANDS = ("high", "medium", "low")
+_V1_BANDS = {"confirmed": "high", "likely": "medium", "possible": "low"}
 MAX_BATCH = 500
 
 
@@ -37,16 +50,49 @@ class DetectionIn(_Strict):
     start_time: datetime
     end_time: datetime
     confidence: float = Field(ge=0, le=1)
-    band: Literal["confirmed", "likely", "possible"]
+    band: Literal["high", "medium", "low"]
     model_version: str = Field(max_length=200)
+
+
+class DeviceStatus(_Strict):
+    """What a device reports about itself with each sync (v2): shown on the console."""
+
+    model_version: str | None = Field(default=None, max_length=200)
+    app_version: str | None = Field(default=None, max_length=50)
+    pending_detections: int = Field(default=0, ge=0)
+    pending_clips: int = Field(default=0, ge=0)
+    clips_stored: int = Field(default=0, ge=0)
+    #: windows whose audio was not kept because the speech detector heard a person
+    speech_suppressed: int = Field(default=0, ge=0)
+    #: audio recording paused because free space fell below the watermark
+    audio_paused: bool = False
+    free_bytes: int | None = Field(default=None, ge=0)
 
 
 class SyncBatch(_Strict):
     """``POST /v1/sync``: tours first (a detection's tour must be known), then detections."""
 
-    wire_version: Literal[1] = 1
+    wire_version: Literal[1, 2] = 2
     tours: list[TourIn] = Field(default_factory=list, max_length=MAX_BATCH)
     detections: list[DetectionIn] = Field(default_factory=list, max_length=MAX_BATCH)
+    device: DeviceStatus | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _v1_bands(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("wire_version") == 1:
+            dets = data.get("detections")
+            if isinstance(dets, list):
+                data = {
+                    **data,
+                    "detections": [
+                        {**d, "band": _V1_BANDS.get(d.get("band"), d.get("band"))}
+                        if isinstance(d, dict)
+                        else d
+                        for d in dets
+                    ],
+                }
+        return data
 
 
 class Rejected(BaseModel):
@@ -64,10 +110,15 @@ class SyncAck(BaseModel):
     rejected: list[Rejected]
 
 
+class EdgeScore(_Strict):
+    code: str = Field(min_length=1, max_length=40)
+    probability: float = Field(ge=0, le=1)
+
+
 class ClipMeta(_Strict):
     """The ``meta`` part of ``POST /v1/clips`` (multipart: ``meta`` JSON + ``audio`` file)."""
 
-    wire_version: Literal[1] = 1
+    wire_version: Literal[1, 2] = 2
     uuid: UUID
     tour_uuid: UUID | None = None
     detection_uuid: UUID | None = None
@@ -76,6 +127,11 @@ class ClipMeta(_Strict):
     reason: Literal["random", "uncertain", "flagged"]
     recorded_at: datetime
     start_offset: float = Field(default=0.0, ge=0)  # seconds into the clip where the detection starts
+    #: the recording the clip was cut from (file name, or "microphone") and where in it (s)
+    source: str | None = Field(default=None, max_length=300)
+    source_offset: float | None = Field(default=None, ge=0)
+    #: the edge model's best species for the clip's window, best first (v2)
+    edge_top: list[EdgeScore] = Field(default_factory=list, max_length=10)
 
 
 class SpeciesScore(BaseModel):
@@ -109,7 +165,7 @@ class ClipAck(BaseModel):
 class FeedbackIn(_Strict):
     """A guide's flag on a detection (``POST /v1/feedback``)."""
 
-    wire_version: Literal[1] = 1
+    wire_version: Literal[1, 2] = 2
     uuid: UUID
     detection_uuid: UUID
     kind: Literal["wrong_species", "not_an_animal", "confirmed"]

@@ -100,6 +100,13 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "bands_high_medium_low",
+        """
+        UPDATE detections SET band = CASE band WHEN 'confirmed' THEN 'high' WHEN 'likely' THEN 'medium'
+            WHEN 'possible' THEN 'low' ELSE band END
+        """,
+    ),
 ]
 
 

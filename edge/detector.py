@@ -4,7 +4,8 @@ consecutive windows into one event while a species keeps calling, and confidence
 
 Backends: an ``edge`` model package (ONNX Runtime or TFLite — :mod:`shared_features.package` picks
 by the member's ``runtime``), or BirdNET v2.4 zero-shot when no trained package is installed (the
-agent says so). Bands: ``confirmed`` (score ≥ 0.85), ``likely`` (≥ 0.6), ``possible`` (≥ the
+agent says so). Confidence bands (the edge's own score, never the cloud's verdict): ``high`` (score ≥ 0.85),
+``medium`` (≥ 0.6), ``low`` (≥ the
 species' threshold).
 """
 
@@ -26,14 +27,14 @@ from shared_features.windows import Window
 
 log = logging.getLogger(__name__)
 
-BANDS = (("confirmed", 0.85), ("likely", 0.6))
+BANDS = (("high", 0.85), ("medium", 0.6))
 
 
 def band_of(p: float) -> str:
     for name, lo in BANDS:
         if p >= lo:
             return name
-    return "possible"
+    return "low"
 
 
 class Scorer(Protocol):

@@ -26,7 +26,7 @@ from edge.store import EdgeStore
 from shared_features.sqlite import now
 
 log = logging.getLogger(__name__)
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 TRANSIENT = {429, 500, 502, 503, 504}
 
 

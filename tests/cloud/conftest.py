@@ -62,7 +62,7 @@ def detection(tour_uuid: str, code: str = "rutjac1", **kw) -> dict:
         "start_time": now(),
         "end_time": now(),
         "confidence": 0.7,
-        "band": "likely",
+        "band": "medium",
         "model_version": "test",
         **kw,
     }

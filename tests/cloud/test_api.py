@@ -67,7 +67,7 @@ def test_identify_corrupt_truncated_and_too_large(client):
 def test_sync_is_authenticated_idempotent_and_validated(client, cloud_env):
     t = tour()
     dets = [detection(t["uuid"]), detection(t["uuid"], code="grekis")]
-    batch = {"wire_version": 1, "tours": [t], "detections": dets}
+    batch = {"wire_version": 2, "tours": [t], "detections": dets}
     assert client.post("/v1/sync", json=batch).status_code == 401
     assert client.post("/v1/sync", json=batch, headers=auth("wrong")).status_code == 401
     r = client.post("/v1/sync", json=batch, headers=auth(cloud_env["device"]))
@@ -96,7 +96,7 @@ def test_sync_is_authenticated_idempotent_and_validated(client, cloud_env):
     [
         (b"{not json", "application/json", 422),
         (b'{"detections": [{"uuid": "x"}]}', "application/json", 422),
-        (b'{"wire_version": 2}', "application/json", 422),
+        (b'{"wire_version": 3}', "application/json", 422),
         (b'{"tours": [], "extra": 1}', "application/json", 422),
         (b"tours=1", "application/x-www-form-urlencoded", 415),
     ],
@@ -266,7 +266,7 @@ def test_release_publish_and_download(client, cloud_env, mini, tmp_path):
 
 def test_schema_and_ready(client):
     r = client.get("/v1/schema").json()
-    assert r["wire_version"] == 1 and "SyncBatch" in r["schemas"]
+    assert r["wire_version"] == 2 and "SyncBatch" in r["schemas"]
     ready = client.get("/v1/ready").json()
     assert ready["ready"] is True and ready["model"]["birdnet_only"] is True
     assert "/identify" in client.get("/docs.json").json()["paths"]

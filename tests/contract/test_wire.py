@@ -49,3 +49,26 @@ def test_cloud_answers_carry_what_the_edge_reads():
     conf = set(schemas.Confirmation.model_fields)
     assert {"seq", "detection_uuid", "agree", "species"} <= conf
     assert "confirmation" in schemas.ClipAck.model_fields
+
+
+def test_v1_batches_are_still_accepted_with_their_band_names_mapped():
+    """A device that has not updated yet (wire v1: bands confirmed/likely/possible) still syncs."""
+    det = {
+        "uuid": "6f1e2c1e-1111-4111-8111-111111111111",
+        "tour_uuid": "6f1e2c1e-1111-4111-8111-111111111112",
+        "species_code": "grekis",
+        "start_time": "2025-04-20T07:40:00Z",
+        "end_time": "2025-04-20T07:40:05Z",
+        "confidence": 0.7,
+        "model_version": "m1",
+    }
+    bands = {"confirmed": "high", "likely": "medium", "possible": "low"}
+    for old, new in bands.items():
+        b = schemas.SyncBatch.model_validate({"wire_version": 1, "detections": [{**det, "band": old}]})
+        assert b.detections[0].band == new
+    # in v2 the old names are refused: a band must never read like the cloud's verdict
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        schemas.SyncBatch.model_validate({"wire_version": 2, "detections": [{**det, "band": "confirmed"}]})

@@ -37,7 +37,7 @@ def test_detection_is_committed_before_it_is_shown_and_events_merge(tmp_path, la
     assert [d["species_code"] for d in dets] == [labels[0].code] * 2
     first, second = dets
     assert first["offset_start"] == 0.0 and first["offset_end"] >= 12.0 and first["closed"] == 1
-    assert second["offset_start"] >= 17.5 and first["band"] == "confirmed"
+    assert second["offset_start"] >= 17.5 and first["band"] == "high"
     assert all(d["model_version"] == "fake-1" for d in dets)
     assert agent.store.tour(tour)["ended_at"] is not None
 
@@ -52,8 +52,8 @@ def test_per_species_threshold_and_bands(tmp_path, labels, edge_settings):
     agent.run(FileSource(_file(tmp_path, tone_then_silence(0, 10))))
     dets = agent.store.detections(tour)
     assert [d["species_code"] for d in dets] == [labels[1].code]  # 0.2 ≥ its own 0.15 threshold
-    assert dets[0]["band"] == "possible"
-    assert band_of(0.9) == "confirmed" and band_of(0.7) == "likely" and band_of(0.3) == "possible"
+    assert dets[0]["band"] == "low"
+    assert band_of(0.9) == "high" and band_of(0.7) == "medium" and band_of(0.3) == "low"
 
 
 def test_uncertain_windows_are_sampled_within_budget_with_eviction(tmp_path, labels, edge_settings):
