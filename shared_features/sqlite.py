@@ -1,6 +1,6 @@
 """The SQLite plumbing the edge and cloud stores share (they may share only this package): WAL,
 foreign keys, a busy timeout, one lock around the connection (thread pools call in), transactions,
-and numbered migrations recorded in a ``migrations`` table, each applied in its own transaction.
+and named migrations recorded in a ``migrations`` table, each applied in its own transaction.
 Requires ``sqlite-utils`` (the ``edge`` and ``cloud`` extras)."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def now() -> str:
 
 
 class SQLiteStore:
-    #: ``(name, SQL script)`` in order; migration ``i`` (1-based) is applied once.
+    #: ``(name, SQL script)`` in order; each name is applied once and recorded.
     MIGRATIONS: ClassVar[list[tuple[str, str]]] = []
 
     def __init__(self, path: Path | str, synchronous: str = "NORMAL") -> None:
@@ -51,21 +51,29 @@ class SQLiteStore:
             self.db.execute("COMMIT")
 
     def migrate(self) -> list[str]:
-        """Apply the migrations not applied yet; returns their names."""
+        """Apply, in order, the migrations whose *name* is not recorded yet (each in its own
+        transaction); returns their names. Keyed by name, not position: a migration inserted or
+        reordered by mistake cannot be skipped or applied twice."""
+        names = [name for name, _ in self.MIGRATIONS]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{type(self).__name__}: duplicate migration names in {names}")
         with self.lock:
             self.db.execute(
                 "CREATE TABLE IF NOT EXISTS migrations (id INTEGER PRIMARY KEY, name TEXT NOT NULL, "
                 "applied_at TEXT NOT NULL)"
             )
-            done = {r[0] for r in self.db.execute("SELECT id FROM migrations").fetchall()}
+            done = {r[0] for r in self.db.execute("SELECT name FROM migrations").fetchall()}
             applied = []
-            for i, (name, sql) in enumerate(self.MIGRATIONS, start=1):
-                if i in done:
+            for name, sql in self.MIGRATIONS:
+                if name in done:
                     continue
                 with self.tx() as db:
                     for stmt in filter(str.strip, sql.split(";")):
                         db.execute(stmt)
-                    db.execute("INSERT INTO migrations VALUES (?, ?, ?)", [i, name, now()])
+                    db.execute(
+                        "INSERT INTO migrations (name, applied_at) VALUES (?, ?)",
+                        [name, now()],
+                    )
                 applied.append(name)
             return applied
 

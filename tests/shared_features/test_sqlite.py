@@ -1,0 +1,56 @@
+"""The SQLite store base: named migrations, applied once each, in their own transactions."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared_features.sqlite import SQLiteStore
+
+
+class _One(SQLiteStore):
+    MIGRATIONS = [("create_a", "CREATE TABLE a (x INTEGER)")]
+
+
+class _Two(SQLiteStore):
+    # a second migration appended later, as a release would
+    MIGRATIONS = [("create_a", "CREATE TABLE a (x INTEGER)"), ("create_b", "CREATE TABLE b (y INTEGER)")]
+
+
+class _Broken(SQLiteStore):
+    MIGRATIONS = [
+        ("create_a", "CREATE TABLE a (x INTEGER)"),
+        ("bad", "CREATE TABLE c (z INTEGER); INSERT INTO nowhere VALUES (1)"),
+    ]
+
+
+def test_migrations_are_keyed_by_name_and_applied_once(tmp_path):
+    db = tmp_path / "s.db"
+    s1 = _One(db)
+    assert [r["name"] for r in s1.query("SELECT name FROM migrations")] == ["create_a"]
+    s1.close()
+    s2 = _Two(db)  # only the new one runs
+    assert [r["name"] for r in s2.query("SELECT name FROM migrations ORDER BY id")] == [
+        "create_a",
+        "create_b",
+    ]
+    assert s2.migrate() == []
+    s2.close()
+
+
+def test_a_failing_migration_leaves_nothing_half_applied(tmp_path):
+    import sqlite3
+
+    with pytest.raises(sqlite3.OperationalError):
+        _Broken(tmp_path / "s.db")
+    s = _One(tmp_path / "s.db")
+    tables = {r["name"] for r in s.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "c" not in tables and "a" in tables
+    assert [r["name"] for r in s.query("SELECT name FROM migrations")] == ["create_a"]
+
+
+def test_duplicate_migration_names_are_refused():
+    class Dup(SQLiteStore):
+        MIGRATIONS = [("x", "CREATE TABLE a (x INTEGER)"), ("x", "CREATE TABLE b (x INTEGER)")]
+
+    with pytest.raises(ValueError, match="duplicate migration names"):
+        Dup(":memory:")
