@@ -129,7 +129,8 @@ def _identify_form() -> dict[str, Any]:
     }
     for p in _identify_params():
         props[p["name"]] = {**p["schema"], "description": p["description"]}
-    return {"multipart/form-data": {"schema": {"type": "object", "required": ["audio"], "properties": props}}}
+    schema = {"type": "object", "required": ["audio"], "properties": props, "additionalProperties": False}
+    return {"multipart/form-data": {"schema": schema}}
 
 
 def _text(description: str) -> dict[str, Any]:
@@ -168,6 +169,7 @@ def paths() -> dict[str, dict[str, Any]]:
                         "schema": {
                             "type": "object",
                             "required": ["audio"],
+                            "additionalProperties": False,
                             "properties": {"audio": {"type": "string", "format": "binary"}},
                         }
                     },
@@ -200,6 +202,7 @@ def paths() -> dict[str, dict[str, Any]]:
                         "schema": {
                             "type": "object",
                             "required": ["meta", "audio"],
+                            "additionalProperties": False,
                             "properties": {
                                 "meta": {
                                     **_ref(schemas.ClipMeta),
