@@ -2,44 +2,55 @@
 
 * ``Scorer`` — the model, behind a **batchable** API (adaptive batching of concurrent requests'
   windows into one ensemble call).
-* ``Silencio`` — the public API: ``POST /identify`` (BentoML-native, multipart, in the OpenAPI
-  document at ``/docs``), and the device / admin API under ``/v1`` (a Starlette app mounted in the
-  service, so that every failure has its exact status: 400, 401, 404, 413, 415, 422, 503 — never a
-  500 for bad input). BentoML adds ``/healthz``, ``/livez``, ``/readyz`` and Prometheus ``/metrics``
-  (its own metrics plus detections ingested, clips confirmed, and the edge/cloud disagreement rate).
+* ``Silencio`` — the public API: ``POST /identify`` (BentoML-native, multipart), and the device /
+  admin API under ``/v1`` (a Starlette app mounted in the service, so that every failure has its
+  exact status: 400, 401, 404, 413, 415, 422, 503 — never a 500 for bad input). BentoML adds
+  ``/healthz``, ``/livez``, ``/readyz`` and Prometheus ``/metrics`` (its own metrics plus
+  detections ingested, clips confirmed, and the edge/cloud disagreement rate).
 
-Run: ``silencio cloud serve`` (= ``bentoml serve bentos.service:Silencio``); settings come from
+The whole API is one OpenAPI document, ``/docs.json`` (page: ``/docs``; :mod:`bentos.openapi`);
+every error is ``{"error": message, "status": code}`` (:mod:`bentos.http`). Readiness
+(``/readyz``, ``/v1/ready``) answers 503 until the model is loaded. A model that cannot be loaded
+stops the server with one line instead of a restart loop, and workers end with their parent
+(:mod:`bentos.server`).
+
+Run: ``silencio cloud serve`` (= ``python -m bentos.server``); settings come from
 ``SILENCIO_CLOUD_*`` environment variables (see ``cloud/settings.py``).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import bentoml
 import numpy as np
-from bentoml.exceptions import BentoMLException
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from cloud.errors import CloudError, PayloadTooLarge, UnsupportedMediaType
+from bentos.http import (
+    ApiBoundary,
+    client_error,
+    install_log_filter,
+    query_bool,
+    query_number,
+    server_error,
+)
+from bentos.openapi import document, page
+from bentos.server import configure_logging, die_with_parent, fatal, in_worker, quiet_native_info
+from cloud.errors import CloudError, NotReady, PayloadTooLarge, Unprocessable, UnsupportedMediaType
+from cloud.schemas import ModelInfo, ReadyStatus
 from cloud.service import Cloud
 from cloud.settings import CloudSettings
+from shared_features.config import DEFAULT
 
 log = logging.getLogger(__name__)
-
-
-class _HTTPError(BentoMLException):
-    """A :class:`cloud.errors.CloudError` on a BentoML-native endpoint."""
-
-    def __init__(self, exc: CloudError) -> None:
-        super().__init__(str(exc))
-        self.error_code = HTTPStatus(exc.status)
+if in_worker():
+    configure_logging()  # BentoML configured the worker's logging just before importing this module
 
 
 # ---------------------------------------------------------------------------------- metrics
@@ -73,9 +84,15 @@ def _event(name: str, value: float) -> None:
 
 
 # ---------------------------------------------------------------------------------- the device API
-def _cloud() -> Cloud:
+def _service() -> Silencio:
     svc = bentoml.get_current_service()
-    return svc.cloud  # type: ignore[no-any-return,union-attr]
+    if svc is None:
+        raise NotReady("the service is starting")
+    return svc  # type: ignore[no-any-return]
+
+
+def _cloud() -> Cloud:
+    return _service().cloud  # type: ignore[no-any-return,attr-defined]
 
 
 def _token(request: Request) -> str | None:
@@ -103,13 +120,16 @@ def _json_body_check(request: Request) -> None:
 
 
 def _handler(fn: Any) -> Any:
+    """A device-API endpoint: its answer as JSON; a :class:`CloudError` as the error shape (one log
+    line); anything else a 500 whose traceback goes to the log, not to the client."""
+
     async def run(request: Request) -> Response:
         try:
             out = await fn(request)
         except CloudError as exc:
-            return JSONResponse({"error": str(exc), "status": exc.status}, status_code=exc.status)
-        except ValueError as exc:  # query parameters that are not numbers, and the like
-            return JSONResponse({"error": str(exc), "status": 400}, status_code=400)
+            return client_error(request, exc)
+        except Exception as exc:  # noqa: BLE001 - the boundary: a bug answers 500 and is logged
+            return server_error(request, exc)
         return out if isinstance(out, Response) else JSONResponse(out)
 
     return run
@@ -132,25 +152,39 @@ async def _clips(request: Request) -> Any:
     ctype = request.headers.get("content-type", "")
     if not ctype.startswith("multipart/form-data"):
         raise UnsupportedMediaType(
-            f"clip uploads are multipart/form-data (meta + audio), got {ctype or 'none'}"
+            f"clip uploads are multipart/form-data (meta + audio), got {ctype.split(';')[0] or 'none'}"
         )
-    async with request.form(max_files=1, max_fields=2, max_part_size=int(limit)) as form:
+    async with _form(request, max_files=1, max_fields=2, max_part_size=int(limit)) as form:
         meta, audio = form.get("meta"), form.get("audio")
         if meta is None or audio is None or isinstance(audio, str):
-            from cloud.errors import Unprocessable
-
             raise Unprocessable("multipart needs a 'meta' JSON field and an 'audio' file")
-        data = await audio.read()  # type: ignore[union-attr]
-    return await _in_thread(
-        c.upload_clip, _token(request), meta if isinstance(meta, str) else await meta.read(), data
-    )
+        data = await audio.read()
+        meta_json = meta if isinstance(meta, str) else await meta.read()
+    return await _in_thread(c.upload_clip, _token(request), meta_json, data)
+
+
+def _form(request: Request, **limits: Any) -> Any:
+    """``request.form(…)`` whose parser errors (a malformed body, too many parts) are a 422."""
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def form() -> Any:
+        try:
+            parsed = await request.form(**limits)
+        except Exception as exc:  # noqa: BLE001 - Starlette's multipart parser raises several kinds
+            raise Unprocessable(f"malformed multipart body: {str(exc).splitlines()[0][:200]}") from None
+        try:
+            yield parsed
+        finally:
+            await parsed.close()
+
+    return form()
 
 
 async def _confirmations(request: Request) -> Any:
-    q = request.query_params
-    return await _in_thread(
-        _cloud().confirmations, _token(request), int(q.get("since", 0)), int(q.get("limit", 200))
-    )
+    since = query_number(request, "since", 0, 0, 2**63 - 1, integer=True)
+    limit = query_number(request, "limit", 200, 1, 1000, integer=True)
+    return await _in_thread(_cloud().confirmations, _token(request), since, limit)
 
 
 async def _feedback(request: Request) -> Any:
@@ -181,27 +215,23 @@ async def _identify_v1(request: Request) -> Any:
     parameters ``threshold``, ``top_k``, ``stride``, ``members``."""
     c = _cloud()
     limit = c.settings.max_upload_mb * 1e6
+    options = {
+        "threshold": query_number(request, "threshold", 0.5, 0.0, 1.0),
+        "top_k": query_number(request, "top_k", 5, 1, 50, integer=True),
+        "stride": query_number(request, "stride", None, 0.5, DEFAULT.window_seconds),
+        "members": query_bool(request, "members"),
+    }
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
-        async with request.form(max_files=1, max_part_size=int(limit)) as form:
+        async with _form(request, max_files=1, max_part_size=int(limit)) as form:
             f = form.get("audio")
             if f is None or isinstance(f, str):
-                from cloud.errors import Unprocessable
-
                 raise Unprocessable("multipart needs an 'audio' file field")
-            data, name = await f.read(), f.filename or "upload"  # type: ignore[union-attr]
+            data = await f.read()
     else:
-        data, name = await _body(request, limit), "body"
-    q = request.query_params
-    return await _in_thread(
-        c.identify,
-        data,
-        threshold=float(q.get("threshold", 0.5)),
-        top_k=int(q.get("top_k", 5)),
-        stride=float(q["stride"]) if "stride" in q else None,
-        members=q.get("members", "false").lower() in ("1", "true", "yes"),
-        name=name,
-    )
+        data = await _body(request, limit)
+    await _service().wait_ready()
+    return await _in_thread(c.identify, data, name="audio", **options)
 
 
 async def _schema(request: Request) -> Any:
@@ -215,7 +245,11 @@ async def _schema(request: Request) -> Any:
 
 
 async def _ready(request: Request) -> Any:
-    return await _in_thread(_cloud().ready)
+    svc = _service()
+    if not await svc.__is_ready__():
+        raise NotReady("the model is loading")
+    info = ModelInfo.model_validate(svc.cloud.identifier.model_info())
+    return ReadyStatus(ready=True, model=info).model_dump(mode="json")
 
 
 async def _in_thread(fn: Any, *args: Any, **kw: Any) -> Any:
@@ -242,15 +276,35 @@ v1 = Starlette(
 
 
 # ---------------------------------------------------------------------------------- services
+def _start_failed(what: str, exc: BaseException) -> None:
+    """A start-up error: in a served worker it stops the whole server (one line, no restart
+    loop); in-process (tests) it is raised."""
+    if not in_worker():
+        raise exc
+    log.debug("start-up failure", exc_info=exc)
+    detail = str(exc) if isinstance(exc, CloudError) else f"{type(exc).__name__}: {exc}"
+    fatal(f"{what}: {detail}")
+
+
 @bentoml.service(name="silencio_scorer", traffic={"timeout": 120})
 class Scorer:
-    """The ensemble behind an adaptive-batching API."""
+    """The ensemble behind an adaptive-batching API. Loaded and warmed up (one window scored, so
+    every member's runtime is built) before the worker serves: its ``/readyz`` and therefore the
+    service's answer 503 until then."""
 
     def __init__(self) -> None:
-        s = CloudSettings()
-        from cloud.inference import Identifier
+        die_with_parent()
+        self.ready = False
+        try:
+            s = CloudSettings()
+            from cloud.inference import Identifier
 
-        self.identifier = Identifier.load(s.model, s.home, s.taxonomy_path, s.threads)
+            self.identifier = Identifier.load(s.model, s.home, s.taxonomy_path, s.threads)
+            with quiet_native_info():
+                self.identifier.package.predict(np.zeros((1, DEFAULT.window_samples), np.float32))
+        except Exception as exc:  # noqa: BLE001 - whatever stops the model from loading is fatal
+            _start_failed("the model could not be loaded", exc)
+        self.ready = True
 
     @bentoml.api(batchable=True, batch_dim=0, max_batch_size=64, max_latency_ms=100)
     def score(self, windows: np.ndarray) -> np.ndarray:
@@ -258,20 +312,52 @@ class Scorer:
 
 
 @bentoml.asgi_app(v1, path="/v1")
-@bentoml.service(name="silencio", traffic={"timeout": 120})
+@bentoml.service(name="silencio", traffic={"timeout": 120}, runner_probe={"enabled": False})
 class Silencio:
     scorer = bentoml.depends(Scorer)
 
     def __init__(self) -> None:
-        self.cloud = Cloud(CloudSettings(), on_event=_event)
+        die_with_parent()
+        install_log_filter()
         try:
-            ident = self.cloud.identifier
+            settings = CloudSettings()
+            from cloud.inference import Identifier
+
+            ident = Identifier.load(settings.model, settings.home, settings.taxonomy_path, settings.threads)
             ident.score = self._score
-        except CloudError as exc:  # the device API works without a model; identify answers 503
-            log.error("no model loaded: %s", exc)
+            self.cloud = Cloud(settings, identifier=ident, on_event=_event)
+        except Exception as exc:  # noqa: BLE001 - a model or store that cannot be opened is fatal
+            _start_failed("the service could not start", exc)
 
     def _score(self, windows: np.ndarray) -> np.ndarray:
         return np.asarray(self.scorer.score(windows), np.float32)
+
+    async def __is_ready__(self) -> bool:
+        """Ready once the scorer has loaded the model: BentoML's ``/readyz`` and ``/v1/ready`` ask
+        this (BentoML's own probe of the scorer is off: it waits 5 s, this one 1 s, then 503)."""
+        if getattr(self, "_scorer_ready", False):
+            return True
+        dep = self.scorer
+        probe = getattr(type(dep), "is_ready", None)
+        if probe is not None and inspect.iscoroutinefunction(probe):  # a scorer in another process
+            try:
+                ready = bool(await dep.is_ready(1))
+            except Exception:  # noqa: BLE001 - any failure to reach the scorer means: not ready
+                ready = False
+        else:
+            ready = bool(getattr(dep, "ready", False))
+        self._scorer_ready = ready
+        return ready
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        """Requests that need the model wait for it (while the server starts), then 503."""
+        import anyio
+
+        with anyio.move_on_after(timeout):
+            while not await self.__is_ready__():
+                await anyio.sleep(0.5)
+            return
+        raise NotReady("the model is still loading; retry shortly")
 
     @bentoml.api
     def identify(
@@ -286,8 +372,19 @@ class Silencio:
         above ``threshold`` (code, scientific and common name, taxon class, probability), a clip
         summary, and optionally every member's scores."""
         try:
-            return self.cloud.identify(
-                audio, threshold=threshold, top_k=top_k, stride=stride, members=members, name=audio.name
+            data = audio.read_bytes()  # bytes, so that no message names the server's temporary file
+            return self.cloud.identify(  # type: ignore[no-any-return]
+                data, threshold=threshold, top_k=top_k, stride=stride, members=members, name="audio"
             )
         except CloudError as exc:
-            raise _HTTPError(exc) from None
+            return client_error("POST /identify", exc)  # type: ignore[return-value]
+
+
+def _upload_limit() -> float:
+    svc = bentoml.get_current_service()
+    cloud = getattr(svc, "cloud", None)
+    settings = cloud.settings if cloud is not None else CloudSettings()
+    return float(settings.max_upload_mb * 1e6)
+
+
+Silencio.add_asgi_middleware(ApiBoundary, docs=document, page=page, upload_limit=_upload_limit)

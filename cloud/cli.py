@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
+import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,18 @@ def register(sub: Any) -> None:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--db", type=Path, help="store database (default $SILENCIO_HOME/cloud/cloud.db)")
 
-    s = g.add_parser("serve", help="run the BentoML service (bentoml serve bentos.service:Silencio)")
+    s = g.add_parser(
+        "serve",
+        help="run the BentoML service (bentos.service:Silencio) until SIGTERM / Ctrl+C",
+        description="Checks the port, the store and the model, then becomes the BentoML server. "
+        "Exits non-zero with one line when the service cannot start.",
+    )
     s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=3000, help="port (default 3000)")
     s.add_argument("--model", help="ensemble package directory or models:/silencio-ensemble@production")
-    s.add_argument("--taxonomy", type=Path, help="taxonomy.csv for the BirdNET-only fallback")
+    s.add_argument(
+        "--taxonomy", type=Path, help="taxonomy.csv for the BirdNET-only fallback (default: the packaged one)"
+    )
     s.add_argument("--workers", type=int, help="API worker processes")
     common(s)
     s.set_defaults(func=cmd_serve)
@@ -68,27 +76,110 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import bentos
+    """Check what can be checked here (paths, port, store, model), print where the service is,
+    then *become* the server (``exec python -m bentos.server``): the pid stays the same, so SIGTERM
+    or Ctrl+C stops the server and all its workers, and its exit status is the server's. Never
+    returns when the checks pass."""
+    from bentos import server
+
+    settings, env = _serve_settings(args)
+    ident = _preflight(settings, args.host, args.port)
+    env[server.VERBOSE_ENV] = str(getattr(args, "verbose", 0) or 0)
+    url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '') else args.host}:{args.port}"
+    info = ident.model_info()
+    model = f"{info['name']} {info['version']}" + (
+        " (BirdNET alone: birds only)" if info["birdnet_only"] else ""
+    )
+    me = _self_command()
+    print(f"silencio cloud: {url}  model {model}, store {settings.db_path}", flush=True)
+    print(
+        f"  API page {url}/docs (document {url}/docs.json, device API under {url}/v1); "
+        f"ready when {url}/readyz answers 200",
+        flush=True,
+    )
+    print(
+        f"  add a device: {me} cloud add-device NAME --db {shlex.quote(str(settings.db_path))}; "
+        f"stop: Ctrl+C or kill {os.getpid()}",
+        flush=True,
+    )
+    cmd = [sys.executable, "-m", "bentos.server", "--host", args.host, "--port", str(args.port)]
+    if args.workers:
+        cmd += ["--workers", str(args.workers)]
+    os.execve(sys.executable, cmd, env)
+    return 0  # pragma: no cover - execve does not return
+
+
+def _absolute(value: str | os.PathLike[str]) -> str:
+    """A path the user gave, against the working directory of this command (the server runs in
+    another one); a URL (``postgresql://…``, ``models:/…``) is left as it is."""
+    text = str(value)
+    if "://" in text or text.startswith("models:/"):
+        return text
+    return str(Path(text).expanduser().resolve())
+
+
+def _serve_settings(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
+    """The settings the server will run with (flags over ``SILENCIO_CLOUD_*`` over defaults), every
+    path absolute, and the environment that hands them to the server process."""
+    from cloud.settings import CloudSettings
 
     env = dict(os.environ)
     for key, val in (("MODEL", args.model), ("TAXONOMY", args.taxonomy), ("DB", args.db)):
         if val is not None:
             env[f"SILENCIO_CLOUD_{key}"] = str(val)
-    cmd = [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        "bentos.service:Silencio",
-        "--host",
-        args.host,
-        "--port",
-        str(args.port),
-        "--working-dir",
-        str(Path(bentos.__file__).resolve().parent.parent),
-    ]
-    print(f"serving on http://{args.host}:{args.port} (OpenAPI: /docs; device API: /v1)", flush=True)
-    return subprocess.call(cmd, env=env)
+    for key in ("MODEL", "TAXONOMY", "DB", "CLIP_DIR", "HOME"):
+        if env.get(f"SILENCIO_CLOUD_{key}"):
+            env[f"SILENCIO_CLOUD_{key}"] = _absolute(env[f"SILENCIO_CLOUD_{key}"])
+    if env.get("SILENCIO_HOME"):
+        env["SILENCIO_HOME"] = _absolute(env["SILENCIO_HOME"])
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        settings = CloudSettings()
+        settings.taxonomy_path  # noqa: B018 - a taxonomy that does not exist fails here, with its path
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return settings, env
+
+
+def _preflight(settings: Any, host: str, port: int) -> Any:
+    """Fail here, with one line, on what would stop the server: a busy port, a store that cannot be
+    opened, a model that cannot be loaded (missing, corrupt, other features). Returns the model."""
+    import socket
+
+    from cloud.inference import Identifier
+    from cloud.service import Cloud
+
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it
+            s.bind((host, port))
+    except OSError as exc:
+        raise CloudError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}): is another server running there? "
+            "choose another port with --port"
+        ) from None
+    try:
+        cloud = Cloud(settings)
+    except Exception as exc:  # noqa: BLE001 - any driver's failure to open the store means: cannot serve
+        raise CloudError(f"cannot open the cloud store {settings.db_path}: {exc}") from None
+    close = getattr(cloud.store, "close", None)
+    if close is not None:
+        close()
+    return Identifier.load(settings.model, settings.home, settings.taxonomy_path, settings.threads)
+
+
+def _self_command() -> str:
+    """How to run ``silencio`` again, as this command was run (the venv need not be active)."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "silencio":
+        on_path = shutil.which("silencio")
+        if on_path and Path(on_path).resolve() == argv0.resolve():
+            return "silencio"
+        return shlex.quote(str(argv0.resolve()))
+    return f"{shlex.quote(sys.executable)} -m silencio"
 
 
 def cmd_add_device(args: argparse.Namespace) -> int:

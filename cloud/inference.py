@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from cloud.errors import BadRequest, NotReady, PayloadTooLarge, UnsupportedMediaType
+from cloud.errors import BadRequest, NotReady, PayloadTooLarge, Unprocessable, UnsupportedMediaType
 from shared_features import DEFAULT, LabelSpace, frame_windows, load_audio
 from shared_features.errors import (
     AudioDecodeError,
@@ -99,6 +100,18 @@ def resolve_model(model: str | None, home: Path, taxonomy: Path | None) -> tuple
     return birdnet_only_package(home / "packages" / "birdnet-only", tax), True
 
 
+def _audio_message(exc: Exception, data: bytes | Path) -> str:
+    """An audio error as the client may read it: no server path or temporary file name, no Python
+    object representation (the decoders name the file or buffer they were given)."""
+    msg = str(exc)
+    if isinstance(data, Path):
+        msg = msg.replace(str(data), data.name)
+    msg = re.sub(r"Error opening <[^>]*>: ", "", msg)
+    msg = re.sub(r"<_io\.\w+ object at 0x[0-9a-fA-F]+>", "the upload", msg)
+    msg = re.sub(r"(?<![\w.])/(?:[\w.-]+/)+", "", msg)  # any other absolute path: its file name only
+    return msg.replace("<bytes>: ", "").strip()
+
+
 def species_entry(labels: LabelSpace, idx: int, p: float) -> dict[str, Any]:
     s = labels[idx]
     return {
@@ -162,11 +175,11 @@ class Identifier:
         try:
             return load_audio(data, DEFAULT, max_duration=MAX_IDENTIFY_SECONDS)
         except UnsupportedFormatError as exc:
-            raise UnsupportedMediaType(f"{name}: {exc}") from None
+            raise UnsupportedMediaType(f"{name}: {_audio_message(exc, data)}") from None
         except AudioTooLongError as exc:
-            raise PayloadTooLarge(f"{name}: {exc}") from None
+            raise PayloadTooLarge(f"{name}: {_audio_message(exc, data)}") from None
         except (AudioDecodeError, AudioError) as exc:
-            raise BadRequest(f"{name}: {exc}") from None
+            raise BadRequest(f"{name}: {_audio_message(exc, data)}") from None
 
     def identify(
         self,
@@ -179,11 +192,11 @@ class Identifier:
         name: str = "upload",
     ) -> dict[str, Any]:
         if not 0 <= threshold <= 1:
-            raise BadRequest(f"threshold must be in [0, 1], got {threshold}")
+            raise Unprocessable(f"threshold: must be in [0, 1], got {threshold}")
         if not 1 <= top_k <= 50:
-            raise BadRequest(f"top_k must be in 1..50, got {top_k}")
+            raise Unprocessable(f"top_k: must be in [1, 50], got {top_k}")
         if stride is not None and not 0.5 <= stride <= DEFAULT.window_seconds:
-            raise BadRequest(f"stride must be in [0.5, {DEFAULT.window_seconds}] s, got {stride}")
+            raise Unprocessable(f"stride: must be in [0.5, {DEFAULT.window_seconds:g}] s, got {stride}")
         audio = self.decode(data, name)
         cfg = DEFAULT if stride is None else DEFAULT.replace(window_stride_seconds=float(stride))
         windows, times = frame_windows(audio, cfg)

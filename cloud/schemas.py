@@ -178,3 +178,144 @@ class FeedbackAck(BaseModel):
     wire_version: int = WIRE_VERSION
     uuid: UUID
     duplicate: bool
+
+
+# ---------------------------------------------------------------------------------- answers
+# What the service answers besides the wire acknowledgements above: documented in the OpenAPI
+# document (``/docs.json``) and checked against real answers in ``tests/cloud/test_api.py``. Extra
+# fields are allowed (a newer server may add one without breaking a client).
+
+
+class ErrorBody(BaseModel):
+    """Every error of every endpoint: the message (no server paths) and the HTTP status again."""
+
+    error: str
+    status: int = Field(ge=400, le=599)
+
+
+class ModelInfo(BaseModel):
+    """The model package the service scores with."""
+
+    name: str
+    version: str
+    feature_fingerprint: str
+    members: list[str]
+    birdnet_only: bool
+    note: str | None = None
+
+
+class WindowResult(BaseModel):
+    """One window of ``identify``: the species above the threshold, best first; with
+    ``members=true`` also every member's best species."""
+
+    start: float
+    end: float
+    species: list[SpeciesScore]
+    members: dict[str, list[SpeciesScore]] | None = None
+
+
+class IdentifySummary(BaseModel):
+    """Per species the best window's probability: above the threshold (``species``) and the
+    ``top_k`` best whatever their probability (``top``)."""
+
+    species: list[SpeciesScore]
+    top: list[SpeciesScore]
+    windows: int
+
+
+class IdentifyResult(BaseModel):
+    """``POST /identify`` and ``POST /v1/identify``."""
+
+    model: ModelInfo
+    duration: float
+    window_seconds: float
+    stride_seconds: float
+    threshold: float
+    windows: list[WindowResult]
+    summary: IdentifySummary
+
+
+class ConfirmationsPage(BaseModel):
+    """``GET /v1/confirmations``: the device's confirmations after ``since``; ``next`` is the cursor
+    for the next call."""
+
+    wire_version: int
+    confirmations: list[Confirmation]
+    next: int
+
+
+class TourSpecies(BaseModel):
+    code: str
+    detections: int
+    first_heard: str
+    confirmed: bool
+    flagged: bool
+    scientific_name: str | None = None
+    common_name: str | None = None
+    taxon_class: str | None = None
+
+
+class TourSummary(BaseModel):
+    tour: str
+    guide: str
+    device: str
+    location: str | None = None
+    started_at: str
+    ended_at: str | None = None
+    species_heard: int
+    species_confirmed: int
+    species: list[TourSpecies]
+
+
+class TourReport(BaseModel):
+    """``GET /v1/reports/tours``: species per tour (heard, confirmed by the cloud or the guide,
+    flagged)."""
+
+    tours: list[TourSummary]
+
+
+class GroupCounts(BaseModel):
+    tours: int
+    species_heard: int
+    species_confirmed: int
+
+
+class SummaryReport(BaseModel):
+    """``GET /v1/reports/summary``: per day and per guide; the edge/cloud disagreement rate."""
+
+    tours: int
+    mean_species_confirmed_per_tour: float
+    mean_species_heard_per_tour: float
+    disagreement_rate: float | None
+    confirmations: int
+    per_day: dict[str, GroupCounts]
+    per_guide: dict[str, GroupCounts]
+
+
+class ReleaseInfo(BaseModel):
+    """``GET /v1/releases/current``: the edge model package devices should run."""
+
+    version: str
+    name: str | None = None
+    sha256: str
+    feature_fingerprint: str
+    bytes: int
+    metrics: dict[str, Any]
+    validation: dict[str, Any]
+    format: str | None = None
+    created_at: str
+    download: str
+
+
+class ReadyStatus(BaseModel):
+    """``GET /v1/ready`` once the model is loaded (503 with an :class:`ErrorBody` before)."""
+
+    ready: bool
+    model: ModelInfo
+
+
+class WireSchemas(BaseModel):
+    """``GET /v1/schema``: the wire version and the JSON Schema of every wire model."""
+
+    wire_version: int
+    schemas: dict[str, dict[str, Any]]

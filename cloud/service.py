@@ -214,7 +214,7 @@ class Cloud:
     def confirmations(self, token: str | None, since: int = 0, limit: int = 200) -> dict[str, Any]:
         dev = self.store.authenticate(token)
         if since < 0 or not 1 <= limit <= 1000:
-            raise BadRequest("since must be ≥ 0 and limit in 1..1000")
+            raise Unprocessable(f"since must be ≥ 0 and limit in [1, 1000], got since={since}, limit={limit}")
         rows = self.store.confirmations_since(dev["id"], since, limit)
         items = [Confirmation.model_validate(r).model_dump(mode="json") for r in rows]
         return {
