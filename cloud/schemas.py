@@ -59,14 +59,15 @@ class DeviceStatus(_Strict):
 
     model_version: str | None = Field(default=None, max_length=200)
     app_version: str | None = Field(default=None, max_length=50)
-    pending_detections: int = Field(default=0, ge=0)
-    pending_clips: int = Field(default=0, ge=0)
-    clips_stored: int = Field(default=0, ge=0)
+    # strict: a JSON ``true`` is not a count (pydantic's lax mode would read it as 1)
+    pending_detections: int = Field(default=0, ge=0, strict=True)
+    pending_clips: int = Field(default=0, ge=0, strict=True)
+    clips_stored: int = Field(default=0, ge=0, strict=True)
     #: windows whose audio was not kept because the speech detector heard a person
-    speech_suppressed: int = Field(default=0, ge=0)
+    speech_suppressed: int = Field(default=0, ge=0, strict=True)
     #: audio recording paused because free space fell below the watermark
-    audio_paused: bool = False
-    free_bytes: int | None = Field(default=None, ge=0)
+    audio_paused: bool = Field(default=False, strict=True)
+    free_bytes: int | None = Field(default=None, ge=0, strict=True)
 
 
 class SyncBatch(_Strict):

@@ -72,3 +72,15 @@ def test_v1_batches_are_still_accepted_with_their_band_names_mapped():
 
     with pytest.raises(ValidationError):
         schemas.SyncBatch.model_validate({"wire_version": 2, "detections": [{**det, "band": "confirmed"}]})
+
+
+def test_device_status_counts_are_strict():
+    """A JSON boolean is not a count (pydantic's lax mode would read ``true`` as 1)."""
+    import pytest
+    from pydantic import ValidationError
+
+    for bad in ('{"free_bytes": false}', '{"pending_clips": true}', '{"audio_paused": 1}'):
+        with pytest.raises(ValidationError):
+            schemas.DeviceStatus.model_validate_json(bad)
+    ok = schemas.DeviceStatus.model_validate_json('{"pending_clips": 3, "audio_paused": true}')
+    assert ok.pending_clips == 3 and ok.audio_paused is True
