@@ -315,11 +315,12 @@ class MemoryCloudStore:
                 if f.exported_at is not None and not include_exported:
                     continue
                 det = self._detections.get(f.detection_uuid)
-                clips = sorted(
+                found = sorted(
                     (c for c in self._clips.values() if c.detection_uuid == f.detection_uuid),
                     key=lambda c: (c.received_at, c.uuid),
                 )
-                for c in clips or [None]:
+                clips: list[ClipRecord | None] = [*found] or [None]
+                for c in clips:
                     out.append(
                         RelabelItem(
                             feedback_uuid=f.uuid,

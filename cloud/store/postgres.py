@@ -260,7 +260,7 @@ def redact(url: str) -> str:
         return "postgresql://<unparseable URL>"
     host, port, db = parts.get("host", ""), parts.get("port"), parts.get("dbname", "")
     user = parts.get("user")
-    return f"postgresql://{user + '@' if user else ''}{host}{':' + str(port) if port else ''}/{db}"
+    return f"postgresql://{f'{user}@' if user else ''}{host}{f':{port}' if port else ''}/{db}"
 
 
 def _uuid(value: str | None) -> UUID | None:

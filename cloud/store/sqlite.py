@@ -259,7 +259,7 @@ class SQLiteCloudStore(SQLiteStore):
         with self.tx() as db:
             if db.execute("SELECT 1 FROM devices WHERE name = ?", [name]).fetchone():
                 raise DeviceExists(f"a device named {name!r} exists already")
-            db["devices"].insert(
+            db.table("devices").insert(
                 {"name": name, "role": str(r), "token_hash": hash_token(token), "created_at": _ts(utcnow())}
             )
         return token
@@ -306,7 +306,7 @@ class SQLiteCloudStore(SQLiteStore):
                 uid = str(t.uuid)
                 row = db.execute("SELECT device_id FROM tours WHERE uuid = ?", [uid]).fetchone()
                 if row is None:
-                    db["tours"].insert(
+                    db.table("tours").insert(
                         {
                             "uuid": uid,
                             "device_id": device_id,
@@ -360,7 +360,7 @@ class SQLiteCloudStore(SQLiteStore):
                     )
                     out_d.append(Ingested(uid, IngestResult.ACCEPTED))
             if new:
-                db["detections"].insert_all(new)
+                db.table("detections").insert_all(new)
             db.execute(
                 "UPDATE devices SET last_sync_at = ?, status_json = coalesce(?, status_json) WHERE id = ?",
                 [now, None if status is None else status.model_dump_json(), device_id],
@@ -386,7 +386,7 @@ class SQLiteCloudStore(SQLiteStore):
             had = db.execute("SELECT device_id FROM clips WHERE uuid = ?", [uid]).fetchone()
             if had is not None:
                 return ClipResult.DUPLICATE if had[0] == device_id else ClipResult.NOT_OWNER
-            db["clips"].insert(
+            db.table("clips").insert(
                 {
                     "uuid": uid,
                     "device_id": device_id,
@@ -468,7 +468,7 @@ class SQLiteCloudStore(SQLiteStore):
             had = db.execute("SELECT device_id FROM feedback WHERE uuid = ?", [uid]).fetchone()
             if had is not None:
                 return FeedbackResult.DUPLICATE if had[0] == device_id else FeedbackResult.NOT_OWNER
-            db["feedback"].insert(
+            db.table("feedback").insert(
                 {
                     "uuid": uid,
                     "device_id": device_id,
