@@ -68,6 +68,11 @@ class LocalPostgres:
     def url(self) -> str:
         return self.start()
 
+    @property
+    def bin_dir(self) -> Path:
+        """The PostgreSQL client and server programs the wheel ships (``psql``, ``pg_dump``, …)."""
+        return Path(_pgserver().__file__).parent / "pginstall" / "bin"
+
     def database_url(self, name: str) -> str:
         self.start()
         return str(self._server.get_uri(database=name))

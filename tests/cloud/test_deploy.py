@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -102,12 +101,10 @@ def test_nginx_balances_the_replicas_and_takes_uploads():
 
 
 def test_postgres_init_script_creates_mlflows_database(postgres):
-    import pgserver
-
     script = DEPLOY / "postgres" / "init-mlflow.sh"
     assert os.access(script, os.X_OK)
     info = psycopg.conninfo.conninfo_to_dict(postgres.url)
-    pgbin = Path(pgserver.__file__).parent / "pginstall" / "bin"
+    pgbin = postgres.bin_dir
     env = {
         **os.environ,
         "PATH": f"{pgbin}:{os.environ['PATH']}",
