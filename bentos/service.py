@@ -306,7 +306,10 @@ class Scorer:
             _start_failed("the model could not be loaded", exc)
         self.ready = True
 
-    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=64, max_latency_ms=100)
+    # max_latency_ms is how long a request may queue before BentoML refuses it with 503 ("process is
+    # overloaded"), not the batching window: 100 ms refused most clip confirmations under concurrent
+    # syncs on a 2-core machine (tests/cloud/test_store_replicas.py); 30 s stays under the timeout.
+    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=64, max_latency_ms=30_000)
     def score(self, windows: np.ndarray) -> np.ndarray:
         return self.identifier.package.predict(np.asarray(windows, np.float32)).probs
 

@@ -1,5 +1,6 @@
-"""``silencio cloud …``: serve the BentoML service, manage devices, publish edge releases, export
-guides' feedback, print reports."""
+"""``silencio cloud …``: serve the BentoML service, migrate the store, manage devices, publish edge
+releases, export guides' feedback, print reports. ``python -m cloud …`` runs the same commands
+where only the service is installed (the container image)."""
 
 from __future__ import annotations
 
@@ -44,25 +45,47 @@ def register(sub: Any) -> None:
     common(s)
     s.set_defaults(func=cmd_serve)
 
+    def store_args(p: argparse.ArgumentParser) -> None:
+        common(p)
+        p.add_argument(
+            "--database-url",
+            help="postgresql://USER:PASSWORD@HOST:PORT/DB, sqlite:///PATH or memory:// "
+            "(default $SILENCIO_CLOUD_DATABASE_URL, else SQLite at --db)",
+        )
+
+    m = g.add_parser("migrate", help="apply the store's pending migrations and print their names")
+    m.add_argument("--dry-run", action="store_true", help="only list the pending migrations")
+    store_args(m)
+    m.set_defaults(func=cmd_migrate)
+
     a = g.add_parser("add-device", help="register a device (or --admin) and print its token once")
     a.add_argument("name", help="device name, unique")
     a.add_argument("--admin", action="store_true", help="an admin token (reports, admin endpoints)")
-    common(a)
+    store_args(a)
     a.set_defaults(func=cmd_add_device)
+
+    rv = g.add_parser("revoke-device", help="revoke a device's token (refused from its next request on)")
+    rv.add_argument("name", help="device name")
+    store_args(rv)
+    rv.set_defaults(func=cmd_revoke_device)
+
+    dv = g.add_parser("devices", help="list devices: role, last sync, last reported status")
+    store_args(dv)
+    dv.set_defaults(func=cmd_devices)
 
     r = g.add_parser("release", help="publish an edge model package as the current release")
     r.add_argument("package", type=Path, help="edge package directory (silencio export edge …/onnx-int8)")
-    common(r)
+    store_args(r)
     r.set_defaults(func=cmd_release)
 
     f = g.add_parser("export-feedback", help="write guides' corrections as labelled clips for training")
     f.add_argument("--out", type=Path, required=True, help="output directory (labels.csv + clips/)")
     f.add_argument("--all", action="store_true", help="include rows exported before")
-    common(f)
+    store_args(f)
     f.set_defaults(func=cmd_export_feedback)
 
     rp = g.add_parser("report", help="species per tour and the summary per day and guide (JSON)")
-    common(rp)
+    store_args(rp)
     rp.set_defaults(func=cmd_report)
 
 
@@ -72,6 +95,8 @@ def _settings(args: argparse.Namespace) -> Any:
     kw: dict[str, Any] = {}
     if getattr(args, "db", None):
         kw["db"] = args.db
+    if getattr(args, "database_url", None):
+        kw["database_url"] = args.database_url
     return CloudSettings(**kw)
 
 
@@ -182,17 +207,79 @@ def _self_command() -> str:
     return f"{shlex.quote(sys.executable)} -m silencio"
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from cloud.store import open_store
+
+    store = open_store(_settings(args), migrate=False)
+    try:
+        where = store.describe()
+        if args.dry_run:
+            pending = store.pending_migrations()
+            print(f"{where}: {len(pending)} pending migration(s)" + "".join(f"\n  {n}" for n in pending))
+            return 0
+        before = store.applied_migrations()
+        applied = store.migrate()
+    finally:
+        store.close()
+    if applied:
+        print(f"{where}: applied {len(applied)} migration(s)" + "".join(f"\n  {n}" for n in applied))
+    else:
+        print(f"{where}: up to date ({len(before)} migrations applied before: {', '.join(before)})")
+    return 0
+
+
 def cmd_add_device(args: argparse.Namespace) -> int:
-    from cloud.store import CloudStore
+    from cloud.store import open_store
 
     s = _settings(args)
-    store = CloudStore(s.db_path, s.clips_path)
+    store = open_store(s)
     try:
         token = store.add_device(args.name, "admin" if args.admin else "device")
-    except ValueError as exc:
-        raise CloudError(str(exc)) from None
-    print(f"{'admin' if args.admin else 'device'} {args.name!r} registered in {s.db_path}")
+        where = store.describe()
+    finally:
+        store.close()
+    print(f"{'admin' if args.admin else 'device'} {args.name!r} registered in {where}")
     print(f"token (shown once, only its hash is stored): {token}")
+    return 0
+
+
+def cmd_revoke_device(args: argparse.Namespace) -> int:
+    from cloud.store import open_store
+
+    store = open_store(_settings(args))
+    try:
+        dev = store.revoke_device(args.name)
+    finally:
+        store.close()
+    assert dev.revoked_at is not None
+    print(
+        f"{dev.role} {dev.name!r} revoked at {dev.revoked_at.isoformat()}: its token is refused from now on"
+    )
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from cloud.store import open_store
+
+    store = open_store(_settings(args))
+    try:
+        devices = store.devices()
+    finally:
+        store.close()
+    for d in devices:
+        last = d.last_sync_at.isoformat(timespec="seconds") if d.last_sync_at else "never synced"
+        state = "revoked" if d.revoked else d.role
+        status = ""
+        if d.status is not None:
+            st = d.status
+            status = (
+                f"  model {st.model_version or '?'}, app {st.app_version or '?'}, pending "
+                f"{st.pending_detections} detections / {st.pending_clips} clips"
+                + (", audio paused (disk)" if st.audio_paused else "")
+            )
+        print(f"{d.name:24s} {state:8s} {last}{status}")
+    if not devices:
+        print("no devices yet (silencio cloud add-device NAME)")
     return 0
 
 

@@ -22,8 +22,22 @@ class Unauthorized(CloudError):
     status = 401
 
 
+class Forbidden(CloudError):
+    """A device acting on another device's data (its tour, detection, clip or feedback UUID)."""
+
+    status = 403
+
+
 class NotFound(CloudError):
     status = 404
+
+
+class Conflict(CloudError):
+    status = 409
+
+
+class DeviceExists(Conflict, ValueError):
+    """``add_device`` with a name that is taken."""
 
 
 class PayloadTooLarge(CloudError):
@@ -42,5 +56,12 @@ class Unprocessable(CloudError):
 
 class NotReady(CloudError):
     """No model could be loaded (the message says why)."""
+
+    status = 503
+
+
+class StoreError(CloudError):
+    """The store cannot be opened or used: an unsupported database URL, a server that does not
+    answer, migrations not applied (the message says which, never the password)."""
 
     status = 503

@@ -17,6 +17,14 @@ class CloudSettings(BaseSettings):
 
     home: Path = Field(default_factory=home)
     db: Path | None = None  # default: <home>/cloud/cloud.db
+    #: the store: unset = SQLite at ``db``; ``postgresql://USER:PASSWORD@HOST:PORT/DB`` for replicas
+    #: sharing one database; ``sqlite:///PATH``; ``memory://`` (one process; tests, the demo)
+    database_url: str | None = None
+    #: PostgreSQL connections per process (each BentoML worker has its own pool)
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    #: apply pending store migrations when the service starts (PostgreSQL: under an advisory lock);
+    #: false: refuse to start until an operator ran ``silencio cloud migrate``
+    migrate_on_start: bool = True
     clip_dir: Path | None = None  # default: <home>/cloud/clips
     #: a model package directory or ``models:/<name>@<alias>``; unset: BirdNET only
     model: str | None = None

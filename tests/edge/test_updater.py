@@ -52,9 +52,9 @@ def test_update_shadow_switch_rollback_and_corruption(tmp_path, labels, edge_set
     # a corrupted download is refused and the active model stays
     _release(tmp_path, labels, cloud, "3")
     rel = cloud["store"].current_release()
-    blob = bytearray(open(rel["path"], "rb").read())
+    blob = bytearray(open(rel.path, "rb").read())
     blob[len(blob) // 2] ^= 0xFF
-    open(rel["path"], "wb").write(bytes(blob))
+    open(rel.path, "wb").write(bytes(blob))
     with pytest.raises(UpdateError, match="sha256"):
         check_and_update(client, agent.store, s.model_dir, a2.scorer)
     assert agent.store.active_model()["version"] == "1"

@@ -1,0 +1,664 @@
+"""The cloud store's contract: every operation of :class:`cloud.store.Store`, run against the
+in-memory store, SQLite and a real PostgreSQL 16 server (``pgserver``; never a mock). Idempotency
+on UUIDs, ownership between devices, concurrent ingest from threads (two store instances = two
+replicas), the confirmation cursor under concurrency, and migrations under concurrent start."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from cloud.errors import DeviceExists, NotFound, StoreError, Unauthorized
+from cloud.schemas import ClipMeta, DetectionIn, DeviceStatus, FeedbackIn, TourIn
+from cloud.store import (
+    MIGRATION_NAMES,
+    ClipResult,
+    FeedbackResult,
+    IngestResult,
+    MemoryCloudStore,
+    NewConfirmation,
+    Role,
+    Store,
+    open_url,
+)
+
+BACKENDS = ["memory", "sqlite", "postgresql"]
+_db_names = itertools.count()
+T0 = datetime(2026, 3, 14, 6, 30, tzinfo=UTC)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def db_url(backend, tmp_path, request) -> str | None:
+    """This test's own database (None for the in-memory store)."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'cloud.db'}"
+    if backend == "postgresql":
+        return request.getfixturevalue("postgres").create_database(f"contract_{next(_db_names)}")
+    return None
+
+
+@pytest.fixture
+def opener(db_url) -> Callable[..., Store]:
+    """Opens a store on this test's data: every call is a new instance (a new connection pool, a
+    new SQLite connection: another replica) over the same database; memory has one instance."""
+    if db_url is None:
+        mem = MemoryCloudStore()
+        yield lambda **kw: mem
+        return
+    opened: list[Store] = []
+
+    def open_(**kw) -> Store:
+        st = open_url(db_url, **kw)
+        opened.append(st)
+        return st
+
+    yield open_
+    for st in opened:
+        st.close()
+
+
+@pytest.fixture
+def store(opener) -> Store:
+    return opener()
+
+
+def uid() -> str:
+    return str(uuid.uuid4())
+
+
+def tour_in(**kw) -> TourIn:
+    return TourIn.model_validate(
+        {"uuid": uid(), "guide": "Ana", "location": "El Silencio", "started_at": T0, **kw}
+    )
+
+
+def det_in(tour: TourIn | str, code: str = "rutjac1", at: float = 0.0, **kw) -> DetectionIn:
+    start = T0 + timedelta(seconds=at)
+    return DetectionIn.model_validate(
+        {
+            "uuid": uid(),
+            "tour_uuid": str(tour.uuid) if isinstance(tour, TourIn) else tour,
+            "species_code": code,
+            "start_time": start,
+            "end_time": start + timedelta(seconds=3),
+            "confidence": 0.7,
+            "band": "medium",
+            "model_version": "student 1",
+            **kw,
+        }
+    )
+
+
+def clip_in(**kw) -> ClipMeta:
+    return ClipMeta.model_validate(
+        {"uuid": uid(), "sha256": "ab" * 32, "bytes": 1000, "reason": "uncertain", "recorded_at": T0, **kw}
+    )
+
+
+def feedback_in(detection_uuid: str, kind: str = "confirmed", **kw) -> FeedbackIn:
+    return FeedbackIn.model_validate(
+        {"uuid": uid(), "detection_uuid": detection_uuid, "kind": kind, "created_at": T0, **kw}
+    )
+
+
+def verdict(clip_uuid: str, device_id: int, agree: bool | None = True, **kw) -> NewConfirmation:
+    return NewConfirmation(
+        clip_uuid=clip_uuid,
+        device_id=device_id,
+        detection_uuid=kw.pop("detection_uuid", None),
+        edge_species=kw.pop("edge_species", "rutjac1"),
+        agree=agree,
+        species=kw.pop("species", [{"code": "rutjac1", "probability": 0.9}]),
+        model=kw.pop("model", "ensemble 1"),
+    )
+
+
+def device(store: Store, name: str = "guide-1", role: Role = Role.DEVICE) -> int:
+    return store.authenticate(store.add_device(name, role), role).id
+
+
+# ------------------------------------------------------------------------------------ migrations
+def test_migrations_are_recorded_by_name(store):
+    assert store.applied_migrations() == list(MIGRATION_NAMES)
+    assert store.pending_migrations() == []
+    assert store.migrate() == []  # nothing applied twice
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_concurrent_start_applies_each_migration_once(opener):
+    """Six processes' worth of stores open one fresh database at the same moment."""
+    barrier = threading.Barrier(6)
+    applied: list[list[str]] = []
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            barrier.wait()
+            st = opener(migrate=False)
+            applied.append(st.migrate())
+        except BaseException as exc:  # noqa: BLE001 - collected and reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(itertools.chain(*applied)) == sorted(MIGRATION_NAMES)  # each exactly once
+    assert opener().applied_migrations() == list(MIGRATION_NAMES)
+
+
+OLD_ROWS = [
+    "INSERT INTO devices (id, name, role, token_hash, created_at) VALUES (1, 'old', 'device', 'h', "
+    "'2025-01-01T00:00:00Z')",
+    "INSERT INTO tours VALUES ('00000000-0000-4000-8000-000000000001', 1, 'Ana', NULL, NULL, NULL, "
+    "'2025-01-01T10:00:00Z', NULL, '2025-01-01T10:00:00Z')",
+    "INSERT INTO detections VALUES ('00000000-0000-4000-8000-000000000002', 1, "
+    "'00000000-0000-4000-8000-000000000001', 'grekis', '2025-01-01T10:01:00Z', '2025-01-01T10:01:03Z', "
+    "0.9, 'confirmed', 'm', '2025-01-01T10:00:00Z')",
+]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_upgrade_keeps_old_rows(backend, db_url, opener, tmp_path):
+    """A database at the first schema with a v1 band name is upgraded in place by name."""
+    if backend == "sqlite":
+        from cloud.store.sqlite import MIGRATIONS
+        from shared_features.sqlite import SQLiteStore
+
+        class Old(SQLiteStore):
+            pass
+
+        Old.MIGRATIONS = MIGRATIONS[:1]
+        old = Old(tmp_path / "cloud.db")
+        with old.tx() as db:
+            for sql in OLD_ROWS:
+                db.execute(sql)
+        old.close()
+    else:
+        import psycopg
+
+        from cloud.store.postgres import MIGRATIONS
+
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(
+                "CREATE TABLE migrations (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL UNIQUE, "
+                "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            )
+            conn.execute(MIGRATIONS[0][1])
+            conn.execute("INSERT INTO migrations (name) VALUES ('initial')")
+            for sql in OLD_ROWS:
+                conn.execute(sql)
+    st = opener(migrate=False)
+    assert st.pending_migrations() == list(MIGRATION_NAMES[1:])
+    assert st.migrate() == list(MIGRATION_NAMES[1:])
+    det = st.detection(1, "00000000-0000-4000-8000-000000000002")
+    assert (
+        det is not None and det.band == "high" and det.start_time == datetime(2025, 1, 1, 10, 1, tzinfo=UTC)
+    )
+    assert st.devices()[0].status is None and st.devices()[0].last_sync_at is None
+    assert st.tour_report()[0].species[0].code == "grekis"
+
+
+# ------------------------------------------------------------------------------------ devices
+def test_devices_tokens_roles_and_revocation(store, opener):
+    token = store.add_device("guide-1")
+    admin = store.add_device("office", Role.ADMIN)
+    dev = store.authenticate(token)
+    assert dev.name == "guide-1" and dev.role is Role.DEVICE and not dev.revoked
+    assert dev.created_at.tzinfo is not None
+    assert store.authenticate(admin, Role.ADMIN).role is Role.ADMIN
+    assert store.authenticate(admin).name == "office"  # an admin may act as a device
+    for bad, role in ((None, Role.DEVICE), ("", Role.DEVICE), ("nope", Role.DEVICE), (token, Role.ADMIN)):
+        with pytest.raises(Unauthorized):
+            store.authenticate(bad, role)
+    with pytest.raises(DeviceExists, match="exists"):
+        store.add_device("guide-1")
+    with pytest.raises(ValueError, match="role"):
+        store.add_device("x", "superuser")
+    assert [d.name for d in store.devices()] == ["guide-1", "office"]
+    # revocation: the very next request is refused, also by another replica's store
+    other_replica = opener()
+    assert other_replica.authenticate(token).name == "guide-1"
+    revoked = store.revoke_device("guide-1")
+    assert revoked.revoked and revoked.revoked_at is not None
+    with pytest.raises(Unauthorized, match="revoked"):
+        store.authenticate(token)
+    with pytest.raises(Unauthorized, match="revoked"):
+        other_replica.authenticate(token)
+    assert store.revoke_device("guide-1").revoked_at == revoked.revoked_at  # the first time stays
+    with pytest.raises(NotFound):
+        store.revoke_device("never-registered")
+    assert store.authenticate(admin).name == "office"
+
+
+# ------------------------------------------------------------------------------------ ingest
+def test_ingest_is_idempotent_on_uuids_and_typed(store):
+    dev = device(store)
+    t = tour_in()
+    dets = [det_in(t, "rutjac1", 0), det_in(t, "grekis", 10)]
+    rep = store.ingest(dev, [t], dets)
+    assert [(i.uuid, i.result) for i in rep.items] == [
+        (str(x.uuid), IngestResult.ACCEPTED) for x in (t, *dets)
+    ]
+    again = store.ingest(dev, [t], [dets[1], dets[0], dets[0]])  # re-sent, reordered, repeated
+    assert [i.result for i in again.items] == [IngestResult.DUPLICATE] * 4
+    assert [i.uuid for i in again.detections] == [str(dets[1].uuid), str(dets[0].uuid), str(dets[0].uuid)]
+    assert all(i.error is None for i in again.items)
+    inside = det_in(t, "grekis", 20)
+    rep = store.ingest(dev, [], [inside, inside])  # the same UUID twice in one batch
+    assert [i.result for i in rep.detections] == [IngestResult.ACCEPTED, IngestResult.DUPLICATE]
+    c = store.counts()
+    assert (c["tours"], c["detections"]) == (1, 3)
+    got = store.detection(dev, str(dets[1].uuid))
+    assert got is not None and got.species_code == "grekis" and got.tour_uuid == str(t.uuid)
+    assert got.start_time == T0 + timedelta(seconds=10) and got.band == "medium" and got.confidence == 0.7
+    assert store.detection(dev, str(uuid.uuid4())) is None and store.detection(dev, "not-a-uuid") is None
+    # a duplicate tour updates its end time (the edge closes tours after syncing them)
+    ended = T0 + timedelta(hours=2)
+    assert (
+        store.ingest(dev, [t.model_copy(update={"ended_at": ended})], []).tours[0].result
+        is IngestResult.DUPLICATE
+    )
+    assert store.tour_report(str(t.uuid))[0].ended_at == ended
+
+
+def test_unknown_tour_and_timestamps_in_utc(store):
+    dev = device(store)
+    orphan = det_in(str(uuid.uuid4()))
+    item = store.ingest(dev, [], [orphan]).detections[0]
+    assert item.result is IngestResult.UNKNOWN_TOUR and item.error.startswith(
+        f"unknown tour {orphan.tour_uuid}"
+    )
+    bogota = timezone(timedelta(hours=-5))
+    t = tour_in(started_at=datetime(2026, 3, 14, 1, 30, tzinfo=bogota))  # 06:30 UTC
+    naive = det_in(t, start_time=datetime(2026, 3, 14, 6, 31), end_time=datetime(2026, 3, 14, 6, 32))
+    store.ingest(dev, [t], [naive])
+    rep = store.tour_report(str(t.uuid))[0]
+    assert rep.started_at == T0 and rep.started_at.utcoffset() == timedelta(0)
+    assert store.detection(dev, str(naive.uuid)).start_time == datetime(2026, 3, 14, 6, 31, tzinfo=UTC)
+
+
+def test_device_status_and_last_sync_are_kept(store):
+    dev = device(store)
+    assert store.devices()[0].last_sync_at is None and store.devices()[0].status is None
+    status = DeviceStatus(
+        model_version="student 3",
+        app_version="0.2.0",
+        pending_detections=4,
+        pending_clips=2,
+        clips_stored=17,
+        speech_suppressed=5,
+        audio_paused=True,
+        free_bytes=123456789,
+    )
+    store.ingest(dev, [], [], status)
+    first = store.devices()[0]
+    assert first.status == status and first.last_sync_at is not None
+    store.ingest(dev, [], [])  # a batch without status keeps the last reported one
+    second = store.devices()[0]
+    assert second.status == status and second.last_sync_at >= first.last_sync_at
+    assert store.authenticate(store.add_device("g2")).status is None
+
+
+def test_ownership_between_devices(store):
+    a, b = device(store, "a"), device(store, "b")
+    t = tour_in()
+    d = det_in(t)
+    store.ingest(a, [t], [d])
+    # b writes into a's tour, re-sends a's tour UUID (with an end time), re-uses a's detection UUID
+    rep = store.ingest(b, [t.model_copy(update={"ended_at": T0 + timedelta(hours=1)})], [det_in(t), d])
+    assert [i.result for i in rep.items] == [IngestResult.NOT_OWNER] * 3
+    assert [i.error for i in rep.items] == [
+        "tour belongs to another device",
+        "tour belongs to another device",
+        "uuid belongs to another device",
+    ]
+    assert store.tour_report(str(t.uuid))[0].ended_at is None  # a's tour untouched
+    assert store.detection(b, str(d.uuid)) is None and store.detection(a, str(d.uuid)) is not None
+    # clips: b may not store a clip under a's tour or detection, nor re-use a's clip UUID
+    assert store.add_clip(b, clip_in(tour_uuid=str(t.uuid)), "/x") is ClipResult.NOT_OWNER
+    assert store.add_clip(b, clip_in(detection_uuid=str(d.uuid)), "/x") is ClipResult.NOT_OWNER
+    mine = clip_in(detection_uuid=str(d.uuid), tour_uuid=str(t.uuid))
+    assert store.add_clip(a, mine, "/x") is ClipResult.ACCEPTED
+    assert store.add_clip(b, mine.model_copy(update={"detection_uuid": None, "tour_uuid": None}), "/x") is (
+        ClipResult.NOT_OWNER
+    )
+    # feedback: b may not flag a's detection nor re-use a's feedback UUID
+    assert store.feedback(b, feedback_in(str(d.uuid), "wrong_species", correct_code="grekis")) is (
+        FeedbackResult.NOT_OWNER
+    )
+    fb = feedback_in(str(d.uuid))
+    assert store.feedback(a, fb) is FeedbackResult.ACCEPTED
+    t_b = tour_in()
+    d_b = det_in(t_b)
+    store.ingest(b, [t_b], [d_b])
+    assert store.feedback(b, fb.model_copy(update={"detection_uuid": d_b.uuid})) is FeedbackResult.NOT_OWNER
+    # confirmations: each device pages only its own
+    store.confirm(verdict(str(mine.uuid), a))
+    assert [c.clip_uuid for c in store.confirmations_since(a, 0)] == [str(mine.uuid)]
+    assert store.confirmations_since(b, 0) == []
+    assert store.counts()["feedback"] == 1 and store.counts()["clips"] == 1
+
+
+# ------------------------------------------------------------------------------------ clips
+def test_clips_keep_source_offset_and_edge_top(store):
+    dev = device(store)
+    t = tour_in()
+    d = det_in(t)
+    store.ingest(dev, [t], [d])
+    meta = clip_in(
+        tour_uuid=str(t.uuid),
+        detection_uuid=str(d.uuid),
+        start_offset=1.5,
+        source="H02_20230420_074000.ogg",
+        source_offset=35.0,
+        edge_top=[{"code": "rutjac1", "probability": 0.81}, {"code": "grekis", "probability": 0.1}],
+    )
+    assert store.add_clip(dev, meta, "/clips/ab/abab.ogg") is ClipResult.ACCEPTED
+    assert store.add_clip(dev, meta, "/clips/ab/abab.ogg") is ClipResult.DUPLICATE
+    got = store.clip(str(meta.uuid))
+    assert got is not None
+    assert (got.device_id, got.tour_uuid, got.detection_uuid) == (dev, str(t.uuid), str(d.uuid))
+    assert (got.sha256, got.bytes, got.reason, got.path) == (
+        "ab" * 32,
+        1000,
+        "uncertain",
+        "/clips/ab/abab.ogg",
+    )
+    assert (got.start_offset, got.source, got.source_offset) == (1.5, "H02_20230420_074000.ogg", 35.0)
+    assert [(e.code, e.probability) for e in got.edge_top] == [("rutjac1", 0.81), ("grekis", 0.1)]
+    assert got.recorded_at == T0 and got.received_at.tzinfo is not None
+    bare = clip_in(reason="random")  # no tour, detection, source: a random background sample
+    assert store.add_clip(dev, bare, "/clips/x.ogg") is ClipResult.ACCEPTED
+    b = store.clip(str(bare.uuid))
+    assert (b.tour_uuid, b.detection_uuid, b.source, b.source_offset, b.edge_top) == (
+        None,
+        None,
+        None,
+        None,
+        [],
+    )
+    assert [c.uuid for c in store.clips(tour_uuid=str(t.uuid))] == [str(meta.uuid)]
+    assert {c.uuid for c in store.clips()} == {str(meta.uuid), str(bare.uuid)}
+    assert len(store.clips(limit=1)) == 1
+    assert store.clip("not-a-uuid") is None and store.clips(tour_uuid="not-a-uuid") == []
+
+
+# ------------------------------------------------------------------------------------ confirmations
+def test_confirm_first_writer_wins_and_cursor_pages(store):
+    dev = device(store)
+    t = tour_in()
+    d = det_in(t)
+    store.ingest(dev, [t], [d])
+    clips = [clip_in(detection_uuid=str(d.uuid)) for _ in range(5)]
+    for c in clips:
+        store.add_clip(dev, c, "/x")
+    first = store.confirm(verdict(str(clips[0].uuid), dev, True, detection_uuid=str(d.uuid)))
+    assert (
+        first.agree is True and first.detection_uuid == str(d.uuid) and first.species[0]["code"] == "rutjac1"
+    )
+    second = store.confirm(
+        verdict(str(clips[0].uuid), dev, False, model="other")
+    )  # a second replica's verdict
+    assert second == first
+    assert store.confirmation(str(clips[0].uuid)) == first and store.confirmation(str(clips[1].uuid)) is None
+    for c, agree in zip(clips[1:], (False, None, True, True)):
+        store.confirm(verdict(str(c.uuid), dev, agree))
+    seqs = [c.seq for c in store.confirmations_since(dev, 0)]
+    assert len(seqs) == 5 and seqs == sorted(seqs) and len(set(seqs)) == 5
+    page = store.confirmations_since(dev, 0, limit=2)
+    assert [c.seq for c in page] == seqs[:2]
+    assert [c.seq for c in store.confirmations_since(dev, page[-1].seq, limit=10)] == seqs[2:]
+    assert store.confirmations_since(dev, seqs[-1]) == []
+    assert first.wire().keys() == {
+        "seq",
+        "clip_uuid",
+        "detection_uuid",
+        "edge_species",
+        "agree",
+        "species",
+        "model",
+        "created_at",
+    }
+    with pytest.raises(NotFound):
+        store.confirm(verdict(str(uuid.uuid4()), dev))
+
+
+# ------------------------------------------------------------------------------------ feedback
+def test_feedback_and_the_relabelling_queue(store):
+    dev = device(store)
+    t = tour_in()
+    d1, d2, d3 = det_in(t, "rutjac1"), det_in(t, "grekis"), det_in(t, "grekis")
+    store.ingest(dev, [t], [d1, d2, d3])
+    clip = clip_in(detection_uuid=str(d1.uuid), start_offset=2.0)
+    store.add_clip(dev, clip, "/clips/one.ogg")
+    wrong = feedback_in(str(d1.uuid), "wrong_species", correct_code="grekis", note="a kingfisher")
+    assert store.feedback(dev, wrong) is FeedbackResult.ACCEPTED
+    assert store.feedback(dev, wrong) is FeedbackResult.DUPLICATE
+    assert store.feedback(dev, feedback_in(str(d2.uuid), "confirmed")) is FeedbackResult.ACCEPTED
+    assert store.feedback(dev, feedback_in(str(d3.uuid), "not_an_animal")) is FeedbackResult.ACCEPTED
+    assert store.feedback(dev, feedback_in(str(uuid.uuid4()))) is FeedbackResult.UNKNOWN_DETECTION
+    queue = store.relabel_queue()
+    assert len(queue) == 3
+    by = {q.detection_uuid: q for q in queue}
+    one = by[str(d1.uuid)]
+    assert (one.feedback_uuid, one.kind, one.label, one.edge_species) == (
+        str(wrong.uuid),
+        "wrong_species",
+        "grekis",
+        "rutjac1",
+    )
+    assert (one.clip_uuid, one.clip_path, one.start_offset, one.note) == (
+        str(clip.uuid),
+        "/clips/one.ogg",
+        2.0,
+        "a kingfisher",
+    )
+    assert (one.tour_uuid, one.exported_at) == (str(t.uuid), None)
+    assert by[str(d2.uuid)].label == "grekis" and by[str(d2.uuid)].clip_path is None
+    assert by[str(d3.uuid)].label == ""
+    assert store.mark_exported([q.feedback_uuid for q in queue] + ["not-a-uuid"]) == 3
+    assert store.relabel_queue() == []
+    again = store.relabel_queue(include_exported=True)
+    assert len(again) == 3 and all(q.exported_at is not None for q in again)
+
+
+# ------------------------------------------------------------------------------------ reports
+def test_tour_report_and_summary(store):
+    dev, other = device(store, "guide-1"), device(store, "guide-2")
+    t1 = tour_in(guide="Ana")
+    t2 = tour_in(guide="Beto", started_at=T0 + timedelta(days=1))
+    a1, a2 = det_in(t1, "rutjac1", 30), det_in(t1, "rutjac1", 5)
+    b1 = det_in(t1, "grekis", 60)
+    c1 = det_in(t1, "bobfly1", 90)
+    store.ingest(dev, [t1], [a1, a2, b1, c1])
+    e1 = det_in(t2, "grekis", 0)
+    store.ingest(other, [t2], [e1])
+    for det, agree, owner in ((a1, True, dev), (b1, False, dev), (e1, None, other)):
+        c = clip_in(detection_uuid=str(det.uuid))
+        store.add_clip(owner, c, "/x")
+        store.confirm(verdict(str(c.uuid), owner, agree, detection_uuid=str(det.uuid)))
+    store.feedback(dev, feedback_in(str(b1.uuid), "wrong_species", correct_code="rutjac1"))
+    store.feedback(dev, feedback_in(str(c1.uuid), "confirmed"))
+    store.feedback(dev, feedback_in(str(c1.uuid), "confirmed"))  # two flags: still one detection
+
+    reps = store.tour_report()
+    assert [r.uuid for r in reps] == [str(t1.uuid), str(t2.uuid)]
+    r1 = reps[0]
+    assert (r1.guide, r1.device, r1.location, r1.started_at) == ("Ana", "guide-1", "El Silencio", T0)
+    assert [s.code for s in r1.species] == ["rutjac1", "grekis", "bobfly1"]  # by first heard
+    sp = {s.code: s for s in r1.species}
+    assert sp["rutjac1"].detections == 2 and sp["rutjac1"].first_heard == T0 + timedelta(seconds=5)
+    assert sp["rutjac1"].cloud_agree and sp["rutjac1"].confirmed and not sp["rutjac1"].flagged
+    assert not sp["grekis"].confirmed and sp["grekis"].flagged
+    assert sp["bobfly1"].detections == 1 and sp["bobfly1"].guide_confirmed and sp["bobfly1"].confirmed
+    assert (r1.species_heard, r1.species_confirmed) == (3, 2)
+    assert store.tour_report(str(t2.uuid))[0].species_confirmed == 0
+    assert store.tour_report(str(uuid.uuid4())) == [] and store.tour_report("not-a-uuid") == []
+
+    s = store.summary()
+    assert s.tours == 2 and s.confirmations == 3
+    assert s.disagreement_rate == 0.5  # one of the two compared clips disagreed
+    assert s.mean_species_heard_per_tour == 2.0 and s.mean_species_confirmed_per_tour == 1.0
+    assert list(s.per_day) == ["2026-03-14", "2026-03-15"]
+    assert s.per_guide["Ana"].species_heard == 3 and s.per_guide["Ana"].species_confirmed == 2
+    assert s.per_guide["Beto"].tours == 1
+
+
+def test_empty_summary(store):
+    s = store.summary()
+    assert (s.tours, s.confirmations, s.disagreement_rate, s.per_day) == (0, 0, None, {})
+    assert store.counts() == dict.fromkeys(
+        ("devices", "tours", "detections", "clips", "confirmations", "feedback", "releases"), 0
+    )
+
+
+# ------------------------------------------------------------------------------------ releases
+def test_releases_exactly_one_current(store):
+    assert store.current_release() is None and store.releases() == []
+    r1 = store.publish_release(
+        "1", "a" * 64, "fv1-x", "/r/1.tar", {"name": "student", "metrics": {"auc": 0.9}}
+    )
+    assert r1.current and r1.manifest["metrics"] == {"auc": 0.9}
+    store.publish_release("2", "b" * 64, "fv1-x", "/r/2.tar", {"name": "student"})
+    cur = store.current_release()
+    assert cur.version == "2" and cur.sha256 == "b" * 64 and cur.path == "/r/2.tar"
+    assert [(r.version, r.current) for r in store.releases()] == [("1", False), ("2", True)]
+    store.publish_release("1", "c" * 64, "fv1-x", "/r/1b.tar", {"name": "student"})  # republished
+    assert store.current_release().sha256 == "c" * 64
+    assert sum(r.current for r in store.releases()) == 1 and store.counts()["releases"] == 2
+
+
+# ------------------------------------------------------------------------------------ concurrency
+def test_concurrent_overlapping_ingest_stores_each_uuid_once(opener):
+    """16 threads on two store instances (two replicas) send overlapping, repeated and shuffled
+    batches for the same two devices: every UUID is accepted exactly once."""
+    replicas = [opener(), opener()]
+    devs = [device(replicas[0], "a"), device(replicas[0], "b")]
+    tours = {d: [tour_in() for _ in range(3)] for d in devs}
+    dets = {d: [det_in(t, at=i) for t in tours[d] for i in range(20)] for d in devs}
+    results: list[tuple[str, IngestResult]] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(16)
+
+    def client(n: int) -> None:
+        rng = random.Random(n)
+        st, dev = replicas[n % 2], devs[(n // 2) % 2]
+        try:
+            barrier.wait()
+            for _ in range(4):
+                batch = rng.sample(dets[dev], 25)
+                out = st.ingest(dev, tours[dev], batch + batch[:3])
+                with lock:
+                    results.extend((i.uuid, i.result) for i in out.items)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert {r for _, r in results} <= {IngestResult.ACCEPTED, IngestResult.DUPLICATE}
+    accepted = Counter(u for u, r in results if r is IngestResult.ACCEPTED)
+    assert max(accepted.values()) == 1  # never accepted twice
+    sent = {u for u, _ in results}
+    assert set(accepted) == sent  # and every UUID that was sent was accepted once
+    counts = replicas[1].counts()
+    n_dets = len({u for d in devs for u in (str(x.uuid) for x in dets[d])} & sent)
+    assert (counts["tours"], counts["detections"]) == (6, n_dets)
+
+
+def test_concurrent_confirmations_never_skip_a_cursor(opener):
+    """Writers on two replicas confirm clips while a device pages ``since=cursor`` from a third
+    store: the reader ends with every confirmation, in increasing seq, none skipped."""
+    replicas = [opener(), opener()]
+    reader_store = opener()
+    dev = device(replicas[0])
+    clips = [clip_in() for _ in range(60)]
+    for c in clips:
+        replicas[0].add_clip(dev, c, "/x")
+    done = threading.Event()
+    seen: list[int] = []
+    errors: list[BaseException] = []
+
+    def writer(k: int) -> None:
+        try:
+            for c in clips[k::6]:
+                replicas[k % 2].confirm(verdict(str(c.uuid), dev, k % 2 == 0))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    def reader() -> None:
+        cursor = 0
+        while True:
+            last_round = done.is_set()
+            page = reader_store.confirmations_since(dev, cursor, limit=7)
+            seen.extend(c.seq for c in page)
+            cursor = page[-1].seq if page else cursor
+            if last_round and not page:
+                return
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(6)]
+    r = threading.Thread(target=reader)
+    r.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done.set()
+    r.join(60)
+    assert errors == [] and not r.is_alive()
+    all_seqs = [c.seq for c in reader_store.confirmations_since(dev, 0, limit=1000)]
+    assert len(all_seqs) == 60
+    assert seen == all_seqs  # in order, nothing skipped, nothing twice
+
+
+# ------------------------------------------------------------------------------------ selection
+def test_open_store_follows_the_database_url(postgres, tmp_path, monkeypatch):
+    from cloud.settings import CloudSettings
+    from cloud.store import open_store
+
+    url = postgres.create_database(f"select_{next(_db_names)}")
+    monkeypatch.setenv("SILENCIO_CLOUD_DATABASE_URL", url)
+    st = open_store(CloudSettings())
+    assert st.backend == "postgresql" and "password" not in st.describe()
+    st.close()
+    monkeypatch.setenv("SILENCIO_CLOUD_DATABASE_URL", "memory://")
+    assert open_store(CloudSettings()).backend == "memory"
+    monkeypatch.delenv("SILENCIO_CLOUD_DATABASE_URL")
+    monkeypatch.setenv("SILENCIO_CLOUD_DB", str(tmp_path / "x.db"))
+    st = open_store(CloudSettings())
+    assert st.backend == "sqlite" and st.describe() == str(tmp_path / "x.db")
+    st.close()
+    with pytest.raises(StoreError, match="mysql"):
+        open_store(CloudSettings(database_url="mysql://u@h/db"))
+    # an operator who turned automatic migrations off is told what to run
+    fresh = postgres.create_database(f"select_{next(_db_names)}")
+    with pytest.raises(StoreError, match="silencio cloud migrate"):
+        open_store(CloudSettings(database_url=fresh, migrate_on_start=False))
+
+
+def test_unreachable_postgres_is_a_clear_error(tmp_path):
+    from cloud.store.postgres import PostgresCloudStore
+
+    url = f"postgresql://silencio:s3cret@/silencio?host={tmp_path}&connect_timeout=1"
+    with pytest.raises(StoreError, match="did not accept a connection") as err:
+        PostgresCloudStore(url, connect_timeout=2)
+    assert "s3cret" not in str(err.value)
