@@ -485,7 +485,8 @@ class Store(Protocol):
         ...
 
     def tour_timeline(self, tour_uuid: str) -> TourTimeline | None:
-        """A tour's detections in time order, each with its judgement and clips."""
+        """A tour's detections in time order, each with its judgement and clips, and every clip
+        recorded on the tour with its latest verdict."""
         ...
 
     def species_page(self, code: str, best: int = 12) -> SpeciesPage:
@@ -809,9 +810,20 @@ class TimelineEntry:
 
 
 @dataclass(frozen=True)
+class TourClip:
+    """A clip recorded on a tour (with or without a detection), the cloud's top species for it and
+    the latest reviewer verdict."""
+
+    clip: ClipRecord
+    cloud_top: str | None
+    latest: ReviewVerdictRecord | None
+
+
+@dataclass(frozen=True)
 class TourTimeline:
     tour: TourListItem
     entries: list[TimelineEntry]  # by start time
+    clips: list[TourClip] = field(default_factory=list)  # by time recorded
 
     @property
     def species(self) -> dict[str, list[TimelineEntry]]:
@@ -1015,4 +1027,19 @@ def review_items(
                 verdicts=verdicts.get(u, []),
             )
         )
+    return out
+
+
+def tour_clips(
+    clips: list[ClipRecord],
+    confirmations: dict[str, ConfirmationRecord],
+    verdicts: dict[str, list[ReviewVerdictRecord]],
+) -> list[TourClip]:
+    """A tour's clips by time recorded, each with the cloud's top species and the latest verdict."""
+    out = []
+    for c in sorted(clips, key=lambda c: (c.recorded_at, c.uuid)):
+        conf = confirmations.get(c.uuid)
+        mine = verdicts.get(c.uuid, [])
+        top = str(conf.species[0]["code"]) if conf and conf.species else None
+        out.append(TourClip(c, top, mine[-1] if mine else None))
     return out

@@ -62,6 +62,7 @@ from cloud.store.interface import (
     same_hash,
     species_pages,
     summarize,
+    tour_clips,
     utcnow,
 )
 from cloud.store.rows import norm_uuid
@@ -766,7 +767,11 @@ class MemoryCloudStore:
                 )
                 for d, j in zip(dets, self._judge(dets))
             ]
-            return TourTimeline(self._tour_item(t), entries)
+            mine = [c for c in self._clips.values() if c.tour_uuid == t.uuid]
+            verdicts: dict[str, list[ReviewVerdictRecord]] = {}
+            for v in self._verdicts:
+                verdicts.setdefault(v.clip_uuid, []).append(v)
+            return TourTimeline(self._tour_item(t), entries, tour_clips(mine, self._confirmations, verdicts))
 
     def species_page(self, code: str, best: int = 12) -> SpeciesPage:
         with self._lock:

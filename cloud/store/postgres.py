@@ -80,6 +80,7 @@ from cloud.store.interface import (
     species_pages,
     summarize,
     to_dt,
+    tour_clips,
 )
 from cloud.store.rows import norm_uuid
 
@@ -1153,7 +1154,20 @@ class PostgresCloudStore:
                 TimelineEntry(rows.detection(r), rows.judgement(r), clips.get(str(r["uuid"]), []))
                 for r in dets
             ]
-            return TourTimeline(rows.tour_item(found), entries)
+            mine = [
+                rows.clip(r) for r in c.execute("SELECT * FROM clips WHERE tour_uuid = %s", [key]).fetchall()
+            ]
+            keys = [UUID(k.uuid) for k in mine]
+            confs = {
+                str(r["clip_uuid"]): rows.confirmation(r)
+                for r in c.execute("SELECT * FROM confirmations WHERE clip_uuid = ANY(%s)", [keys]).fetchall()
+            }
+            verdicts: dict[str, list[ReviewVerdictRecord]] = {}
+            for r in c.execute(
+                "SELECT * FROM review_verdicts WHERE clip_uuid = ANY(%s) ORDER BY seq", [keys]
+            ).fetchall():
+                verdicts.setdefault(str(r["clip_uuid"]), []).append(rows.verdict(r))
+            return TourTimeline(rows.tour_item(found), entries, tour_clips(mine, confs, verdicts))
 
         return self._snapshot(run)
 

@@ -72,6 +72,7 @@ from cloud.store.interface import (
     species_pages,
     summarize,
     to_dt,
+    tour_clips,
     utcnow,
 )
 from cloud.store.rows import norm_uuid
@@ -925,10 +926,21 @@ class SQLiteCloudStore(SQLiteStore):
                 [key],
             ):
                 clips.setdefault(r["detection_uuid"], []).append(r["uuid"])
+            mine = [rows.clip(r) for r in self.query("SELECT * FROM clips WHERE tour_uuid = ?", [key])]
+            keys = [c.uuid for c in mine]
+            confs = {
+                r["clip_uuid"]: rows.confirmation(r)
+                for r in self._where_in("SELECT * FROM confirmations WHERE clip_uuid IN ({keys})", keys)
+            }
+            verdicts: dict[str, list[ReviewVerdictRecord]] = {}
+            for r in self._where_in(
+                "SELECT * FROM review_verdicts WHERE clip_uuid IN ({keys}) ORDER BY seq", keys
+            ):
+                verdicts.setdefault(r["clip_uuid"], []).append(rows.verdict(r))
         entries = [
             TimelineEntry(rows.detection(r), rows.judgement(r), clips.get(r["uuid"], [])) for r in dets
         ]
-        return TourTimeline(rows.tour_item(found[0]), entries)
+        return TourTimeline(rows.tour_item(found[0]), entries, tour_clips(mine, confs, verdicts))
 
     def species_page(self, code: str, best: int = 12) -> SpeciesPage:
         with self._read():
