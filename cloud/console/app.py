@@ -289,7 +289,9 @@ class Console:
         return self.error(request, 404, f"no page {request.url.path}", sess)
 
     # ------------------------------------------------------------------ login / logout
-    async def login_page(self, request: Request, message: str = "", status: int = 200) -> Response:
+    async def login_page(
+        self, request: Request, message: str = "", status: int = 200, next_url: str | None = None
+    ) -> Response:
         token = request.cookies.get(LOGIN_COOKIE) or new_secret()
         resp = self.render(
             request,
@@ -297,7 +299,7 @@ class Console:
             status,
             login_csrf=token,
             message=message,
-            next=request.query_params.get("next", ""),
+            next=request.query_params.get("next", "") if next_url is None else next_url,
             no_users=await self._no_users(),
         )
         set_cookie(resp, request, self.settings, LOGIN_COOKIE, token, 3600)
@@ -332,7 +334,9 @@ class Console:
         except Unauthorized as exc:
             self.limiter.failure(client)
             log.warning("console login refused for %s: %s", client, exc)
-            return await self.login_page(request, "that token does not open the console", 401)
+            return await self.login_page(
+                request, "that token does not open the console", 401, form.get("next", "")
+            )
         self.limiter.success(client)
         sid, _ = await run_in_threadpool(store.create_session, user.id, self.settings.session_ttl_s)
         base = base_path(request)
