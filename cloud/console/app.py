@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -40,7 +42,7 @@ from cloud.console.auth import (
 )
 from cloud.console.settings import ConsoleSettings
 from cloud.errors import CloudError, NotReady, Unauthorized
-from cloud.store import SessionRecord, Store, UserRecord, UserRole
+from cloud.store import ConsoleOverview, SessionRecord, Store, UserRecord, UserRole
 from cloud.store.interface import new_secret
 from shared_features import LabelSpace
 
@@ -145,6 +147,8 @@ class Console:
 
         self._deps = deps
         self.settings = settings or ConsoleSettings()
+        self._overview: dict[int, tuple[float, Store, ConsoleOverview]] = {}
+        self._overview_lock = threading.Lock()
         self.limiter = LoginLimiter(
             self.settings.login_max_failures, self.settings.login_window_s, self.settings.login_lockout_s
         )
@@ -195,6 +199,21 @@ class Console:
         self.app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])
 
     # ------------------------------------------------------------------ plumbing
+    def overview(self, store: Store) -> ConsoleOverview:
+        """The store's overview, reused for ``overview_cache_s`` (per store, in this process)."""
+        ttl = self.settings.overview_cache_s
+        if ttl <= 0:
+            return store.console_overview()
+        now = time.monotonic()
+        with self._overview_lock:
+            hit = self._overview.get(id(store))
+            if hit is not None and now - hit[0] < ttl and hit[1] is store:
+                return hit[2]
+        ov = store.console_overview()
+        with self._overview_lock:
+            self._overview[id(store)] = (now, store, ov)
+        return ov
+
     def deps(self) -> ConsoleDeps:
         return self._deps() if callable(self._deps) else self._deps
 

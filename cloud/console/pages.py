@@ -94,7 +94,7 @@ def install_filters(env: jinja2.Environment) -> None:
 
 # ---------------------------------------------------------------------------------- overview
 def overview(ctx: Ctx) -> Response:
-    ov = ctx.store.console_overview()
+    ov = ctx.console.overview(ctx.store)
     labels = ctx.labels
     days = list(ov.tours_per_day)[-30:]
     weeks: dict[str, int] = {}
@@ -148,6 +148,7 @@ def overview(ctx: Ctx) -> Response:
     weeks_chart = charts.bars(
         week_keys, [charts.Series("tours", [weeks[w] for w in week_keys], "tours")], "Tours per week"
     )
+    releases = ctx.store.releases() if ov.devices else []
     compared = sum(r.compared for r in ov.disagreement_per_day)
     bad = sum(r.disagreements for r in ov.disagreement_per_day)
     return ctx.render(
@@ -162,7 +163,7 @@ def overview(ctx: Ctx) -> Response:
         weeks=weeks,
         overall_rate=bad / compared if compared else None,
         compared=compared,
-        device_rows=[_device_row(d, ctx.store.releases()) for d in ov.devices] if ov.devices else [],
+        device_rows=[_device_row(d, releases) for d in ov.devices],
     )
 
 
@@ -441,7 +442,7 @@ def _plain(labels: LabelSpace, code: str) -> str:
 
 # ---------------------------------------------------------------------------------- species
 def species_index(ctx: Ctx) -> Response:
-    ov = ctx.store.console_overview()
+    ov = ctx.console.overview(ctx.store)
     counts = {s.code: s for s in ov.species}
     groups: dict[str, list[Any]] = {}
     for s in sorted(ctx.labels.species, key=lambda s: (_class_rank(s.taxon_class), s.common_name)):

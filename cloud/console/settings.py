@@ -25,5 +25,9 @@ class ConsoleSettings(BaseSettings):
     login_lockout_s: float = Field(default=300.0, gt=0)
     #: clips per review-queue page (the current clip and the ones after it)
     queue_page: int = Field(default=12, ge=1, le=200)
+    #: how long the overview's aggregates (also behind the species index) are reused, per process
+    #: (s); 0: computed for every request. They scan every judged detection, and every reviewer
+    #: lands on the overview.
+    overview_cache_s: float = Field(default=10.0, ge=0)
     #: longest audio rendered as a spectrogram (s); a longer clip shows its beginning
     spectrogram_max_s: float = Field(default=30.0, gt=0)
