@@ -39,11 +39,12 @@ def bars(
     left, bottom, pad = 40, 36, 8
     plot_w, plot_h = width - left - pad, height - bottom - pad
     slot = plot_w / n
-    bar_w = max(1.0, slot * 0.8 / (1 if stacked else max(1, len(series))))
+    bar_w = min(48.0, max(1.0, slot * 0.8 / (1 if stacked else max(1, len(series)))))
     out = [_open(width, height, title)]
     out.append(_axis(left, pad, plot_w, plot_h, top, y_label))
+    group_w = bar_w * (1 if stacked else max(1, len(series)))
     for i, label in enumerate(labels):
-        x0 = left + i * slot + slot * 0.1
+        x0 = left + i * slot + (slot - group_w) / 2
         base = 0.0
         for k, s in enumerate(series):
             v = s.values[i] or 0
@@ -60,7 +61,7 @@ def bars(
                 base += h
         if n <= 14 or i % max(1, n // 10) == 0:
             out.append(
-                f'<text class="tick" x="{x0 + slot * 0.4:.1f}" y="{height - bottom + 14}" '
+                f'<text class="tick" x="{left + i * slot + slot / 2:.1f}" y="{height - bottom + 14}" '
                 f'text-anchor="middle">{escape(_short(label))}</text>'
             )
     out.append(_legend(series, left, height - 6))
@@ -131,24 +132,36 @@ def timeline(
     marks: Sequence[tuple[float, str, str, str]],
     title: str,
     *,
+    lanes: Sequence[str] = ("detections",),
+    lane_of: Sequence[int] | None = None,
     width: int = 640,
-    height: int = 70,
 ) -> Markup:
-    """Detections along a tour: ``(seconds from the start, css class, label, link)`` per mark."""
-    left, pad = 8, 8
-    plot_w = width - 2 * left
+    """Events along a tour, one lane each: ``(seconds from the start, css class, label, link)`` per
+    mark; ``lane_of[i]``: the lane of mark ``i`` (default: the first)."""
+    left, pad, lane_h = 76, 8, 30
+    height = pad * 2 + lane_h * len(lanes) + 14
+    plot_w = width - left - pad
     total = max(total_s, 1.0)
     out = [_open(width, height, title)]
-    out.append(f'<line class="axis" x1="{left}" y1="{height / 2}" x2="{left + plot_w}" y2="{height / 2}"/>')
-    for t, css, label, link in marks:
-        x = left + plot_w * min(max(t, 0.0), total) / total
+    for k, name in enumerate(lanes):
+        y = pad + k * lane_h
+        mid = y + lane_h / 2
         out.append(
-            f'<a href="{escape(link)}"><rect class="{escape(css)}" x="{x - 2:.1f}" y="{pad}" width="4" '
-            f'height="{height - 2 * pad - 14}"><title>{escape(label)}</title></rect></a>'
+            f'<text class="tick" x="{left - 6}" y="{mid + 3:.1f}" text-anchor="end">{escape(name)}</text>'
         )
-    out.append(f'<text class="tick" x="{left}" y="{height - 2}">0</text>')
+        out.append(f'<line class="grid" x1="{left}" y1="{mid:.1f}" x2="{left + plot_w}" y2="{mid:.1f}"/>')
+    for i, (t, css, label, link) in enumerate(marks):
+        k = lane_of[i] if lane_of is not None else 0
+        x = left + plot_w * min(max(t, 0.0), total) / total
+        y = pad + k * lane_h + 4
+        out.append(
+            f'<a href="{escape(link)}"><rect class="{escape(css)}" x="{x - 2:.1f}" y="{y}" width="4" '
+            f'height="{lane_h - 8}"><title>{escape(label)}</title></rect></a>'
+        )
+    base = pad + lane_h * len(lanes) + 12
+    out.append(f'<text class="tick" x="{left}" y="{base}">0</text>')
     out.append(
-        f'<text class="tick" x="{left + plot_w}" y="{height - 2}" text-anchor="end">{_duration(total)}</text>'
+        f'<text class="tick" x="{left + plot_w}" y="{base}" text-anchor="end">{_duration(total)}</text>'
     )
     out.append("</svg>")
     return Markup("".join(out))

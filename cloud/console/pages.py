@@ -391,23 +391,30 @@ def tour(ctx: Ctx) -> Response:
     if tl is None:
         raise NotFound(f"no tour {ctx.request.path_params['tour'][:40]}")
     start = tl.tour.started_at
-    end = tl.tour.ended_at or (tl.entries[-1].detection.end_time if tl.entries else start)
-    total = max((end - start).total_seconds(), 1.0)
-    marks = []
+    ends = [tl.tour.ended_at or start]
+    ends += [e.detection.end_time for e in tl.entries[-1:]] + [c.clip.recorded_at for c in tl.clips]
+    total = max((max(ends) - start).total_seconds(), 1.0)
+    marks, lanes = [], []
     for e in tl.entries:
         d, j = e.detection, e.judgement
-        label = (
-            f"{(d.start_time - start).total_seconds():.0f} s: {_plain(ctx.labels, d.species_code)} "
-            f"({d.band}, {d.confidence:.2f}) {j.status.value}"
-        )
+        at = (d.start_time - start).total_seconds()
+        name = _plain(ctx.labels, d.species_code)
+        label = f"+{at:.0f} s: {name} ({d.band}, {d.confidence:.2f}) {j.status.value}"
+        marks.append((at, f"mark {j.status.value} band-{d.band}", label, f"#det-{d.uuid}"))
+        lanes.append(0)
+    for c in tl.clips:
+        at = (c.clip.recorded_at - start).total_seconds()
+        done = c.latest is not None and c.latest.verdict is not ReviewVerdict.SKIP
+        verdict = c.latest.verdict.value.replace("_", " ") if done and c.latest else "not reviewed"
         marks.append(
             (
-                (d.start_time - start).total_seconds(),
-                f"mark {j.status.value} band-{d.band}",
-                label,
-                f"#det-{d.uuid}",
+                at,
+                f"mark clip {'reviewed' if done else 'waiting'}",
+                f"+{at:.0f} s: clip, {verdict}",
+                f"#clip-{c.clip.uuid}",
             )
         )
+        lanes.append(1)
     per_species = []
     for code, entries in tl.species.items():
         st = [e.judgement.status for e in entries]
@@ -426,7 +433,9 @@ def tour(ctx: Ctx) -> Response:
         page="tours",
         title=f"Tour of {tl.tour.guide}",
         tl=tl,
-        timeline=charts.timeline(total, marks, "Detections along the tour (colour: verdict)"),
+        timeline=charts.timeline(
+            total, marks, "Detections and clips along the tour", lanes=("detections", "clips"), lane_of=lanes
+        ),
         per_species=per_species,
         start=start,
         back=ctx.request.url.path,

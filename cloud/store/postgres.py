@@ -341,6 +341,27 @@ _J_REVIEW = """
     FROM review_verdicts v JOIN clips k ON k.uuid = v.clip_uuid JOIN detections d ON d.uuid = k.detection_uuid
     WHERE v.verdict <> 'skip' AND {scope}
 """
+#: one species' confirmations, through the stored ``edge_species`` (its detections' species)
+_J_CLOUD_SPECIES = """
+    SELECT c.detection_uuid AS det, d.species_code, d.start_time, c.agree,
+        c.species_json->0->>'code' AS top, c.seq
+    FROM confirmations c JOIN detections d ON d.uuid = c.detection_uuid WHERE c.edge_species = %(scope)s
+"""
+#: a species' candidate best clips: its confirmed clips (through the confirmations' ``edge_species``;
+#: the cloud confirms every clip it stores), its clips not confirmed (yet), and the clips a reviewer
+#: said are this species
+_BEST_CANDIDATES = """
+    SELECT k.*, d.species_code AS edge_species, d.confidence AS edge_confidence, f.species_json
+    FROM confirmations f JOIN clips k ON k.uuid = f.clip_uuid JOIN detections d ON d.uuid = k.detection_uuid
+    WHERE f.edge_species = %(c)s
+    UNION SELECT k.*, d.species_code, d.confidence, NULL
+    FROM clips k JOIN detections d ON d.uuid = k.detection_uuid
+    WHERE d.species_code = %(c)s AND NOT EXISTS (SELECT 1 FROM confirmations x WHERE x.clip_uuid = k.uuid)
+    UNION SELECT k.*, d.species_code, d.confidence, f.species_json
+    FROM review_verdicts v JOIN clips k ON k.uuid = v.clip_uuid
+        LEFT JOIN detections d ON d.uuid = k.detection_uuid LEFT JOIN confirmations f ON f.clip_uuid = k.uuid
+    WHERE v.species_code = %(c)s
+"""
 _SCOPES = {
     "all": "true",
     "tour": "d.tour_uuid = %(scope)s",
@@ -1044,7 +1065,7 @@ class PostgresCloudStore:
         """Judgements of the detections ``scope`` (a key of ``_SCOPES``) selects."""
         where = _SCOPES[scope]
         p = {"scope": value}
-        cloud = _J_CLOUD_ALL if scope == "all" else _J_CLOUD.format(scope=where)
+        cloud = {"all": _J_CLOUD_ALL, "species": _J_CLOUD_SPECIES}.get(scope) or _J_CLOUD.format(scope=where)
         return judge(
             c.execute(cloud, p).fetchall(),
             c.execute(_J_GUIDE.format(scope=where), p).fetchall(),
@@ -1210,14 +1231,7 @@ class PostgresCloudStore:
             others = [j for _, j in self._judge(c, "uuids", naming).values() if j.species_code != code]
             candidates = [
                 (rows.clip(r), r["edge_species"], r["edge_confidence"], from_json(r["species_json"]))
-                for r in c.execute(
-                    "SELECT k.*, d.species_code AS edge_species, d.confidence AS edge_confidence, "
-                    "f.species_json FROM clips k LEFT JOIN detections d ON d.uuid = k.detection_uuid "
-                    "LEFT JOIN confirmations f ON f.clip_uuid = k.uuid "
-                    "WHERE d.species_code = %(c)s OR k.uuid IN (SELECT clip_uuid FROM review_verdicts "
-                    "WHERE species_code = %(c)s)",
-                    {"c": code},
-                ).fetchall()
+                for r in c.execute(_BEST_CANDIDATES, {"c": code}).fetchall()
             ]
             return species_pages(code, per_day, judged, candidates, others, best)
 

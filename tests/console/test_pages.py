@@ -34,9 +34,14 @@ def test_overview(client, world):
     login(client, world.tokens["ana"])
     html = client.get("/console/").text
     t = re.sub(r"\s+", " ", text(html))
-    assert "2 tours" in t and "6 detections" in t and "5 clips, 4 confirmed by the cloud" in t
+    assert (
+        "2 tours" in t
+        and "6 detections" in t
+        and "5 clips synced" in t
+        and "4 clips confirmed by the cloud" in t
+    )
     assert "5 clips waiting for review" in t
-    assert "25% edge/cloud disagreement (4 clips compared)" in t  # 1 of 4 compared disagreed
+    assert "25% edge/cloud disagreement (4 compared)" in t  # 1 of 4 compared disagreed
     # tours per day and week, and the disagreement plot, as server-rendered SVG
     assert html.count('<svg class="chart"') == 3 and "Tours per week" in html and "2026-W11" in html
     assert "<title>2026-03-14: 25%</title>" in html
@@ -209,7 +214,11 @@ def test_tour_page(client, world):
     t = re.sub(r"\s+", " ", text(html))
     assert "Tour of Ana Pérez" in t and "El Silencio, sendero norte" in t and "6.77120, -74.20030" in t
     assert "openstreetmap.org/?mlat=6.7712" in html
-    assert '<svg class="chart"' in html and html.count('class="mark ') == 5
+    assert (
+        '<svg class="chart"' in html
+        and len(re.findall(r'class="mark (confirmed|rejected|pending) ', html)) == 5
+    )
+    assert html.count('class="mark clip ') == 4  # the tour's clips in their own lane
     # species list, each with its full name and counts
     for code in ("rutjac1", "grekis", "bobfly1", "compau"):
         assert named(html, code)
