@@ -230,16 +230,16 @@ def _offset(ctx: Ctx) -> int:
     return int(raw)
 
 
-def candidates(item: ReviewItem) -> list[str]:
+def candidates(item: ReviewItem, labels: LabelSpace) -> list[str]:
     """The species shown for "accept": the edge's detection first, then the edge's and the cloud's
-    top-3 (each once)."""
+    top-3 (each once, only species of the label space)."""
     out: list[str] = []
     if item.detection is not None:
         out.append(item.detection.species_code)
     out += [e.code for e in item.clip.edge_top[:3]]
     if item.confirmation is not None:
         out += [str(s["code"]) for s in item.confirmation.species[:3] if s.get("code")]
-    return list(dict.fromkeys(out))
+    return [c for c in dict.fromkeys(out) if c in labels]
 
 
 def review_queue(ctx: Ctx) -> Response:
@@ -284,7 +284,7 @@ def _review_page(
         page="review",
         title="Review queue",
         item=current,
-        choices=candidates(current) if current else [],
+        choices=candidates(current, ctx.labels) if current else [],
         upcoming=upcoming,
         total=total,
         offset=offset,
@@ -319,7 +319,7 @@ def add_verdict(ctx: Ctx) -> Response:
         ) from None
     code: str | None = ctx.form.get("species_code", "").strip() or None
     if verdict is ReviewVerdict.ACCEPT:
-        shown = candidates(item)
+        shown = candidates(item, ctx.labels)
         code = code or (shown[0] if shown else None)
         if code not in shown:
             raise Unprocessable(
