@@ -32,9 +32,9 @@ def test_sync_through_failures_loses_nothing_and_duplicates_nothing(tmp_path, la
     agent = _record(tmp_path, labels, s, [(6, 8)] * 6)
     st = agent.store
     det = st.detections()[0]
-    agent.feedback(det["uuid"], "wrong_species", labels[3].code)
+    agent.feedback(det.uuid, "wrong_species", labels[3].code)
     n_det = len(st.detections())
-    n_clips = st.query("SELECT count(*) AS n FROM clips")[0]["n"]
+    n_clips = len(st.clips())
     assert n_det == 6 and n_clips >= 3
     flaky = FlakyTransport(cloud["client"]._transport, p_fail=0.45, seed=1)
     client = SyncClient(
@@ -55,12 +55,12 @@ def test_sync_through_failures_loses_nothing_and_duplicates_nothing(tmp_path, la
         except SyncError:
             failures += 1
             continue
-        if not any(st.pending().values()):
+        if st.pending().total == 0:
             break
-    assert not any(st.pending().values()), st.pending()
+    assert st.pending().total == 0, st.pending()
     assert failures > 0 and len(flaky.faults) == 5, flaky.faults  # every kind of fault happened
     cs = cloud["store"]
-    mine = [d["uuid"] for d in st.query("SELECT uuid FROM detections")]
+    mine = [d.uuid for d in st.detections()]
     stored = cs.query(f"SELECT uuid FROM detections WHERE uuid IN ({','.join('?' * len(mine))})", mine)
     assert len(stored) == n_det  # exactly once (primary keys make a second copy impossible; all arrived)
     clips = cs.query(
@@ -69,11 +69,9 @@ def test_sync_through_failures_loses_nothing_and_duplicates_nothing(tmp_path, la
     assert clips[0]["n"] == n_clips
     assert cs.query("SELECT count(*) AS n FROM feedback")[0]["n"] == 1
     # confirmations came back: detections with a clip are confirmed or disputed now
-    statuses = {
-        r["status"] for r in st.query("SELECT status FROM detections WHERE cloud_species IS NOT NULL")
-    }
+    statuses = {d.status for d in st.detections() if d.cloud_species}
     assert statuses and statuses <= {"confirmed", "disputed"}
-    assert st.get_state("confirmations_since") not in (None, "0")
+    assert st.sync_info().confirmations_cursor > 0
 
 
 def test_sync_offline_keeps_everything_pending(tmp_path, labels, edge_settings):
@@ -94,7 +92,7 @@ def test_sync_offline_keeps_everything_pending(tmp_path, labels, edge_settings):
     )
     with pytest.raises(SyncError, match="4 attempts"):
         client.run()
-    assert agent.store.pending() == before and before["detections"] == 1
+    assert agent.store.pending() == before and before.detections == 1
 
 
 def test_bad_token_is_a_clear_error(tmp_path, labels, edge_settings, cloud):
@@ -107,4 +105,4 @@ def test_bad_token_is_a_clear_error(tmp_path, labels, edge_settings, cloud):
     )
     with pytest.raises(SyncError, match="401"):
         client.run()
-    assert agent.store.pending()["detections"] == 1
+    assert agent.store.pending().detections == 1
