@@ -47,7 +47,7 @@ NOT_AN_ANIMAL = "__not_an_animal__"
 # ---------------------------------------------------------------------------------- messages
 @dataclass
 class WindowScored(Message):
-    spectrogram: np.ndarray  # [rows, cols] in 0..1
+    mel: np.ndarray  # [n_mels, frames] log-mel of the window
     level_dbfs: float
     calling: list[tuple[str, str, str, str, float, str]]  # code, common, scientific, class, p, band
     seconds: float
@@ -190,6 +190,10 @@ def local_time(iso: str) -> str:
     return datetime.fromisoformat(iso).astimezone().strftime("%H:%M:%S")
 
 
+def _times(n: int) -> str:
+    return {1: "once", 2: "twice"}.get(n, f"{n} times")
+
+
 def row_status(d: Detection) -> str:
     """The feed's status cell: the cloud's verdict once it came, else where sync stands; the guide's
     own verdict beside it."""
@@ -200,24 +204,23 @@ def row_status(d: Detection) -> str:
     else:
         text = FEED_STATUS[d.sync_state]
     if d.guide_verdict is not None:
-        text += (
-            " · you: "
-            + {"confirmed": "✓", "wrong_species": "✗ species", "not_an_animal": "✗ noise"}[d.guide_verdict]
-        )
+        marks = {"confirmed": "✓", "wrong_species": "✗", "not_an_animal": "✗ noise"}
+        text += f" · you {marks[d.guide_verdict]}"
     return text
 
 
 class SilencioApp(App[int]):
     TITLE = "El Silencio Acoustic Explorer"
     CSS = """
-    #left { width: 2fr; min-width: 40; max-width: 66; }
+    #left { width: 2fr; max-width: 66; }
     #right { width: 3fr; }
-    #spectrogram { height: 14; border: round $accent; }
+    .narrow #left { display: none; }
+    #spectrogram { height: 1fr; min-height: 6; border: round $accent; }
     #level { height: 1; }
     #calling { height: 9; border: round $accent; }
-    #feed { border: round $accent; }
-    #card { height: 9; border: round $accent; }
-    #summary { height: 4; border: round $accent; }
+    #feed { height: 1fr; border: round $accent; }
+    #card { height: 6; border: round $accent; }
+    #summary { height: 3; border: round $accent; }
     #status { height: auto; max-height: 3; background: $boost; }
     #picker { width: 90%; max-width: 100; height: 30; border: thick $accent; background: $surface; }
     SpeciesPicker { align: center middle; }
@@ -260,10 +263,10 @@ class SilencioApp(App[int]):
                 yield Static("waiting for audio …", id="spectrogram")
                 yield Static(level_text(-120), id="level")
                 yield DataTable(id="calling", cursor_type="none")
-                yield Static("", id="summary")
             with Vertical(id="right"):
                 yield DataTable(id="feed", cursor_type="row")
                 yield Static("select a detection to see its species card", id="card")
+                yield Static("", id="summary")
         yield Static("", id="status")
         yield Footer()
 
@@ -271,10 +274,11 @@ class SilencioApp(App[int]):
         calling = self.query_one("#calling", DataTable)
         calling.add_columns("calling now", "class", "conf", "band")
         feed = self.query_one("#feed", DataTable)
-        feed.add_columns("time", "species", "class", "conf", "band", "status")
+        feed.add_columns("time", "species", "class", "score", "status")
         self.query_one("#spectrogram", Static).border_title = "spectrogram (current window)"
         feed.border_title = "detections this tour"
-        self.sub_title = self.agent.scorer.description
+        self.sub_title = self.agent.scorer.version
+        self.on_resize()
         if self.agent.store.notice:
             self.notify(self.agent.store.notice, severity="error", timeout=30)
         self.refresh_summary()
@@ -292,7 +296,7 @@ class SilencioApp(App[int]):
         def on_window(r: WindowResult, active: list[Event]) -> None:
             from shared_features import log_mel
 
-            feats = log_mel(r.samples[None], agent.detector.cfg)[0]
+            mel = log_mel(r.samples[None], agent.detector.cfg)[0]
             calling = [
                 (
                     e.species.code,
@@ -304,7 +308,7 @@ class SilencioApp(App[int]):
                 )
                 for e in sorted(active, key=lambda e: -e.confidence)
             ]
-            self.post_message(WindowScored(render_spectrogram(feats), agent.level(), calling, r.window.end))
+            self.post_message(WindowScored(mel, agent.level(), calling, r.window.end))
             self.post_message(StatusUpdated(agent.report(), agent.tour_view()))
 
         def on_detection(ev: Event, info: dict[str, Any]) -> None:
@@ -344,22 +348,22 @@ class SilencioApp(App[int]):
         at = datetime.now().strftime("%H:%M:%S")
         if self.sync_factory is None:
             self.post_message(SyncDone("no cloud configured (SILENCIO_EDGE_CLOUD_URL / _TOKEN)", False, at))
-            return
-        client = self.sync_factory()
-        try:
-            rep = client.run(clips=50)
-            self.post_message(
-                SyncDone(
-                    f"sent {rep.detections} detections, {rep.clips} clips; the cloud confirmed "
-                    f"{rep.confirmed} and disputed {rep.disputed}",
-                    True,
-                    at,
+        else:
+            client = self.sync_factory()
+            try:
+                rep = client.run(clips=50)
+                self.post_message(
+                    SyncDone(
+                        f"sent {rep.detections} detections, {rep.clips} clips; the cloud confirmed "
+                        f"{rep.confirmed} and disputed {rep.disputed}",
+                        True,
+                        at,
+                    )
                 )
-            )
-        except Exception as exc:  # noqa: BLE001 - offline is normal in the forest
-            self.post_message(SyncDone(f"offline: {exc}", False, at))
-        finally:
-            client.close()
+            except Exception as exc:  # noqa: BLE001 - offline is normal in the forest
+                self.post_message(SyncDone(f"offline: {exc}", False, at))
+            finally:
+                client.close()
         self.post_message(DetectionsUpdated(self.agent.detections_now(list(self.rows))))
         self.post_message(StatusUpdated(self.agent.report(), self.agent.tour_view()))
 
@@ -381,8 +385,15 @@ class SilencioApp(App[int]):
         self.post_message(StatusUpdated(self.agent.report(), self.agent.tour_view()))
 
     # ------------------------------------------------------------------ messages
+    def on_resize(self, event: object = None) -> None:
+        """Narrow terminals (< 120 columns) show the feed at full width, without the spectrogram."""
+        self.set_class(self.size.width < 120, "narrow")
+
     def on_window_scored(self, m: WindowScored) -> None:
-        self.query_one("#spectrogram", Static).update(spectrogram_text(m.spectrogram))
+        spec = self.query_one("#spectrogram", Static)
+        size = spec.content_region.size
+        if size.width > 4 and size.height > 2:
+            spec.update(spectrogram_text(render_spectrogram(m.mel, size.height, size.width)))
         self.query_one("#level", Static).update(level_text(m.level_dbfs))
         t = self.query_one("#calling", DataTable)
         t.clear()
@@ -393,13 +404,7 @@ class SilencioApp(App[int]):
         self.rows[m.uuid] = m
         feed = self.query_one("#feed", DataTable)
         feed.add_row(
-            m.heard_at,
-            f"{m.common} · {m.scientific} [{m.code}]",
-            m.taxon_class,
-            f"{m.confidence:.2f}",
-            m.band,
-            "calling",
-            key=m.uuid,
+            m.heard_at, m.common, m.taxon_class, f"{m.confidence:.2f} {m.band}", "calling", key=m.uuid
         )
         feed.move_cursor(row=feed.row_count - 1)
 
@@ -413,7 +418,7 @@ class SilencioApp(App[int]):
         for d in m.detections:
             self.states[d.uuid] = d
             if d.uuid in self.rows:
-                feed.update_cell(d.uuid, feed.ordered_columns[5].key, row_status(d))
+                feed.update_cell(d.uuid, feed.ordered_columns[4].key, row_status(d), update_width=True)
         if feed.row_count:
             self._show_card(self._selected(quiet=True))
 
@@ -459,7 +464,7 @@ class SilencioApp(App[int]):
                 (f"{m.common}\n", "bold"),
                 (f"{m.scientific}", "italic"),
                 f"  ·  {m.taxon_class}  ·  {m.code}\n",
-                f"heard {len(same)} times this tour; first {same[0].heard_at}, last {same[-1].heard_at}\n",
+                f"heard {_times(len(same))} this tour; first {same[0].heard_at}, last {same[-1].heard_at}\n",
                 f"{cloud}{guide}",
             )
         )
@@ -548,8 +553,8 @@ class SilencioApp(App[int]):
             parts.append(f"model {r.model_version}")
         text = " · ".join(parts)
         if self.ended:
-            text = f"{self.ended}\n{text}"
-        self.query_one("#status", Static).update(Text(" " + text, style="bold" if self.ended else ""))
+            text = f"{self.ended}\n {text}"
+        self.query_one("#status", Static).update(Text(" " + text))
 
     def on_unmount(self) -> None:
         self.agent.stop()
