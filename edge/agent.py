@@ -194,6 +194,7 @@ class Agent:
                 break
         if self._recording is None:
             return  # no audio: no tour, no recording
+        recording = self._recording or None
         for r in self.detector.flush():
             self._handle(r, out)
         for ev in self.detector.close_all():
@@ -206,7 +207,8 @@ class Agent:
             end = self._t0 + timedelta(seconds=seen / sr)
             self._tour_end = end if self._tour_end is None else max(self._tour_end, end)
         try:
-            self.store.finish_recording(self._recording, round(seen / sr, 3), seg.warning)
+            if recording is not None:
+                self.store.finish_recording(recording, round(seen / sr, 3), seg.warning)
         except StorageFullError as exc:
             log.error("recording %s not finished in the store: %s", self._source_name, exc)
 
@@ -218,15 +220,20 @@ class Agent:
         assert self.tour_uuid is not None
         self._tour_live = self._tour_live or live
         self._source_name = seg.path.name if seg.path is not None else "microphone"
-        self._recording = self.store.add_recording(
-            NewRecording(
-                self.tour_uuid,
-                self._source_name,
-                iso(self._t0),
-                seg.start_basis,
-                str(seg.path) if seg.path is not None else None,
+        try:
+            self._recording = self.store.add_recording(
+                NewRecording(
+                    self.tour_uuid,
+                    self._source_name,
+                    iso(self._t0),
+                    seg.start_basis,
+                    str(seg.path) if seg.path is not None else None,
+                )
             )
-        )
+        except StorageFullError as exc:  # detections still get their times (from the start, in memory)
+            self.sampler.pause("the database is full")
+            log.error("recording %s not stored: %s", self._source_name, exc)
+            self._recording = ""
 
     def _time(self, offset: float) -> str:
         return iso(self._t0 + timedelta(seconds=offset))
@@ -237,7 +244,7 @@ class Agent:
         assert self.tour_uuid is not None
         return NewDetection(
             tour_uuid=self.tour_uuid,
-            recording_uuid=self._recording,
+            recording_uuid=self._recording or None,
             species_code=sp.code,
             scientific_name=sp.scientific_name,
             common_name=sp.common_name,
@@ -319,7 +326,7 @@ class Agent:
                 ClipSource(
                     tour_uuid=self.tour_uuid,
                     detection_uuid=top.uuid if top else None,
-                    recording_uuid=self._recording,
+                    recording_uuid=self._recording or None,
                     source=self._source_name,
                     source_offset=r.window.start,
                     start_offset=max(0.0, top.start - r.window.start) if top else 0.0,

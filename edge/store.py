@@ -895,6 +895,9 @@ def open_store(path: Path | str) -> EdgeStore:
         if problem != "ok":
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
             aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+            k = 1
+            while Path(f"{aside}").exists():  # never overwrite an earlier copy
+                aside, k = path.with_name(f"{path.name}.corrupt-{stamp}-{k}"), k + 1
             for suffix in ("", "-wal", "-shm"):
                 src = Path(f"{path}{suffix}")
                 if src.exists():
