@@ -105,7 +105,8 @@ class FileSource:
         decoded is kept), before any audio it is raised."""
         total = 0
         try:
-            for block in iter_audio_chunks(self.path, DEFAULT, chunk_seconds=30.0):
+            # short reads: a decoding error mid-file loses at most one of them
+            for block in iter_audio_chunks(self.path, DEFAULT, chunk_seconds=2.0):
                 total += block.size
                 yield block
         except AudioError as exc:  # corrupt or truncated mid-stream (or NaN samples)
@@ -123,7 +124,7 @@ class FileSource:
             problem = _short_of_header(self.path, total / DEFAULT.sample_rate)
         if problem is not None:
             seg.warning = f"{problem}; analysed the {total / DEFAULT.sample_rate:.1f} s that decoded"
-            log.warning("%s: %s", self.name, seg.warning)
+            log.debug("%s: %s", self.name, seg.warning)
 
     def _chunks(self, seg: Segment) -> Iterator[np.ndarray]:
         t0 = time.monotonic()

@@ -255,12 +255,15 @@ def cmd_watch(args: argparse.Namespace) -> int:
     s = settings(args)
     agent = Agent(s, on_detection=_print_detection)
     print(f"watching {args.folder} ({agent.scorer.description})", flush=True)
+    res = None
     try:
-        agent.run(DirectorySource(args.folder, idle_exit=args.idle_exit, tz=s.recorder_timezone))
+        res = agent.run(DirectorySource(args.folder, idle_exit=args.idle_exit, tz=s.recorder_timezone))
     except KeyboardInterrupt:
         pass
     finally:
         agent.end_tour()
+    for name, warning in res.warnings if res is not None else ():
+        print(f"warning: {name}: {warning}", file=sys.stderr)
     return 0
 
 
