@@ -35,7 +35,7 @@ class EdgeSettings(BaseSettings):
     min_free_mb: float = Field(default=200.0, ge=0)
     #: the speech gate (Silero VAD): a window holds speech when this many seconds score ≥ threshold
     speech_threshold: float = Field(default=0.5, gt=0, lt=1)
-    speech_min_seconds: float = Field(default=0.5, gt=0)
+    speech_min_seconds: float = Field(default=0.25, gt=0)
     #: the time zone of recorders' file names and of --start without an offset (IANA name)
     recorder_timezone: str = "UTC"
     #: sync: detections per request, timeouts and retries

