@@ -110,6 +110,7 @@ class Agent:
             s.clip_format,
             seed,
             int(s.min_free_mb * 1e6),
+            s.detection_clip_rate,
         )
         self.on_detection = on_detection
         self.on_window = on_window
@@ -314,9 +315,10 @@ class Agent:
                     self.store.extend_detection(ev.uuid, self._time(end), end, ev.confidence, ev.band)
                 except StorageFullError as exc:
                     log.error("detection %s not extended: %s", ev.uuid, exc)
-        reason = self.sampler.reason(r.probs, self.detector.thr)
-        if reason is not None:
-            top = max((e for e in active if e.uuid), key=lambda e: e.confidence, default=None)
+        started = [e for e in active if e.new and e.uuid]
+        reason = self.sampler.reason(r.probs, self.detector.thr, new_event=bool(started))
+        if reason is not None:  # the clip goes with the event that starts here, else the strongest one
+            top = max(started or [e for e in active if e.uuid], key=lambda e: e.confidence, default=None)
             order = np.argsort(-r.probs)[:EDGE_TOP_K]
             labels = self.scorer.labels
             self.sampler.save(

@@ -1,7 +1,9 @@
 """Which audio the device keeps for the cloud, under a per-tour and a total byte budget, a free-space
 watermark, and the speech gate.
 
-About ``random_rate`` of the windows at random; *uncertain* windows (the top score within
+About ``random_rate`` of the windows at random, and ``detection_rate`` of the windows where a
+detection event starts (a stratified random sample: the cloud confirms detections only through
+their clips); *uncertain* windows (the top score within
 ``margin`` of its threshold, or two or more species between 0.3 and 0.7); and everything the guide
 flags. Before a clip is written:
 
@@ -87,6 +89,7 @@ class Sampler:
     fmt: str = "OGG"
     seed: int | None = None
     min_free_bytes: int = 200_000_000
+    detection_rate: float = 0.5
     stats: SamplerStats = field(default_factory=SamplerStats)
 
     def __post_init__(self) -> None:
@@ -95,14 +98,18 @@ class Sampler:
             raise ValueError(f"clip format must be OGG or FLAC, got {self.fmt}")
         self.paused: AudioPause | None = self.store.audio_pause()
 
-    def reason(self, probs: np.ndarray, thr: np.ndarray) -> ClipReason | None:
+    def reason(self, probs: np.ndarray, thr: np.ndarray, new_event: bool = False) -> ClipReason | None:
+        """Why to keep this window, if at all. ``new_event``: a detection event starts in it — such
+        windows are drawn at ``detection_rate`` (a stratified random sample, so that the cloud can
+        confirm the detections themselves), all others at ``random_rate``."""
         top = int(np.argmax(probs))
         t = float(thr[top])
         if abs(float(probs[top]) - t) <= self.margin * min(1.0, t / 0.5):  # margin scales with low thresholds
             return ClipReason.UNCERTAIN
         if int(((probs >= 0.3) & (probs <= 0.7)).sum()) >= 2:
             return ClipReason.UNCERTAIN
-        if self.rng.random() < self.random_rate:
+        rate = max(self.random_rate, self.detection_rate) if new_event else self.random_rate
+        if self.rng.random() < rate:
             return ClipReason.RANDOM
         return None
 

@@ -27,6 +27,8 @@ class EdgeSettings(BaseSettings):
     stride_seconds: float = 2.5
     #: clip sampling: share of windows kept at random (1: every window is a candidate), and the budgets
     random_clip_rate: float = Field(default=0.05, ge=0, le=1)
+    #: share of the windows where a detection event starts that are kept (for the cloud to confirm)
+    detection_clip_rate: float = Field(default=0.5, ge=0, le=1)
     uncertain_margin: float = 0.1
     tour_clip_budget_mb: float = 50.0
     total_clip_budget_mb: float = 500.0

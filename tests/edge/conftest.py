@@ -41,7 +41,9 @@ def labels() -> LabelSpace:
 def edge_settings(tmp_path):
     from edge.settings import EdgeSettings
 
-    return EdgeSettings(home=tmp_path, taxonomy=MINI / "taxonomy.csv", random_clip_rate=0.0)
+    return EdgeSettings(
+        home=tmp_path, taxonomy=MINI / "taxonomy.csv", random_clip_rate=0.0, detection_clip_rate=0.0
+    )
 
 
 def tone_then_silence(loud_s: float, quiet_s: float, sr: int = 32_000) -> np.ndarray:

@@ -9,6 +9,7 @@ import soundfile as sf
 from edge.agent import Agent
 from edge.capture import FileSource
 from edge.detector import band_of
+from edge.settings import EdgeSettings
 
 from .conftest import FakeScorer, tone_then_silence
 
@@ -141,3 +142,18 @@ def test_exports(tmp_path, labels, edge_settings):
         "-74.2",
         "WGS84",
     )
+
+
+def test_windows_where_detections_start_are_sampled_for_the_cloud(tmp_path, labels, edge_settings):
+    """The cloud confirms a detection only through a clip of it: the window where an event starts is
+    drawn at ``detection_clip_rate`` (here 1: all), linked to that event."""
+    s = edge_settings.model_copy(update={"detection_clip_rate": 1.0})
+    agent = Agent(s, scorer=FakeScorer(labels), seed=0)
+    tour = agent.start_tour()
+    agent.run(FileSource(_file(tmp_path, np.concatenate([tone_then_silence(6, 8)] * 4))))
+    dets = agent.store.detections(tour)
+    clips = agent.store.clips()
+    assert len(dets) == 4 and len(clips) == 4  # one per event, none for the windows in between
+    assert {c.detection_uuid for c in clips} == {d.uuid for d in dets}
+    assert all(c.reason == "random" and c.source_offset == d.offset_start for c, d in zip(clips, dets))
+    assert EdgeSettings().detection_clip_rate == 0.5  # the default: half of them, at random
