@@ -116,10 +116,12 @@ def test_tui_feed_keys_and_flag_flow(tmp_path, labels, edge_settings):
 
 def test_tui_narrow_terminal_and_rejected_detections(tmp_path, labels, edge_settings):
     """100×30: the feed takes the width and its columns fit; a detection the cloud rejected is
-    shown as rejected (with the reason on its card), never as pending."""
+    shown as rejected (with the reason on its card), never as pending; below the free-space
+    watermark the status line says audio is paused, and why."""
     sf.write(tmp_path / "rec.wav", tone_then_silence(6, 8), 32_000)
-    agent = Agent(edge_settings, scorer=FakeScorer(labels), seed=0)
-    app = make_app(edge_settings, file=tmp_path / "rec.wav", agent=agent, realtime=False)
+    s = edge_settings.model_copy(update={"random_clip_rate": 1.0, "min_free_mb": 1e9})
+    agent = Agent(s, scorer=FakeScorer(labels), seed=0)
+    app = make_app(s, file=tmp_path / "rec.wav", agent=agent, realtime=False)
 
     async def run():
         async with app.run_test(size=(100, 30)) as pilot:
@@ -131,6 +133,7 @@ def test_tui_narrow_terminal_and_rejected_detections(tmp_path, labels, edge_sett
             await _until(pilot, lambda: str(feed.get_row(u)[-1]) == "rejected")
             status = str(app.query_one("#status", Static).render())
             assert "pending 0 detections" in status and "1 rejected" in status
+            assert "AUDIO PAUSED: free space" in status and "watermark" in status
             feed.move_cursor(row=0)
             app._show_card(u)
             assert "rejected by the cloud: species code not in" in str(app.query_one("#card").render())
