@@ -272,7 +272,7 @@ class SilencioApp(App[int]):
 
     def on_mount(self) -> None:
         calling = self.query_one("#calling", DataTable)
-        calling.add_columns("calling now", "class", "conf", "band")
+        calling.add_columns("calling now", "class", "score")
         feed = self.query_one("#feed", DataTable)
         feed.add_columns("time", "species", "class", "score", "status")
         self.query_one("#spectrogram", Static).border_title = "spectrogram (current window)"
@@ -397,8 +397,8 @@ class SilencioApp(App[int]):
         self.query_one("#level", Static).update(level_text(m.level_dbfs))
         t = self.query_one("#calling", DataTable)
         t.clear()
-        for code, common, sci, cls, p, band in m.calling[:7]:
-            t.add_row(f"{common} ({sci})", cls, f"{p:.2f}", band, key=code)
+        for code, common, _sci, cls, p, band in m.calling[:7]:
+            t.add_row(common, cls, f"{p:.2f} {band}", key=code)
 
     def on_detection_stored(self, m: DetectionStored) -> None:
         self.rows[m.uuid] = m
@@ -655,15 +655,24 @@ def terminal_driver(stream: IO[str]) -> Any:
     return TerminalDriver
 
 
-def run_tui(settings: EdgeSettings, file: Any = None, device: str | None = None) -> int:
-    """``silencio edge tui``: everything that would print goes to ``settings.log_path``."""
+def run_tui(
+    settings: EdgeSettings,
+    file: Any = None,
+    device: str | None = None,
+    agent: Agent | None = None,
+    realtime: bool = True,
+) -> int:
+    """``silencio edge tui`` (and the demo): the app on the real terminal, everything that would print
+    going to ``settings.log_path``."""
     if file is not None and not Path(file).is_file():
         from edge.errors import InputError
 
         raise InputError(f"{file}: no such recording")
     with logs_to_file(settings.log_path) as terminal:
         driver = terminal_driver(terminal) if sys.platform != "win32" else None
-        app = make_app(settings, file=file, device=device, driver_class=driver)
+        app = make_app(
+            settings, file=file, device=device, agent=agent, realtime=realtime, driver_class=driver
+        )
         try:
             app.run()
         finally:

@@ -65,7 +65,16 @@ def test_tui_feed_keys_and_flag_flow(tmp_path, labels, edge_settings):
     async def run():
         async with app.run_test(size=(170, 48)) as pilot:
             feed = app.query_one("#feed", DataTable)
-            await _until(pilot, lambda: feed.row_count == 2)
+            calling = app.query_one("#calling", DataTable)
+            widest = []
+            await _until(
+                pilot,
+                lambda: (
+                    widest.append(calling.virtual_size.width - calling.scrollable_content_region.width)
+                    or feed.row_count == 2
+                ),
+            )
+            assert max(widest) <= 0  # the calling-now table never needed scrolling while it filled
             first = list(app.rows)[0]
             # the replay's end is shown, and stays in the status line
             await _until(pilot, lambda: app.ended is not None)
@@ -97,8 +106,9 @@ def test_tui_feed_keys_and_flag_flow(tmp_path, labels, edge_settings):
             # s without a cloud: a clear notice, nothing crashes
             await pilot.press("s")
             await pilot.pause(0.3)
-            # every column fits: no horizontal scrolling in the feed
-            assert feed.virtual_size.width <= feed.scrollable_content_region.width
+            # every column fits: no horizontal scrolling in the feed or the calling-now table
+            for table in app.query(DataTable):
+                assert table.virtual_size.width <= table.scrollable_content_region.width, table.id
             svg = app.export_screenshot()
             text = html.unescape(svg).replace("\xa0", " ")
             assert labels[0].common_name in text and "tour summary" in text and "pending" in text
