@@ -25,12 +25,21 @@ class EdgeSettings(BaseSettings):
     threshold: float = 0.5
     thresholds_file: Path | None = None
     stride_seconds: float = 2.5
-    #: clip sampling: share of windows kept at random, and the byte budgets
-    random_clip_rate: float = 0.05
+    #: clip sampling: share of windows kept at random (1: every window is a candidate), and the budgets
+    random_clip_rate: float = Field(default=0.05, ge=0, le=1)
+    #: share of the windows where a detection event starts that are kept (for the cloud to confirm)
+    detection_clip_rate: float = Field(default=0.5, ge=0, le=1)
     uncertain_margin: float = 0.1
     tour_clip_budget_mb: float = 50.0
     total_clip_budget_mb: float = 500.0
     clip_format: str = "OGG"  # OGG (Vorbis) or FLAC
+    #: free-space watermark: below it no audio (clips) is written, detections keep committing
+    min_free_mb: float = Field(default=200.0, ge=0)
+    #: the speech gate (Silero VAD): a window holds speech when this many seconds score ≥ threshold
+    speech_threshold: float = Field(default=0.5, gt=0, lt=1)
+    speech_min_seconds: float = Field(default=0.25, gt=0)
+    #: the time zone of recorders' file names and of --start without an offset (IANA name)
+    recorder_timezone: str = "UTC"
     #: sync: detections per request, timeouts and retries
     sync_batch: int = 100
     sync_timeout_s: float = 10.0
@@ -52,6 +61,10 @@ class EdgeSettings(BaseSettings):
     @property
     def clip_dir(self) -> Path:
         return self.root / "clips"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "edge.log"
 
     @property
     def model_dir(self) -> Path:

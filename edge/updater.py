@@ -18,22 +18,20 @@ from typing import Any
 import numpy as np
 
 from edge.errors import UpdateError
-from edge.store import EdgeStore
+from edge.store import Store
 from shared_features import DEFAULT, frame_windows, load_audio
 from shared_features.errors import SilencioFeatureError
 
 log = logging.getLogger(__name__)
 
 
-def shadow_evaluate(new: Any, old: Any, store: EdgeStore, max_clips: int = 50) -> dict[str, Any]:
+def shadow_evaluate(new: Any, old: Any, store: Store, max_clips: int = 50) -> dict[str, Any]:
     """Top-1 agreement of two scorers on the most recent stored clips (windows of 5 s)."""
-    clips = store.query(
-        "SELECT path FROM clips WHERE evicted_at IS NULL ORDER BY recorded_at DESC LIMIT ?", [max_clips]
-    )
+    clips = store.recent_clip_paths(max_clips)
     agree = total = 0
-    for c in clips:
+    for path in clips:
         try:
-            wins, _ = frame_windows(load_audio(c["path"]))
+            wins, _ = frame_windows(load_audio(path))
         except (OSError, SilencioFeatureError):
             continue
         for w in wins:
@@ -48,7 +46,7 @@ def shadow_evaluate(new: Any, old: Any, store: EdgeStore, max_clips: int = 50) -
 
 
 def install(
-    store: EdgeStore, tar_path: Path, sha256: str, model_dir: Path, current: Any | None
+    store: Store, tar_path: Path, sha256: str, model_dir: Path, current: Any | None
 ) -> dict[str, Any]:
     """Verify and install a downloaded release archive; returns what happened."""
     from edge.detector import PackageScorer
@@ -85,21 +83,21 @@ def install(
     return {"version": version, "path": str(dest), "shadow": shadow}
 
 
-def check_and_update(client: Any, store: EdgeStore, model_dir: Path, current: Any | None) -> dict[str, Any]:
+def check_and_update(client: Any, store: Store, model_dir: Path, current: Any | None) -> dict[str, Any]:
     """``client``: a :class:`edge.sync.SyncClient` (its HTTP session and retries)."""
-    r = client._request("GET", "/v1/releases/current")
+    r = client.request("GET", "/v1/releases/current")
     if r.status_code == 404:
         return {"updated": False, "reason": "no release published"}
     if r.status_code != 200:
         raise UpdateError(f"release check: HTTP {r.status_code} {r.text[:200]}")
     info = r.json()
     active = store.active_model()
-    if active is not None and active["sha256"] == info["sha256"]:
+    if active is not None and active.sha256 == info["sha256"]:
         return {"updated": False, "reason": f"version {info['version']} already installed"}
     if info["feature_fingerprint"] != DEFAULT.fingerprint():
         raise UpdateError(f"release {info['version']} was built for features {info['feature_fingerprint']}")
     with tempfile.TemporaryDirectory() as tmp:
-        dl = client._request("GET", "/v1/releases/current/download")
+        dl = client.request("GET", "/v1/releases/current/download")
         if dl.status_code != 200:
             raise UpdateError(f"download: HTTP {dl.status_code}")
         path = Path(tmp) / "release.tar"
@@ -108,10 +106,10 @@ def check_and_update(client: Any, store: EdgeStore, model_dir: Path, current: An
     return {"updated": True, **res}
 
 
-def rollback(store: EdgeStore) -> dict[str, Any]:
+def rollback(store: Store) -> dict[str, Any]:
     prev = store.previous_model()
     if prev is None:
         raise UpdateError("no previous model to roll back to")
     cur = store.active_model()
-    store.activate_model(prev["version"])
-    return {"active": prev["version"], "was": cur["version"] if cur else None}
+    store.activate_model(prev.version)
+    return {"active": prev.version, "was": cur.version if cur else None}

@@ -32,14 +32,21 @@ def run(code: str, blocked: tuple[str, ...] = ("torch", "mlflow", "bentoml", "ra
 
 EDGE_MODULES = [
     "edge.agent",
+    "edge.analyze",
     "edge.capture",
     "edge.cli",
     "edge.detector",
     "edge.exports",
+    "edge.recording",
+    "edge.records",
     "edge.sampler",
     "edge.settings",
+    "edge.speech",
+    "edge.status",
     "edge.store",
+    "edge.store_memory",
     "edge.sync",
+    "edge.tui",
     "edge.updater",
     "shared_features.package",
 ]

@@ -40,7 +40,7 @@ def test_update_shadow_switch_rollback_and_corruption(tmp_path, labels, edge_set
     res = check_and_update(client, agent.store, s.model_dir, agent.scorer)
     assert res["updated"] and res["version"] == "1"
     assert res["shadow"]["windows"] >= 3 and 0 <= res["shadow"]["top1_agreement"] <= 1
-    assert agent.store.active_model()["sha256"] == info["sha256"]
+    assert agent.store.active_model().sha256 == info["sha256"]
     # a new agent runs the installed package (ONNX), not BirdNET
     a2 = Agent(s, seed=0)
     assert "onnx" in a2.scorer.description and a2.scorer.version.endswith(" 1")
@@ -57,4 +57,4 @@ def test_update_shadow_switch_rollback_and_corruption(tmp_path, labels, edge_set
     open(rel.path, "wb").write(bytes(blob))
     with pytest.raises(UpdateError, match="sha256"):
         check_and_update(client, agent.store, s.model_dir, a2.scorer)
-    assert agent.store.active_model()["version"] == "1"
+    assert agent.store.active_model().version == "1"
