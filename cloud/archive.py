@@ -334,7 +334,9 @@ def ray_init(workers: int) -> bool:
     address = os.environ.get("RAY_ADDRESS")
     kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if address:
-        ray.init(address=address, **kw)
+        # the workers of a real cluster resolve models:/ URIs against the same tracking server
+        env = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+        ray.init(address=address, runtime_env={"env_vars": env} if env else None, **kw)
     else:
         ray.init(address="local", num_cpus=max(os.cpu_count() or 1, workers), **kw)
     return True
@@ -360,10 +362,22 @@ def _ray_results(
             fn_constructor_kwargs={"spec": spec, "threshold": threshold, "expect": expect},
             batch_size=1,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=workers),
+            compute=ray.data.ActorPoolStrategy(size=min(workers, len(tasks))),  # no idle actors
             num_cpus=spec.threads,
         )
-        for row in ds.iter_rows():
+        rows = iter(ds.iter_rows())
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                break
+            except ArchiveError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Ray wraps a worker's failure in its own types
+                raise ArchiveError(
+                    f"the Ray Data run stopped ({type(exc).__name__}: {exc}); the files finished so far "
+                    "are recorded and a rerun resumes"
+                ) from exc
             for r in json.loads(row["result"]):
                 r["detections"] = [tuple(d) for d in r["detections"]]
                 yield SegmentResult(**r)
@@ -453,9 +467,10 @@ def analyze_archive(
     """Analyse every recording under ``archive`` into ``out`` (resuming what ``out`` holds).
 
     ``workers``: with ``ray`` the size of the actor pool (one package and ``spec.threads``
-    inference threads each); locally, one process, one package. Bad files never stop the run.
-    ``flush_seconds``: finished files are recorded at least this often (what a killed run can
-    lose). ``identifier``: an already loaded model for a local run (tests pass a fake scorer).
+    inference threads each); locally, one process, one package with ``workers`` threads. Bad
+    files never stop the run. ``flush_seconds``: finished files are recorded at least this often
+    (what a killed run can lose). ``identifier``: an already loaded model for a local run (tests
+    pass a fake scorer).
     """
     t0 = time.perf_counter()
     if not 0 < threshold <= 1:
@@ -468,16 +483,28 @@ def analyze_archive(
     out = Path(out).expanduser().resolve()
     if not archive.is_dir():
         raise ArchiveError(f"{archive}: no such folder")
-
-    # Locally, ``workers`` becomes the inference threads of the one package in this process.
-    run_spec = spec if ray else replace(spec, threads=spec.threads * workers)
     if ray:
         require_ray()
-    if identifier is not None and ray:
-        raise ArchiveError("a preloaded model runs only locally; Ray workers load spec themselves")
+        if identifier is not None:
+            raise ArchiveError("a preloaded model runs only locally; Ray workers load the spec themselves")
+    # Locally, ``workers`` becomes the inference threads of the one package in this process.
+    run_spec = spec if ray else replace(spec, threads=spec.threads * workers)
     # The driver loads the model first: a model that cannot load fails before any work.
     ident = identifier or run_spec.load()
-    expect = model_identity(ident)
+    job = _Job(
+        archive,
+        out,
+        run_spec,
+        ident,
+        model_identity(ident),
+        threshold,
+        ray,
+        workers,
+        retry_failed,
+        progress,
+        segment_seconds,
+        flush_seconds,
+    )
     cfg = DEFAULT
     params = {
         "archive": str(archive),
@@ -485,7 +512,7 @@ def analyze_archive(
         "window_seconds": cfg.window_seconds,
         "window_stride_seconds": cfg.window_stride_seconds,
         "segment_seconds": segment_seconds,
-        "model": expect,
+        "model": job.expect,
         "model_spec": spec.model or "(default: BirdNET v2.4 only over the taxonomy)",
         "taxonomy": str(spec.taxonomy),
         "feature_config": cfg.to_dict(),
@@ -494,77 +521,153 @@ def analyze_archive(
         "started_at": datetime.now().isoformat(timespec="seconds"),
     }
     output = ArchiveOutput(out, ident.labels, low_hz=cfg.fmin, high_hz=cfg.fmax)
-    output.check_params(params, RESUME_KEYS)
-
-    files, other = find_recordings(archive, exclude=out)
-    planned: dict[str, _Open] = {}
-    segments: list[Segment] = []
-    skipped = failed = 0
-    for path in files:
-        rel = path.relative_to(archive).as_posix()
-        try:
-            size = path.stat().st_size
-            if output.manifest.finished(rel, size, retry_failed):
-                skipped += 1
-                continue
-            p, segs = plan_file(path, rel, segment_seconds)
-        except Exception as exc:  # noqa: BLE001 - unreadable header: listed, never fatal
-            failed += 1
-            size = path.stat().st_size if path.exists() else 0
-            output.add_failed(
-                FileEntry(
-                    rel,
-                    size,
-                    "failed",
-                    error=type(exc).__name__,
-                    reason=_reason(exc),
-                    finished_at=datetime.now().isoformat(timespec="seconds"),
-                )
-            )
-            continue
-        planned[rel] = _Open(p, p.segments)
-        segments.extend(segs)
-    output.flush()
-    total_s = sum(s.seconds for s in segments)
-    target = min(segment_seconds, max(30.0, total_s / (4 * workers))) if segments else segment_seconds
-    tasks = pack_tasks(segments, target)
-    log.info(
-        "%s: %d recordings (%d finished before, %d unreadable), %.2f h of audio to analyse in %d tasks; %s",
-        archive,
-        len(files),
-        skipped,
-        failed,
-        total_s / 3600,
-        len(tasks),
-        ident.package.describe(),
+    with output.lock():
+        output.check_params(params, RESUME_KEYS)
+        plan = _plan(job, output)
+        counts = _execute(job, output, plan)
+        totals = output.finalize(
+            {
+                "archive": str(archive),
+                "model": job.expect,
+                "threshold": threshold,
+                "window_seconds": cfg.window_seconds,
+            }
+        )
+        wall = time.perf_counter() - t0
+        this_run = {**counts, "files_skipped": plan.skipped, "audio_hours": round(counts["audio_hours"], 4)}
+        run = {
+            **params,
+            "finished_at": datetime.now().isoformat(timespec="seconds"),
+            "wall_seconds": round(wall, 2),
+            "this_run": this_run,
+            "totals": totals,
+        }
+        (out / "run.json").write_text(json.dumps(run, indent=2, default=str) + "\n", encoding="utf-8")
+    names = (
+        "detections.parquet",
+        "detections.csv",
+        "summary.csv",
+        "summary.md",
+        "failed.csv",
+        "raven",
+        "manifest.jsonl",
+        "run.json",
+    )
+    return ArchiveReport(
+        archive=archive,
+        out=out,
+        model=job.expect,
+        files_found=plan.found,
+        files_skipped=plan.skipped,
+        files_done=counts["files_done"],
+        files_partial=counts["files_partial"],
+        files_failed=counts["files_failed"],
+        other_files=plan.other,
+        audio_hours=counts["audio_hours"],
+        wall_seconds=wall,
+        totals=totals,
+        outputs={name: out / name for name in names},
+        ray=ray,
+        workers=workers,
     )
 
+
+@dataclass(frozen=True)
+class _Job:
+    archive: Path
+    out: Path
+    spec: ModelSpec
+    ident: Identifier
+    expect: dict[str, Any]
+    threshold: float
+    ray: bool
+    workers: int
+    retry_failed: bool
+    progress: bool
+    segment_seconds: float
+    flush_seconds: float
+
+
+@dataclass
+class _Plan:
+    found: int
+    other: int  # files without an audio extension
+    skipped: int  # finished by an earlier run
+    failed: int  # unreadable headers, recorded at once
+    open: dict[str, _Open]
+    segments: list[Segment]
+
+
+def _plan(job: _Job, output: ArchiveOutput) -> _Plan:
+    """Find the recordings, skip the finished ones, read the others' headers (unreadable ones are
+    recorded as failed at once) and cut them into segments."""
+    files, other = find_recordings(job.archive, exclude=job.out)
+    plan = _Plan(len(files), other, 0, 0, {}, [])
+    for path in files:
+        rel = path.relative_to(job.archive).as_posix()
+        try:
+            size = path.stat().st_size
+            if output.manifest.finished(rel, size, job.retry_failed):
+                plan.skipped += 1
+                continue
+            p, segs = plan_file(path, rel, job.segment_seconds)
+        except Exception as exc:  # noqa: BLE001 - an unreadable header: listed, never fatal
+            plan.failed += 1
+            size = path.stat().st_size if path.exists() else 0
+            now = datetime.now().isoformat(timespec="seconds")
+            output.add_failed(
+                FileEntry(rel, size, "failed", error=type(exc).__name__, reason=_reason(exc), finished_at=now)
+            )
+            continue
+        plan.open[rel] = _Open(p, p.segments)
+        plan.segments.extend(segs)
+    output.flush()
+    return plan
+
+
+def _execute(job: _Job, output: ArchiveOutput, plan: _Plan) -> dict[str, Any]:
+    """Run the tasks (locally or on Ray) and finish each file when its last segment is back."""
     from tqdm import tqdm
 
+    total_s = sum(s.seconds for s in plan.segments)
+    target = min(job.segment_seconds, max(30.0, total_s / (4 * job.workers)))
+    tasks = pack_tasks(plan.segments, target)
+    log.info(
+        "%s: %d recordings (%d finished before, %d unreadable), %.2f h of audio to analyse in %d tasks; %s",
+        job.archive,
+        plan.found,
+        plan.skipped,
+        plan.failed,
+        total_s / 3600,
+        len(tasks),
+        job.ident.package.describe(),
+    )
+    n_files = len(plan.open)
     bar = tqdm(
         total=total_s,
         unit="h",
         unit_scale=1 / 3600,  # counts seconds, shows audio hours
-        desc=f"files 0/{len(planned)}",
-        disable=not progress,
+        desc=f"files 0/{n_files}",
+        disable=not job.progress,
         dynamic_ncols=True,
         mininterval=0.5,
         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.2f}/{total:.2f} h of audio [{elapsed}<{remaining}]",
     )
-    n_files = len(planned)
-    done = partial = 0
-    hours = 0.0
-    seg_seconds = {(s.rel, s.index): s.seconds for s in segments}
+    counts: dict[str, Any] = {
+        "files_done": 0,
+        "files_partial": 0,
+        "files_failed": plan.failed,
+        "audio_hours": 0.0,
+    }
+    seg_seconds = {(s.rel, s.index): s.seconds for s in plan.segments}
+    results: Iterator[SegmentResult] = iter(())
     try:
-        if not tasks:
-            results: Iterator[SegmentResult] = iter(())
-        elif ray:
-            results = _ray_results(tasks, spec, threshold, expect, workers)
-        else:
-            scorer = WindowScorer(run_spec, threshold, identifier=ident)
-            results = _local_results(tasks, scorer)
+        if tasks and job.ray:
+            results = _ray_results(tasks, job.spec, job.threshold, job.expect, job.workers)
+        elif tasks:
+            results = _local_results(tasks, WindowScorer(job.spec, job.threshold, identifier=job.ident))
         for r in results:
-            o = planned[r.rel]
+            o = plan.open[r.rel]
             o.remaining -= 1
             o.seconds += r.seconds
             o.windows += r.windows
@@ -572,71 +675,22 @@ def analyze_archive(
                 o.errors.append((r.error, r.reason))
             o.detections.extend(Detection(*d) for d in r.detections)
             bar.update(min(seg_seconds[(r.rel, r.index)], total_s - bar.n))
-            if o.remaining == 0:
-                f = _finish(planned.pop(r.rel))
-                hours += f.entry.seconds / 3600
-                if f.entry.status == "failed":
-                    failed += 1
-                    output.add_failed(f.entry)
-                else:
-                    done += f.entry.status == "done"
-                    partial += f.entry.status == "partial"
-                    output.add(f)
-                bar.set_description_str(f"files {n_files - len(planned)}/{n_files}", refresh=False)
-                if output.should_flush(max_seconds=flush_seconds):
-                    output.flush()
+            if o.remaining:
+                continue
+            f = _finish(plan.open.pop(r.rel))
+            counts["audio_hours"] += f.entry.seconds / 3600
+            counts[f"files_{f.entry.status}"] += 1
+            if f.entry.status == "failed":
+                output.add_failed(f.entry)
+            else:
+                output.add(f)
+            bar.set_description_str(f"files {n_files - len(plan.open)}/{n_files}", refresh=False)
+            if output.should_flush(max_seconds=job.flush_seconds):
+                output.flush()
     finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()  # stops the Ray run (and the cluster it started) now, not at garbage collection
         bar.close()
         output.flush()  # whatever finished is kept, also when the run stops with an error
-    totals = output.finalize(
-        {
-            "archive": str(archive),
-            "model": expect,
-            "threshold": threshold,
-            "window_seconds": cfg.window_seconds,
-        }
-    )
-    wall = time.perf_counter() - t0
-    run = {
-        **params,
-        "finished_at": datetime.now().isoformat(timespec="seconds"),
-        "wall_seconds": round(wall, 2),
-        "this_run": {
-            "files_done": done,
-            "files_partial": partial,
-            "files_failed": failed,
-            "files_skipped": skipped,
-            "audio_hours": round(hours, 4),
-        },
-        "totals": totals,
-    }
-    (out / "run.json").write_text(json.dumps(run, indent=2, default=str) + "\n", encoding="utf-8")
-    return ArchiveReport(
-        archive=archive,
-        out=out,
-        model=expect,
-        files_found=len(files),
-        files_skipped=skipped,
-        files_done=done,
-        files_partial=partial,
-        files_failed=failed,
-        other_files=other,
-        audio_hours=hours,
-        wall_seconds=wall,
-        totals=totals,
-        outputs={
-            name: out / name
-            for name in (
-                "detections.parquet",
-                "detections.csv",
-                "summary.csv",
-                "summary.md",
-                "failed.csv",
-                "raven",
-                "manifest.jsonl",
-                "run.json",
-            )
-        },
-        ray=ray,
-        workers=workers,
-    )
+    return counts

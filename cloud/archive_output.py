@@ -26,7 +26,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -143,22 +144,30 @@ def _atomic_write(path: Path, write: Any, mode: str = "w") -> None:
 class Manifest:
     """``manifest.jsonl``: the latest line per file wins (a changed file is analysed again)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, load: bool = True) -> None:
         self.path = path
         self.entries: dict[str, FileEntry] = {}
-        if path.exists():
-            lines = path.read_text(encoding="utf-8").splitlines()
-            for n, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    e = FileEntry(**json.loads(line))
-                except (json.JSONDecodeError, TypeError) as exc:
-                    if n == len(lines):  # the last line of a killed run, cut short
-                        log.warning("%s: ignoring an incomplete last line (%s)", path, exc)
-                        continue
-                    raise ArchiveError(f"{path}: line {n} is not a manifest entry ({exc})") from None
-                self.entries[e.file] = e
+        if not load or not path.exists():
+            return
+        data = path.read_bytes()
+        good = 0  # bytes up to the end of the last complete line
+        for line in data.splitlines(keepends=True):
+            try:
+                if not line.endswith(b"\n"):
+                    raise ValueError("no end of line")
+                e = FileEntry(**json.loads(line))
+            except (ValueError, TypeError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+                # a line cut short by a killed run, or damage: that file is simply analysed again
+                log.warning("%s: ignoring a malformed line at byte %d (%s)", path, good, exc)
+                if not line.endswith(b"\n"):
+                    break
+                good += len(line)
+                continue
+            self.entries[e.file] = e
+            good += len(line)
+        if good < len(data):
+            with open(path, "r+b") as fh:  # drop the cut-short tail so that appends start a new line
+                fh.truncate(good)
 
     def finished(self, rel: str, size: int, retry_failed: bool = False) -> bool:
         e = self.entries.get(rel)
@@ -171,12 +180,6 @@ class Manifest:
             return
         text = "".join(json.dumps(asdict(e), ensure_ascii=False) + "\n" for e in entries)
         with open(self.path, "a", encoding="utf-8") as fh:
-            if fh.tell() > 0:
-                # a killed run may have left a last line without its newline: start a fresh line
-                with open(self.path, "rb") as rb:
-                    rb.seek(-1, os.SEEK_END)
-                    if rb.read(1) != b"\n":
-                        fh.write("\n")
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
@@ -221,12 +224,28 @@ class ArchiveOutput:
         out.mkdir(parents=True, exist_ok=True)
         self.parts = out / "parts"
         self.raven = out / "raven"
-        self.manifest = Manifest(out / "manifest.jsonl")
+        self.manifest = Manifest(out / "manifest.jsonl", load=False)  # read under the lock
         self._pending: list[FinishedFile] = []
         self._failed: list[FileEntry] = []
         self._seq = 0
         self._run = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
         self._last_flush = time.monotonic()
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """One run per output folder at a time (an advisory lock the OS drops when a run dies)."""
+        import fcntl
+
+        with open(self.out / ".lock", "w") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ArchiveError(f"{self.out}: another analysis is writing this folder") from None
+            self.manifest = Manifest(self.manifest.path)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     # ------------------------------------------------------------------ parameters
     def check_params(self, params: dict[str, Any], keys: Iterable[str]) -> None:

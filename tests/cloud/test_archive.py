@@ -252,6 +252,9 @@ def test_a_killed_run_resumes(local_run, tmp_path):
     assert owl
     for k in range(8):
         assert [r[1:4] for r in rows if r[0] == f"owl_{k}.ogg"] == owl
+    # the cut-short line is gone: the next run reads the manifest and has nothing left to do
+    last = analyze_archive(archive, out, spec(), threshold=0.5)
+    assert (last.files_skipped, last.files_done) == (8, 0) and rows_of(out) == rows
 
 
 class _Scores:
@@ -331,16 +334,41 @@ def test_clear_errors(tmp_path, monkeypatch):
         analyze_archive(tmp_path, tmp_path / "out", spec(), ray=True)
 
 
+def two_member_ensemble(root: Path) -> Path:
+    """An ensemble package of an *untrained* tiny ONNX CNN and BirdNET v2.4 (weights ½, ½): the
+    shape of the cloud's ensemble for the plumbing, no accuracy implied."""
+    from cloud.inference import birdnet_only_package
+    from shared_features import LabelSpace
+    from tests.conftest import tiny_edge_package
+
+    pkg = tiny_edge_package(root / "tiny", LabelSpace.default(), version="t1")
+    bn = json.loads((birdnet_only_package(root / "bn", DEFAULT_TAXONOMY) / "package.json").read_text())
+    m = json.loads((pkg / "package.json").read_text())
+    m.update(kind="ensemble", name="test-ensemble", version="t1")
+    m["members"] = [{**m["members"][0], "weight": 0.5}, {**bn["members"][0], "weight": 0.5}]
+    (pkg / "package.json").write_text(json.dumps(m))
+    return pkg
+
+
 @pytest.mark.slow
 def test_ray_gives_the_same_rows_as_local(local_run, tmp_path):
     """Ray Data on a local cluster (2 CPUs, 2 actors) gives the local path's rows, failures and
-    summary."""
+    summary: with the default model (BirdNET alone) and with a two-member ensemble package
+    (ONNX + BirdNET) given by --model."""
     ray = pytest.importorskip("ray")
+    pytest.importorskip("torch")
     root, local = local_run
+    small = tmp_path / "small"
+    small.mkdir()
+    for rel in ("S01/S01_20240315_061500.ogg", "S02/20230420_074000.ogg"):
+        (small / Path(rel).name).symlink_to(GOOD[rel])
+    ens = ModelSpec(str(two_member_ensemble(tmp_path / "pkg")), spec().home, DEFAULT_TAXONOMY)
+    ens_local = analyze_archive(small, tmp_path / "ens_local", ens, threshold=0.05)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False)  # fmt: skip
     try:
         rep = analyze_archive(root, tmp_path / "ray", spec(), threshold=THRESHOLD, ray=True, workers=2)
+        ens_ray = analyze_archive(small, tmp_path / "ens_ray", ens, threshold=0.05, ray=True, workers=2)
     finally:
         ray.shutdown()
     assert rep.ray and rep.files_done == len(GOOD) and rep.files_partial == 1 and rep.files_failed == 5
@@ -349,3 +377,7 @@ def test_ray_gives_the_same_rows_as_local(local_run, tmp_path):
     key = lambda r: r["file"]  # noqa: E731
     assert sorted(read_csv(out / "failed.csv"), key=key) == sorted(read_csv(local / "failed.csv"), key=key)
     assert read_csv(out / "summary.csv") == read_csv(local / "summary.csv")
+    # the ensemble: both members ran in every actor, the same rows as locally
+    assert ens_local.model["members"] == ens_ray.model["members"] == ["student", "birdnet"]
+    assert not ens_local.model["birdnet_only"] and ens_ray.files_done == 2
+    assert rows_of(tmp_path / "ens_ray") == rows_of(tmp_path / "ens_local") != []
