@@ -88,6 +88,8 @@ def register(sub: Any) -> None:
     store_args(rp)
     rp.set_defaults(func=cmd_report)
 
+    register_analyze_archive(g)
+
 
 def _settings(args: argparse.Namespace) -> Any:
     from cloud.settings import CloudSettings
@@ -311,4 +313,78 @@ def cmd_report(args: argparse.Namespace) -> int:
             {"summary": cloud.summary(None, check=False), **cloud.tour_report(None, check=False)}, indent=2
         )
     )
+    return 0
+
+
+def register_analyze_archive(g: Any) -> None:
+    aa = g.add_parser(
+        "analyze-archive",
+        help="score every recording under a folder with the full ensemble (Parquet, CSV, Raven, summary)",
+        description="Analyse a recorder archive: every WAV/FLAC/OGG/MP3 under DIR (recursive) in 5 s windows "
+        "through the cloud's model package, locally or on Ray Data. Resumable: files finished in OUT are "
+        "skipped; unreadable files are listed in OUT/failed.csv.",
+    )
+    aa.add_argument("dir", type=Path, help="archive folder (searched recursively)")
+    aa.add_argument(
+        "--out", type=Path, required=True, help="output folder (created; an existing one is resumed)"
+    )
+    aa.add_argument(
+        "--model",
+        help="model package directory or models:/silencio-ensemble@production "
+        "(default: SILENCIO_CLOUD_MODEL as the service, else BirdNET v2.4 alone)",
+    )
+    aa.add_argument("--taxonomy", type=Path, help="taxonomy.csv for the BirdNET-only fallback")
+    aa.add_argument("--threshold", type=float, default=0.5, help="report window scores ≥ this (default 0.5)")
+    aa.add_argument(
+        "--ray",
+        action="store_true",
+        help="run on Ray Data: a local Ray cluster, or the one at RAY_ADDRESS (needs silencio[train])",
+    )
+    aa.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="with --ray: actors, each holding one loaded model (default 1); without: inference threads",
+    )
+    aa.add_argument("--retry-failed", action="store_true", help="analyse failed / partial files again")
+    aa.add_argument("--no-progress", action="store_true", help="no progress bar")
+    aa.set_defaults(func=cmd_analyze_archive)
+
+
+def cmd_analyze_archive(args: argparse.Namespace) -> int:
+    from cloud.archive import ModelSpec, analyze_archive
+    from shared_features.labels import taxonomy_path
+
+    s = _settings(args)
+    taxonomy = args.taxonomy if args.taxonomy is not None else s.taxonomy
+    spec = ModelSpec(args.model or s.model, s.home, taxonomy_path(taxonomy))
+    r = analyze_archive(
+        args.dir,
+        args.out,
+        spec,
+        threshold=args.threshold,
+        ray=args.ray,
+        workers=args.workers,
+        retry_failed=args.retry_failed,
+        progress=not args.no_progress,
+    )
+    m = r.model
+    where = f"Ray Data, {r.workers} actor(s)" if r.ray else f"local, {r.workers} thread(s)"
+    print(
+        f"model: {m['name']} {m['version']} ({', '.join(m['members'])})"
+        + (" — BirdNET v2.4 only: no trained ensemble" if m["birdnet_only"] else "")
+    )
+    print(
+        f"this run ({where}): {r.files_done + r.files_partial} files analysed "
+        f"({r.files_partial} only in part), "
+        f"{r.files_failed} unreadable, {r.files_skipped} finished before; {r.audio_hours:.2f} h of audio in "
+        f"{r.wall_seconds:.0f} s ({r.hours_per_hour:.0f} audio hours per hour)"
+    )
+    t = r.totals
+    print(
+        f"{r.out}: {t['files_analysed']} files, {t['audio_hours']:.2f} h, {t['detections']} detections of "
+        f"{t['species']} species ≥ {args.threshold:g}; {t['files_failed'] + t['files_partial']} in failed.csv"
+    )
+    for name in ("detections.parquet", "detections.csv", "summary.md", "summary.csv", "failed.csv", "raven"):
+        print(f"  {r.outputs[name]}")
     return 0

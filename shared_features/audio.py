@@ -275,18 +275,37 @@ def iter_audio_chunks(
     cfg: FeatureConfig = DEFAULT,
     *,
     chunk_seconds: float = 60.0,
+    start_seconds: float = 0.0,
+    stop_seconds: float | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield consecutive ``[n] float32`` mono chunks at ``cfg.sample_rate`` of any length of audio.
 
     Memory stays bounded by ``chunk_seconds`` of source audio; resampling is continuous across
     chunk boundaries (``soxr.ResampleStream``), so the concatenation equals a one-piece resample up
     to the resampler's filter delay handling (tested).
+
+    ``start_seconds`` / ``stop_seconds`` read only that part of the recording (source frames
+    ``[round(start * sr), round(stop * sr))``; the end of the file when ``stop_seconds`` is None or
+    beyond it). The start is reached by seeking, which is sample-exact for PCM containers (WAV,
+    FLAC, AIFF) and only approximate for MP3, so callers that cut recordings into parts cut only
+    the former. A part that starts after the end of the audio yields nothing.
     """
+    if start_seconds < 0 or (stop_seconds is not None and stop_seconds < start_seconds):
+        raise ValueError(f"need 0 <= start_seconds <= stop_seconds, got {start_seconds}, {stop_seconds}")
     f, name = _open(src)
     with f:
         if f.frames == 0:
             raise EmptyAudioError("header is valid but holds no samples", name)
         sr = int(f.samplerate)
+        first = int(round(start_seconds * sr))
+        remaining = None if stop_seconds is None else int(round(stop_seconds * sr)) - first
+        if first:
+            if first >= f.frames > 0:
+                return
+            try:
+                f.seek(first)
+            except (sf.LibsndfileError, RuntimeError) as exc:
+                raise AudioDecodeError(f"cannot seek to {start_seconds:.1f} s ({exc})", name) from exc
         block = max(1, int(chunk_seconds * sr))
         stream = None
         if sr != cfg.sample_rate:
@@ -295,13 +314,15 @@ def iter_audio_chunks(
             )
         total = 0
         while True:
+            want = block if remaining is None else min(block, remaining - total)
             try:
-                data = f.read(block, dtype="float32", always_2d=True)
+                data = f.read(want, dtype="float32", always_2d=True) if want > 0 else np.zeros((0, 1))
             except (sf.LibsndfileError, RuntimeError) as exc:
                 raise AudioDecodeError(
-                    f"decoding failed at {total / sr:.1f} s ({exc}); file corrupt or truncated", name
+                    f"decoding failed at {(first + total) / sr:.1f} s ({exc}); file corrupt or truncated",
+                    name,
                 ) from exc
-            last = data.shape[0] < block
+            last = data.shape[0] < block or (remaining is not None and total + data.shape[0] >= remaining)
             mono = _to_mono(data)
             total += mono.size
             if mono.size:
@@ -314,5 +335,5 @@ def iter_audio_chunks(
                 yield np.ascontiguousarray(out, dtype=np.float32)
             if last:
                 break
-        if total == 0:
+        if total == 0 and first == 0:
             raise EmptyAudioError("decoded to zero samples", name)
