@@ -107,11 +107,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     then *become* the server (``exec python -m bentos.server``): the pid stays the same, so SIGTERM
     or Ctrl+C stops the server and all its workers, and its exit status is the server's. Never
     returns when the checks pass."""
-    from bentos import server
+    from cloud.settings import VERBOSE_ENV
 
     settings, env = _serve_settings(args)
     ident = _preflight(settings, args.host, args.port)
-    env[server.VERBOSE_ENV] = str(getattr(args, "verbose", 0) or 0)
+    env[VERBOSE_ENV] = str(getattr(args, "verbose", 0) or 0)
     url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '') else args.host}:{args.port}"
     info = ident.model_info()
     model = f"{info['name']} {info['version']}" + (

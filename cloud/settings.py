@@ -11,6 +11,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared_features.labels import taxonomy_path
 from shared_features.paths import home
 
+#: The ``silencio -v`` count, passed on to the server (``python -m bentos.server``) and its workers.
+VERBOSE_ENV = "SILENCIO_VERBOSE"
+
 
 class CloudSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SILENCIO_CLOUD_", extra="ignore")
