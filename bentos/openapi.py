@@ -273,7 +273,10 @@ def paths() -> dict[str, dict[str, Any]]:
         "/v1/releases/current": {
             "get": _op(
                 "The current edge model release",
-                _json(schemas.ReleaseInfo, "version, sha256, feature fingerprint, metrics"),
+                _json(
+                    schemas.ReleaseInfo,
+                    "version, sha256, feature fingerprint, metrics, and the release's Ed25519 signature",
+                ),
                 (404,),
                 tag="device",
                 op_id="release",

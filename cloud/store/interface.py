@@ -31,7 +31,12 @@ from typing import Any, Protocol, runtime_checkable
 from cloud.schemas import ClipMeta, DetectionIn, DeviceStatus, EdgeScore, FeedbackIn, TourIn
 
 #: the schema's migrations, in order; SQLite and PostgreSQL record exactly these names
-MIGRATION_NAMES: tuple[str, ...] = ("initial", "bands_high_medium_low", "device_status_clip_source")
+MIGRATION_NAMES: tuple[str, ...] = (
+    "initial",
+    "bands_high_medium_low",
+    "device_status_clip_source",
+    "release_signatures",
+)
 
 
 class Role(enum.StrEnum):
@@ -262,6 +267,17 @@ class Summary:
 
 
 @dataclass(frozen=True)
+class ReleaseSignature:
+    """A release's Ed25519 signature (``shared_features.signature``): the signed statement, the
+    base64 signature, the signing key's id, and the key rotations a device may need to reach it."""
+
+    signature: str
+    key_id: str
+    statement: dict[str, Any]
+    key_rotations: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class ReleaseRecord:
     version: str
     sha256: str
@@ -270,6 +286,8 @@ class ReleaseRecord:
     manifest: dict[str, Any]
     created_at: datetime
     current: bool
+    #: None for a release published before releases were signed (devices refuse it)
+    signature: ReleaseSignature | None = None
 
 
 @dataclass(frozen=True)
@@ -378,9 +396,16 @@ class Store(Protocol):
 
     # ---------------------------------------------------------------- releases
     def publish_release(
-        self, version: str, sha256: str, feature_fingerprint: str, path: str, manifest: dict[str, Any]
+        self,
+        version: str,
+        sha256: str,
+        feature_fingerprint: str,
+        path: str,
+        manifest: dict[str, Any],
+        signature: ReleaseSignature | None = None,
     ) -> ReleaseRecord:
-        """Record an edge package as the current release (exactly one is current)."""
+        """Record an edge package as the current release (exactly one is current), with its
+        signature; republishing a version replaces its row, signature included."""
         ...
 
     def current_release(self) -> ReleaseRecord | None: ...

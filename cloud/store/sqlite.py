@@ -39,6 +39,7 @@ from cloud.store.interface import (
     NewConfirmation,
     RelabelItem,
     ReleaseRecord,
+    ReleaseSignature,
     Role,
     Summary,
     TourReport,
@@ -154,6 +155,15 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX clips_tour ON clips(tour_uuid);
         CREATE INDEX confirmations_detection ON confirmations(detection_uuid);
         CREATE INDEX feedback_detection ON feedback(detection_uuid)
+        """,
+    ),
+    (
+        "release_signatures",
+        """
+        ALTER TABLE releases ADD COLUMN signature TEXT;
+        ALTER TABLE releases ADD COLUMN key_id TEXT;
+        ALTER TABLE releases ADD COLUMN statement_json TEXT;
+        ALTER TABLE releases ADD COLUMN key_rotations_json TEXT
         """,
     ),
 ]
@@ -517,14 +527,33 @@ class SQLiteCloudStore(SQLiteStore):
 
     # ---------------------------------------------------------------- releases
     def publish_release(
-        self, version: str, sha256: str, feature_fingerprint: str, path: str, manifest: dict[str, Any]
+        self,
+        version: str,
+        sha256: str,
+        feature_fingerprint: str,
+        path: str,
+        manifest: dict[str, Any],
+        signature: ReleaseSignature | None = None,
     ) -> ReleaseRecord:
+        sig, key, statement, chain = rows.signature_columns(signature)
         with self.tx() as db:
             db.execute("UPDATE releases SET current = 0 WHERE current = 1")
             db.execute(
                 "INSERT OR REPLACE INTO releases (version, sha256, feature_fingerprint, path, manifest_json, "
-                "created_at, current) VALUES (?, ?, ?, ?, ?, ?, 1)",
-                [version, sha256, feature_fingerprint, path, json.dumps(manifest), _ts(utcnow())],
+                "created_at, current, signature, key_id, statement_json, key_rotations_json) "
+                "VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
+                [
+                    version,
+                    sha256,
+                    feature_fingerprint,
+                    path,
+                    json.dumps(manifest),
+                    _ts(utcnow()),
+                    sig,
+                    key,
+                    statement,
+                    chain,
+                ],
             )
         rec = self.current_release()
         assert rec is not None
