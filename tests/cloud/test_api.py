@@ -256,6 +256,7 @@ def test_release_publish_and_download(client, cloud_env, mini, tmp_path):
     Cloud(CloudSettings(home=cloud_env["home"])).publish_release(package)
     info = client.get("/v1/releases/current", headers=dev).json()
     assert info["version"] == "42" and info["feature_fingerprint"].startswith("fv1-")
+    assert info["signature"] and info["key_id"] and info["labels_sha256"] and info["key_rotations"] == []
     assert client.get("/v1/releases/current/download").status_code == 401
     blob = client.get("/v1/releases/current/download", headers=dev).content
     assert hashlib.sha256(blob).hexdigest() == info["sha256"] and len(blob) == info["bytes"]
