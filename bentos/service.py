@@ -113,6 +113,25 @@ async def _body(request: Request, limit: float) -> bytes:
     return b"".join(chunks)
 
 
+def _bounded(request: Request, limit: float) -> Request:
+    """The request, whose body refuses (413) to grow past ``limit`` bytes while it is read — also a
+    chunked body without ``Content-Length``, and a multipart file part (Starlette spools those to
+    disk without a limit of its own)."""
+    receive = request.receive
+    seen = 0
+
+    async def bounded() -> Any:
+        nonlocal seen
+        message = await receive()
+        if message.get("type") == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise PayloadTooLarge(f"request body exceeds the {int(limit)} byte limit")
+        return message
+
+    return Request(request.scope, bounded)
+
+
 def _json_body_check(request: Request) -> None:
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
     if ctype not in ("application/json", ""):
@@ -154,7 +173,7 @@ async def _clips(request: Request) -> Any:
         raise UnsupportedMediaType(
             f"clip uploads are multipart/form-data (meta + audio), got {ctype.split(';')[0] or 'none'}"
         )
-    async with _form(request, max_files=1, max_fields=2, max_part_size=int(limit)) as form:
+    async with _form(_bounded(request, limit), max_files=1, max_fields=2, max_part_size=64 * 1024) as form:
         meta, audio = form.get("meta"), form.get("audio")
         if meta is None or audio is None or isinstance(audio, str):
             raise Unprocessable("multipart needs a 'meta' JSON field and an 'audio' file")
@@ -171,6 +190,8 @@ def _form(request: Request, **limits: Any) -> Any:
     async def form() -> Any:
         try:
             parsed = await request.form(**limits)
+        except CloudError:
+            raise  # the body grew past its limit (_bounded)
         except Exception as exc:  # noqa: BLE001 - Starlette's multipart parser raises several kinds
             raise Unprocessable(f"malformed multipart body: {str(exc).splitlines()[0][:200]}") from None
         try:
@@ -223,7 +244,7 @@ async def _identify_v1(request: Request) -> Any:
     }
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
-        async with _form(request, max_files=1, max_part_size=int(limit)) as form:
+        async with _form(_bounded(request, limit + 256 * 1024), max_files=1, max_part_size=64 * 1024) as form:
             f = form.get("audio")
             if f is None or isinstance(f, str):
                 raise Unprocessable("multipart needs an 'audio' file field")
