@@ -40,6 +40,10 @@ class DeviceExists(Conflict, ValueError):
     """``add_device`` with a name that is taken."""
 
 
+class UserExists(Conflict, ValueError):
+    """``add_user`` with a name that is taken (console users)."""
+
+
 class PayloadTooLarge(CloudError):
     status = 413
 

@@ -15,12 +15,19 @@ from cloud.store.interface import (
     ConfirmationRecord,
     DetectionRecord,
     DeviceRecord,
+    Judgement,
     RelabelItem,
     ReleaseRecord,
     ReleaseSignature,
+    ReviewVerdict,
+    ReviewVerdictRecord,
     Role,
+    SessionRecord,
     SpeciesTally,
+    TourListItem,
     TourReport,
+    UserRecord,
+    UserRole,
     from_json,
     opt_dt,
     opt_str,
@@ -89,6 +96,7 @@ def clip(r: Row) -> ClipRecord:
         source=r.get("source"),
         source_offset=None if r.get("source_offset") is None else float(r["source_offset"]),
         edge_top=[EdgeScore.model_validate(e) for e in from_json(r.get("edge_top_json")) or []],
+        pinned=bool(r.get("pinned") or False),
     )
 
 
@@ -190,3 +198,73 @@ def tour_reports(tours: list[dict[str, Any]], species: list[dict[str, Any]]) -> 
             )
         )
     return out
+
+
+# ====================================================================================== console
+def user(r: Row) -> UserRecord:
+    return UserRecord(
+        id=int(r["id"]),
+        name=r["name"],
+        role=UserRole(r["role"]),
+        created_at=to_dt(r["created_at"]),
+        revoked_at=opt_dt(r.get("revoked_at")),
+    )
+
+
+def session(r: Row) -> SessionRecord:
+    """A session row joined with its user's columns (``user_*``)."""
+    return SessionRecord(
+        user=UserRecord(
+            id=int(r["user_id"]),
+            name=r["user_name"],
+            role=UserRole(r["user_role"]),
+            created_at=to_dt(r["user_created_at"]),
+            revoked_at=opt_dt(r.get("user_revoked_at")),
+        ),
+        csrf_token=r["csrf_token"],
+        created_at=to_dt(r["created_at"]),
+        expires_at=to_dt(r["expires_at"]),
+    )
+
+
+def verdict(r: Row) -> ReviewVerdictRecord:
+    return ReviewVerdictRecord(
+        seq=int(r["seq"]),
+        uuid=str(r["uuid"]),
+        clip_uuid=str(r["clip_uuid"]),
+        reviewer=r["reviewer"],
+        verdict=ReviewVerdict(r["verdict"]),
+        species_code=r["species_code"],
+        created_at=to_dt(r["created_at"]),
+    )
+
+
+def judgement(r: Row) -> Judgement:
+    """A detection row with the judgement columns (``j_*``) of the stores' judgement query."""
+    review = r.get("j_review")
+    return Judgement(
+        detection_uuid=str(r["uuid"]),
+        species_code=r["species_code"],
+        cloud_agree=opt_bool(r.get("j_cloud_agree")),
+        cloud_top=r.get("j_cloud_top"),
+        guide_kind=r.get("j_guide_kind"),
+        guide_code=r.get("j_guide_code"),
+        review=None if review is None else ReviewVerdict(review),
+        review_species=r.get("j_review_species"),
+        reviewer=r.get("j_reviewer"),
+    )
+
+
+def tour_item(r: Row) -> TourListItem:
+    return TourListItem(
+        uuid=str(r["uuid"]),
+        guide=r["guide"],
+        device=r["device"],
+        location=r["location"],
+        latitude=r["latitude"],
+        longitude=r["longitude"],
+        started_at=to_dt(r["started_at"]),
+        ended_at=opt_dt(r["ended_at"]),
+        detections=int(r["n_detections"] or 0),
+        species=int(r["n_species"] or 0),
+    )
