@@ -40,7 +40,9 @@ RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
 
 _ERRORS = {
     400: "corrupt or empty audio; a clip whose bytes do not match its sha256",
-    401: "missing or wrong bearer token",
+    401: "missing, wrong or revoked bearer token",
+    403: "a valid token without the right: another device's data, or a device token for an admin endpoint",
+    429: "too many wrong tokens from this client address; the `Retry-After` header says when to retry",
     404: "not found",
     413: "body larger than the service's limit",
     415: "not audio / not the expected content type",
@@ -84,7 +86,12 @@ def _op(
         "operationId": op_id,
         "summary": summary,
         "tags": [tag],
-        "responses": {"200": ok, **_errors(*sorted(set(errors) | ({401} if auth else set())))},
+        "responses": {
+            "200": ok,
+            **_errors(
+                *sorted(set(errors) | ({401, 429} if auth else set()) | ({403} if auth == "admin" else set()))
+            ),
+        },
     }
     if description:
         op["description"] = description
@@ -145,7 +152,7 @@ def paths() -> dict[str, dict[str, Any]]:
             "post": _op(
                 "Identify the species in a recording (multipart upload)",
                 identify_ok,
-                (400, 413, 415, 422, 503),
+                (400, 403, 413, 415, 422, 503),
                 tag="identify",
                 op_id="identify",
                 body=_identify_form(),
@@ -159,7 +166,7 @@ def paths() -> dict[str, dict[str, Any]]:
             "post": _op(
                 "Identify the species in a recording (raw body or multipart)",
                 identify_ok,
-                (400, 413, 415, 422, 503),
+                (400, 403, 413, 415, 422, 503),
                 tag="identify",
                 op_id="identify_v1",
                 params=_identify_params(),
@@ -193,7 +200,7 @@ def paths() -> dict[str, dict[str, Any]]:
             "post": _op(
                 "Upload a clip: stored, then re-scored by the full ensemble",
                 _json(schemas.ClipAck, "the clip's confirmation (or the earlier one for a re-sent clip)"),
-                (400, 413, 415, 422, 503),
+                (400, 403, 413, 415, 422, 503),
                 tag="device",
                 op_id="upload_clip",
                 auth="device",
@@ -234,7 +241,7 @@ def paths() -> dict[str, dict[str, Any]]:
             "post": _op(
                 "A guide's flag on a detection (into the relabelling queue)",
                 _json(schemas.FeedbackAck, "stored (or a duplicate of one stored before)"),
-                (404, 413, 415, 422),
+                (403, 404, 413, 415, 422),
                 tag="device",
                 op_id="feedback",
                 auth="device",

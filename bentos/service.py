@@ -42,7 +42,15 @@ from bentos.http import (
 )
 from bentos.openapi import document, page
 from bentos.server import configure_logging, die_with_parent, fatal, in_worker, quiet_native_info
-from cloud.errors import CloudError, NotReady, PayloadTooLarge, Unprocessable, UnsupportedMediaType
+from cloud.errors import (
+    CloudError,
+    NotReady,
+    PayloadTooLarge,
+    Unauthorized,
+    Unprocessable,
+    UnsupportedMediaType,
+)
+from cloud.ratelimit import client_address
 from cloud.schemas import ModelInfo, ReadyStatus
 from cloud.service import Cloud
 from cloud.settings import CloudSettings
@@ -140,11 +148,24 @@ def _json_body_check(request: Request) -> None:
 
 def _handler(fn: Any) -> Any:
     """A device-API endpoint: its answer as JSON; a :class:`CloudError` as the error shape (one log
-    line); anything else a 500 whose traceback goes to the log, not to the client."""
+    line); anything else a 500 whose traceback goes to the log, not to the client. A request that
+    presents a token is first checked against the wrong-token limit of its client address (429
+    with ``Retry-After`` while blocked), and a refused token counts against it
+    (:mod:`cloud.ratelimit`)."""
 
     async def run(request: Request) -> Response:
+        client = None
         try:
+            if _token(request) is not None:
+                c = _cloud()
+                peer = request.client.host if request.client else None
+                client = client_address(peer, request.headers.get("x-forwarded-for"), c.trusted_proxies)
+                c.auth_limiter.check(client)
             out = await fn(request)
+        except Unauthorized as exc:
+            if client is not None:
+                _cloud().auth_limiter.failed(client)
+            return client_error(request, exc)
         except CloudError as exc:
             return client_error(request, exc)
         except Exception as exc:  # noqa: BLE001 - the boundary: a bug answers 500 and is logged

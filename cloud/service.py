@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from cloud.errors import BadRequest, Forbidden, NotFound, NotReady, PayloadTooLarge, Unprocessable
 from cloud.inference import Identifier, species_entry
+from cloud.ratelimit import BadTokenLimiter, parse_proxies
 from cloud.schemas import (
     WIRE_VERSION,
     ClipAck,
@@ -41,6 +42,7 @@ from cloud.settings import CloudSettings
 from cloud.store import (
     ClipFiles,
     ClipResult,
+    DeviceRecord,
     FeedbackResult,
     IngestResult,
     NewConfirmation,
@@ -81,6 +83,9 @@ class Cloud:
         self.settings = settings or CloudSettings()
         self.store: Store = store if store is not None else open_store(self.settings)
         self.clip_files = ClipFiles(self.settings.clips_path)
+        #: wrong tokens per client address (the HTTP boundary counts and checks; cloud/ratelimit.py)
+        self.auth_limiter = BadTokenLimiter(self.settings.auth_fail_limit, self.settings.auth_fail_window_s)
+        self.trusted_proxies = parse_proxies(self.settings.trusted_proxies)
         self._identifier = identifier
         self._load_error: str | None = None
         self.on_event = on_event or (lambda name, value: None)
@@ -295,7 +300,7 @@ class Cloud:
     ) -> dict[str, Any]:
         """``check=False``: local access (the CLI, which holds the database itself)."""
         if check:
-            self.store.authenticate(token, Role.ADMIN)
+            self.admin(token)
         reports = self.store.tour_report(tour_uuid)
         if tour_uuid and not reports:
             raise NotFound(f"tour {tour_uuid} not found")
@@ -336,8 +341,16 @@ class Cloud:
     def summary(self, token: str | None, *, check: bool = True) -> dict[str, Any]:
         """Per day and per guide: tours, distinct species heard and confirmed, disagreement rate."""
         if check:
-            self.store.authenticate(token, Role.ADMIN)
+            self.admin(token)
         return dataclasses.asdict(self.store.summary())
+
+    def admin(self, token: str | None) -> DeviceRecord:
+        """An admin token's device: 401 for a missing, wrong or revoked token, 403 for a valid
+        device token (it authenticates, but may not read every device's data)."""
+        dev = self.store.authenticate(token)
+        if dev.role is not Role.ADMIN:
+            raise Forbidden(f"{dev.role} {dev.name!r} may not read reports: they need an admin token")
+        return dev
 
     # ------------------------------------------------------------------ releases
     def publish_release(self, source: Path) -> dict[str, Any]:

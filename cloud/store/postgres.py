@@ -553,8 +553,13 @@ class PostgresCloudStore:
         want = check_role(role)
         if not token:
             raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
-        found = self._one("SELECT * FROM devices WHERE token_hash = %s", [hash_token(token)])
-        if found is None or (want is Role.ADMIN and found["role"] != Role.ADMIN):
+        digest = hash_token(token)  # looked up by its hash: the token's own bytes never meet a comparison
+        found = self._one("SELECT * FROM devices WHERE token_hash = %s", [digest])
+        if (
+            found is None
+            or not same_hash(found["token_hash"], digest)
+            or (want is Role.ADMIN and found["role"] != Role.ADMIN)
+        ):
             raise Unauthorized(f"invalid {want} token")
         dev = rows.device(found)
         if dev.revoked:

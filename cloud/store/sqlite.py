@@ -423,8 +423,13 @@ class SQLiteCloudStore(SQLiteStore):
         want = check_role(role)
         if not token:
             raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
-        found = self.query("SELECT * FROM devices WHERE token_hash = ?", [hash_token(token)])
-        if not found or (want is Role.ADMIN and found[0]["role"] != Role.ADMIN):
+        digest = hash_token(token)  # looked up by its hash: the token's own bytes never meet a comparison
+        found = self.query("SELECT * FROM devices WHERE token_hash = ?", [digest])
+        if (
+            not found
+            or not same_hash(found[0]["token_hash"], digest)
+            or (want is Role.ADMIN and found[0]["role"] != Role.ADMIN)
+        ):
             raise Unauthorized(f"invalid {want} token")
         dev = rows.device(found[0])
         if dev.revoked:
