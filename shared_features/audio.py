@@ -189,9 +189,11 @@ def audio_info(src: AudioSource) -> AudioInfo:
 
 
 def _to_mono(block: np.ndarray) -> np.ndarray:
-    """``[frames, channels]`` → ``[frames]`` float32 by averaging channels."""
+    """``[frames, channels]`` → ``[frames]`` float32 by averaging channels (samples near float32's
+    limit overflow to ``inf`` here, which :func:`check_samples` then refuses)."""
     if block.ndim == 2:
-        block = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+        with np.errstate(over="ignore", invalid="ignore"):
+            block = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
     return np.ascontiguousarray(block, dtype=np.float32)
 
 
@@ -347,7 +349,15 @@ def load_audio(
     if max_duration is not None and duration > max_duration:
         raise AudioTooLongError(f"{duration:.1f} s exceeds the {max_duration:.0f} s limit", name)
     check_samples(samples, name, reject_silent=reject_silent, reject_clipped=reject_clipped)
-    return resample(samples, sr, cfg.sample_rate, cfg.resample_quality)
+    return _finite(resample(samples, sr, cfg.sample_rate, cfg.resample_quality), name)
+
+
+def _finite(out: np.ndarray, name: str) -> np.ndarray:
+    """Float samples near float32's limit (~3e38, a corrupt float WAV) are finite when read but
+    overflow when channels are mixed or resampled: refused, never passed on as ``inf``."""
+    if not np.all(np.isfinite(out)):
+        raise InvalidSamplesError("samples too large: they overflow when mixed or resampled", name)
+    return out
 
 
 def iter_audio_chunks(
@@ -406,7 +416,7 @@ def iter_audio_chunks(
             else:
                 out = mono
             if out.size:
-                yield np.ascontiguousarray(out, dtype=np.float32)
+                yield _finite(np.ascontiguousarray(out, dtype=np.float32), name)
             if last:
                 break
         if total == 0 and first == 0:

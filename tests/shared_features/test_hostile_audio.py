@@ -90,6 +90,25 @@ def test_wav_headers_that_lie():
         load_audio(buf.getvalue(), max_channels=8)
 
 
+def test_float_samples_that_overflow_when_mixed_or_resampled_are_refused():
+    """Found by the fuzzer (seed 0, case 8281: a float WAV with garbage appended): finite samples
+    near float32's limit became ``inf`` in the mono mix / the resampler."""
+    from benchmarks.hostile_audio import case, seeds
+    from shared_features.errors import InvalidSamplesError
+
+    with pytest.raises(InvalidSamplesError, match="overflow"):
+        load_audio(case(0, 8281, seeds())[1])
+    for channels, sr in ((2, 32_000), (1, 44_100)):
+        buf = io.BytesIO()
+        x = np.full((8000, channels), 3.0e38, np.float32)
+        x[::2] *= -1 if channels == 1 else 1
+        sf.write(buf, x, sr, format="WAV", subtype="FLOAT")
+        with pytest.raises(InvalidSamplesError, match="overflow" if channels == 1 else "infinite"):
+            load_audio(buf.getvalue())
+        with pytest.raises(InvalidSamplesError):
+            list(iter_audio_chunks(buf.getvalue()))
+
+
 def test_block_reading_equals_one_piece_reading(tmp_path):
     """Mono mixing block by block changes no sample (multichannel, several blocks)."""
     rng = np.random.default_rng(3)
