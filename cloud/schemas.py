@@ -98,7 +98,7 @@ class DeviceStatus(_Strict):
     speech_suppressed: Integer = Field(default=0, ge=0)
     #: audio recording paused because free space fell below the watermark
     audio_paused: bool = Field(default=False, strict=True)
-    free_bytes: Integer | None = Field(default=None, ge=0)
+    free_bytes: Annotated[int, Field(ge=0, strict=True), BeforeValidator(_integer)] | None = None
 
 
 class SyncBatch(_Strict):

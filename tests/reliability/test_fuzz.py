@@ -32,6 +32,7 @@ def test_schemathesis_every_operation_every_check(live_cloud, tmp_path):
         tmp_path / "schemathesis",
         max_examples=MAX_EXAMPLES,
         seed=1,
+        deterministic=True,
         timeout=500,
     )
     detail = rep["stdout"][-6000:]
