@@ -11,6 +11,7 @@ import pytest
 
 from cloud.replicas import ServeProcess, free_port
 from tests.conftest import MINI, REPO
+from tests.edge.conftest import edge_settings, labels  # noqa: F401 - the edge's fixtures, here too
 
 
 @dataclass
