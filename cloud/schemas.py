@@ -54,8 +54,8 @@ def _date_time(v: Any) -> Any:
     return v
 
 
-#: a JSON number (an integer is one), never a boolean or a string
-Number = Annotated[float, Field(strict=True)]
+#: a finite JSON number (an integer is one), never a boolean, a string, Infinity or NaN
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 #: a JSON integer (3 or 3.0), never a boolean, a fraction or a string
 Integer = Annotated[int, BeforeValidator(_integer), Field(strict=True)]
 #: an ISO 8601 date-time string (or a datetime in Python), never a number
