@@ -89,7 +89,7 @@ def _op(
         "responses": {
             "200": ok,
             **_errors(
-                *sorted(set(errors) | ({401, 429} if auth else set()) | ({403} if auth == "admin" else set()))
+                *sorted(set(errors) | ({401} if auth else set()) | ({403} if auth == "admin" else set()))
             ),
         },
     }
@@ -152,7 +152,7 @@ def paths() -> dict[str, dict[str, Any]]:
             "post": _op(
                 "Identify the species in a recording (multipart upload)",
                 identify_ok,
-                (400, 403, 413, 415, 422, 503),
+                (400, 413, 415, 422, 503),
                 tag="identify",
                 op_id="identify",
                 body=_identify_form(),
@@ -166,7 +166,7 @@ def paths() -> dict[str, dict[str, Any]]:
             "post": _op(
                 "Identify the species in a recording (raw body or multipart)",
                 identify_ok,
-                (400, 403, 413, 415, 422, 503),
+                (400, 413, 415, 422, 503),
                 tag="identify",
                 op_id="identify_v1",
                 params=_identify_params(),
@@ -410,9 +410,19 @@ def document() -> dict[str, Any]:
             {"name": "probes", "description": "health, readiness, metrics"},
             {"name": "docs", "description": "this document and its page"},
         ],
-        "paths": paths(),
+        "paths": _with_rate_limit(paths()),
         "components": components(),
     }
+
+
+def _with_rate_limit(items: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every ``/v1`` operation may answer 429: a request that carries a token from an address that
+    sent too many wrong ones is refused whatever it asks (cloud/ratelimit.py)."""
+    for path, ops in items.items():
+        if path.startswith("/v1/"):
+            for op in ops.values():
+                op["responses"] = dict(sorted({**op["responses"], **_errors(429)}.items()))
+    return items
 
 
 PAGE = """<!DOCTYPE html>

@@ -328,7 +328,15 @@ def _start_failed(what: str, exc: BaseException) -> None:
     fatal(f"{what}: {detail}")
 
 
-@bentoml.service(name="silencio_scorer", traffic={"timeout": 120})
+# BentoML's client of a dependency replaces its HTTP session every 100 requests (and every 300 s) and
+# closes the old one with requests still in flight on it: each of those failed with "Server
+# disconnected" (a 500) whenever more than one request was scoring — 25 of 240 requests with 32
+# clients (tests/reliability/test_load.py). The scorer runs beside the API worker on this machine: its
+# session never needs replacing.
+_ONE_SESSION = {"max_requests": 2**31 - 1, "max_age": 10.0 * 365 * 24 * 3600}
+
+
+@bentoml.service(name="silencio_scorer", traffic={"timeout": 120}, runner_connection=_ONE_SESSION)
 class Scorer:
     """The ensemble behind an adaptive-batching API. Loaded and warmed up (one window scored, so
     every member's runtime is built) before the worker serves: its ``/readyz`` and therefore the

@@ -11,9 +11,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from edge.errors import EdgeError
 
-USER_ERRORS: tuple[type[BaseException], ...] = (EdgeError,)
+#: a setting out of its range (``--guide`` longer than the wire allows, ``--lat 91``) is the user's error too
+USER_ERRORS: tuple[type[BaseException], ...] = (EdgeError, ValidationError)
 log = logging.getLogger(__name__)
 
 

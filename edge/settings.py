@@ -50,10 +50,12 @@ class EdgeSettings(BaseSettings):
     sync_timeout_s: float = 10.0
     sync_retries: int = 4
     threads: int = 1
-    guide: str = "guide"
-    location: str | None = None
-    latitude: float | None = None
-    longitude: float | None = None
+    #: a tour's guide and place: within the wire format's limits (``cloud/schemas.py`` ``TourIn``),
+    #: so that the cloud never refuses a whole sync batch for one tour
+    guide: str = Field(default="guide", min_length=1, max_length=200)
+    location: str | None = Field(default=None, max_length=200)
+    latitude: float | None = Field(default=None, ge=-90, le=90)
+    longitude: float | None = Field(default=None, ge=-180, le=180)
 
     @model_validator(mode="before")
     @classmethod
