@@ -324,8 +324,27 @@ class SummaryReport(BaseModel):
     per_guide: dict[str, GroupCounts]
 
 
+class KeyRotation(BaseModel):
+    """One release-key rotation: the new public key, signed by the key before it (base64 Ed25519
+    over the canonical JSON of the other fields; ``shared_features.signature.KeyRotation``)."""
+
+    old_key_id: str
+    new_key_id: str
+    new_public_key: str
+    created_at: str
+    signature: str
+
+
 class ReleaseInfo(BaseModel):
-    """``GET /v1/releases/current``: the edge model package devices should run."""
+    """``GET /v1/releases/current``: the edge model package devices should run, and its signature.
+
+    ``signature`` is a base64 Ed25519 signature by key ``key_id`` over the canonical JSON of the
+    release statement — ``name``, ``version``, ``sha256`` and ``bytes`` of the archive,
+    ``feature_fingerprint``, ``labels_sha256``, ``thresholds_sha256``, ``signed_at``, ``key_id``
+    (``shared_features.signature.ReleaseStatement``). Devices verify it against the public key they
+    pinned at enrolment (or one reached from it through ``key_rotations``) before they download or
+    unpack anything. ``signature`` is null only for a release published before releases were
+    signed; devices refuse it."""
 
     version: str
     name: str | None = None
@@ -337,6 +356,12 @@ class ReleaseInfo(BaseModel):
     format: str | None = None
     created_at: str
     download: str
+    labels_sha256: str | None = None
+    thresholds_sha256: str | None = None
+    signed_at: str | None = None
+    signature: str | None = None
+    key_id: str | None = None
+    key_rotations: list[KeyRotation] = Field(default_factory=list)
 
 
 class ReadyStatus(BaseModel):

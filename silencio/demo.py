@@ -389,6 +389,7 @@ def _edge(
 ) -> None:
     import httpx
 
+    from cloud.signing import load_key
     from edge.agent import Agent
     from edge.capture import FileSource
     from edge.detector import PackageScorer
@@ -409,7 +410,10 @@ def _edge(
 
     store = open_store(s.db_path)
     client = SyncClient(store, url, tokens["device"], timeout=60)
-    upd = check_and_update(client, store, s.model_dir, None)
+    # the device pins the cloud's release public key (created when step 8 signed the release), as
+    # `silencio edge enroll --release-key KEY` does on a real device
+    key = load_key(work / "cloud_home")
+    upd = check_and_update(client, store, s.model_dir, None, release_key=key.public_key if key else None)
     print(f"      model update: {'installed ' + upd['version'] if upd['updated'] else upd['reason']}")
     scape = _replay_file(data)
     agent = Agent(s, store=store, scorer=PackageScorer(Path(store.active_model().path)), seed=0)
