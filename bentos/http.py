@@ -50,7 +50,11 @@ def client_error(where: Request | str, exc: CloudError) -> JSONResponse:
     if isinstance(where, Request):
         where = f"{where.method} {where.url.path}"
     log.warning("%s → %d: %s", where, exc.status, one_line(str(exc)))
-    return error_response(exc.status, str(exc))
+    resp = error_response(exc.status, str(exc))
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:  # 429: when to try again
+        resp.headers["retry-after"] = str(int(retry_after))
+    return resp
 
 
 def one_line(text: str) -> str:

@@ -1,6 +1,7 @@
-"""``silencio cloud …``: serve the BentoML service, migrate the store, manage devices, publish edge
-releases, export guides' feedback, print reports. ``python -m cloud …`` runs the same commands
-where only the service is installed (the container image)."""
+"""``silencio cloud …``: serve the BentoML service, migrate the store, manage devices, the release
+signing key, publish (signed) edge releases, export guides' feedback, print reports.
+``python -m cloud …`` runs the same commands where only the service is installed (the container
+image)."""
 
 from __future__ import annotations
 
@@ -90,8 +91,28 @@ def register(sub: Any) -> None:
     store_args(ru)
     ru.set_defaults(func=cmd_revoke_user)
 
-    r = g.add_parser("release", help="publish an edge model package as the current release")
-    r.add_argument("package", type=Path, help="edge package directory (silencio export edge …/onnx-int8)")
+    kg = g.add_parser(
+        "keygen",
+        help="create the release signing key (Ed25519) and print its public key for devices to pin",
+        description="Writes the key pair under $SILENCIO_HOME/cloud/keys/ (private key 0600, never "
+        "printed) and prints the public key and its key id: devices pin it with `silencio edge enroll "
+        "--release-key KEY`. --rotate replaces the key; the old key signs the new one, so devices that "
+        "pinned it accept releases signed by the new key.",
+    )
+    kgm = kg.add_mutually_exclusive_group()
+    kgm.add_argument("--rotate", action="store_true", help="replace the key (the old one signs the new one)")
+    kgm.add_argument("--show", action="store_true", help="only print the current public key and key id")
+    kg.set_defaults(func=cmd_keygen)
+
+    r = g.add_parser(
+        "release",
+        help="sign an edge model package (or release directory) and publish it as the current release",
+    )
+    r.add_argument(
+        "package",
+        type=Path,
+        help="edge package directory (silencio export edge …/onnx-int8) or release directory (release.json)",
+    )
     store_args(r)
     r.set_defaults(func=cmd_release)
 
@@ -104,6 +125,8 @@ def register(sub: Any) -> None:
     rp = g.add_parser("report", help="species per tour and the summary per day and guide (JSON)")
     store_args(rp)
     rp.set_defaults(func=cmd_report)
+
+    register_analyze_archive(g)
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -122,11 +145,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     then *become* the server (``exec python -m bentos.server``): the pid stays the same, so SIGTERM
     or Ctrl+C stops the server and all its workers, and its exit status is the server's. Never
     returns when the checks pass."""
-    from bentos import server
+    from cloud.settings import VERBOSE_ENV
 
     settings, env = _serve_settings(args)
     ident = _preflight(settings, args.host, args.port)
-    env[server.VERBOSE_ENV] = str(getattr(args, "verbose", 0) or 0)
+    env[VERBOSE_ENV] = str(getattr(args, "verbose", 0) or 0)
     url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '') else args.host}:{args.port}"
     info = ident.model_info()
     model = f"{info['name']} {info['version']}" + (
@@ -333,14 +356,44 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from cloud.signing import generate_key, keys_dir, load_key, rotate_key
+
+    home = _settings(args).home
+    if args.show:
+        key = load_key(home)
+        if key is None:
+            raise CloudError(f"no release signing key in {keys_dir(home)}: silencio cloud keygen")
+        print(f"release key {key.key_id} ({key.path})")
+    elif args.rotate:
+        key, rotation = rotate_key(home)
+        print(f"rotated the release signing key {rotation.old_key_id} → {key.key_id} ({key.path})")
+        print(
+            f"  the old key signed the new one: devices that pinned {rotation.old_key_id} accept releases "
+            f"signed by {key.key_id}; its private key is in {keys_dir(home) / 'retired'} (destroy it once "
+            "every device has installed a release signed by the new key)"
+        )
+    else:
+        key = generate_key(home)
+        print(f"release signing key {key.key_id} written to {key.path} (mode 0600)")
+    print(f"public key: {key.public_key}")
+    print(f"  enrol a device: silencio edge enroll --cloud URL --token TOKEN --release-key {key.public_key}")
+    return 0
+
+
 def cmd_release(args: argparse.Namespace) -> int:
     from cloud.service import Cloud
 
     info = Cloud(_settings(args)).publish_release(args.package)
     print(
         f"release {info['version']} ({info['format']}, {info['bytes'] / 1e6:.2f} MB, "
-        f"sha256 {info['sha256'][:12]}…)"
+        f"sha256 {info['sha256'][:12]}…), signed by key {info['key_id']}"
     )
+    if info["key_created"]:
+        print(
+            f"  no signing key existed: created one; devices must pin its public key to install releases:\n"
+            f"  silencio edge enroll --cloud URL --token TOKEN --release-key {info['public_key']}"
+        )
     return 0
 
 
@@ -361,4 +414,78 @@ def cmd_report(args: argparse.Namespace) -> int:
             {"summary": cloud.summary(None, check=False), **cloud.tour_report(None, check=False)}, indent=2
         )
     )
+    return 0
+
+
+def register_analyze_archive(g: Any) -> None:
+    aa = g.add_parser(
+        "analyze-archive",
+        help="score every recording under a folder with the full ensemble (Parquet, CSV, Raven, summary)",
+        description="Analyse a recorder archive: every WAV/FLAC/OGG/MP3 under DIR (recursive) in 5 s windows "
+        "through the cloud's model package, locally or on Ray Data. Resumable: files finished in OUT are "
+        "skipped; unreadable files are listed in OUT/failed.csv.",
+    )
+    aa.add_argument("dir", type=Path, help="archive folder (searched recursively)")
+    aa.add_argument(
+        "--out", type=Path, required=True, help="output folder (created; an existing one is resumed)"
+    )
+    aa.add_argument(
+        "--model",
+        help="model package directory or models:/silencio-ensemble@production "
+        "(default: SILENCIO_CLOUD_MODEL as the service, else BirdNET v2.4 alone)",
+    )
+    aa.add_argument("--taxonomy", type=Path, help="taxonomy.csv for the BirdNET-only fallback")
+    aa.add_argument("--threshold", type=float, default=0.5, help="report window scores ≥ this (default 0.5)")
+    aa.add_argument(
+        "--ray",
+        action="store_true",
+        help="run on Ray Data: a local Ray cluster, or the one at RAY_ADDRESS (needs silencio[train])",
+    )
+    aa.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="with --ray: actors, each holding one loaded model (default 1); without: inference threads",
+    )
+    aa.add_argument("--retry-failed", action="store_true", help="analyse failed / partial files again")
+    aa.add_argument("--no-progress", action="store_true", help="no progress bar")
+    aa.set_defaults(func=cmd_analyze_archive)
+
+
+def cmd_analyze_archive(args: argparse.Namespace) -> int:
+    from cloud.archive import ModelSpec, analyze_archive
+    from shared_features.labels import taxonomy_path
+
+    s = _settings(args)
+    taxonomy = args.taxonomy if args.taxonomy is not None else s.taxonomy
+    spec = ModelSpec(args.model or s.model, s.home, taxonomy_path(taxonomy))
+    r = analyze_archive(
+        args.dir,
+        args.out,
+        spec,
+        threshold=args.threshold,
+        ray=args.ray,
+        workers=args.workers,
+        retry_failed=args.retry_failed,
+        progress=not args.no_progress,
+    )
+    m = r.model
+    where = f"Ray Data, {r.workers} actor(s)" if r.ray else f"local, {r.workers} thread(s)"
+    print(
+        f"model: {m['name']} {m['version']} ({', '.join(m['members'])})"
+        + (" — BirdNET v2.4 only: no trained ensemble" if m["birdnet_only"] else "")
+    )
+    print(
+        f"this run ({where}): {r.files_done + r.files_partial} files analysed "
+        f"({r.files_partial} only in part), "
+        f"{r.files_failed} unreadable, {r.files_skipped} finished before; {r.audio_hours:.2f} h of audio in "
+        f"{r.wall_seconds:.0f} s ({r.hours_per_hour:.0f} audio hours per hour)"
+    )
+    t = r.totals
+    print(
+        f"{r.out}: {t['files_analysed']} files, {t['audio_hours']:.2f} h, {t['detections']} detections of "
+        f"{t['species']} species ≥ {args.threshold:g}; {t['files_failed'] + t['files_partial']} in failed.csv"
+    )
+    for name in ("detections.parquet", "detections.csv", "summary.md", "summary.csv", "failed.csv", "raven"):
+        print(f"  {r.outputs[name]}")
     return 0

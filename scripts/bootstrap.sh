@@ -30,6 +30,19 @@ if [ ! -x /usr/bin/chromium ]; then
   fi
 fi
 
+# espeak-ng speaks the test speech that the edge's privacy test mixes into real recordings (the test
+# skips, saying why, without it).
+if ! command -v espeak-ng >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "bootstrap: installing espeak-ng (apt)"
+    (apt-get install -y -q espeak-ng >/dev/null 2>&1) || \
+      (apt-get update -q >/dev/null && apt-get install -y -q espeak-ng >/dev/null)
+  else
+    echo "bootstrap: espeak-ng is missing (Debian: sudo apt-get install espeak-ng); the edge privacy" \
+         "test will be skipped." >&2
+  fi
+fi
+
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 if [ ! -x .venv/bin/python ]; then

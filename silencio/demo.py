@@ -389,6 +389,7 @@ def _edge(
 ) -> None:
     import httpx
 
+    from cloud.signing import load_key
     from edge.agent import Agent
     from edge.capture import FileSource
     from edge.detector import PackageScorer
@@ -405,20 +406,23 @@ def _edge(
         guide="Demo guide",
         location="El Silencio (synthetic)" if args.data is None else "replay",
     )
-    from edge.store import EdgeStore
+    from edge.store import open_store
 
-    store = EdgeStore(s.db_path)
+    store = open_store(s.db_path)
     client = SyncClient(store, url, tokens["device"], timeout=60)
-    upd = check_and_update(client, store, s.model_dir, None)
+    # the device pins the cloud's release public key (created when step 8 signed the release), as
+    # `silencio edge enroll --release-key KEY` does on a real device
+    key = load_key(work / "cloud_home")
+    upd = check_and_update(client, store, s.model_dir, None, release_key=key.public_key if key else None)
     print(f"      model update: {'installed ' + upd['version'] if upd['updated'] else upd['reason']}")
     scape = _replay_file(data)
-    agent = Agent(s, store=store, scorer=PackageScorer(Path(store.active_model()["path"])), seed=0)
+    agent = Agent(s, store=store, scorer=PackageScorer(Path(store.active_model().path)), seed=0)
     tour = agent.start_tour()
     if sys.stdout.isatty() and not args.no_tui and not args.quick:
-        from edge.tui import make_app
+        from edge.tui import run_tui
 
         print("      opening the TUI (q to quit when the replay is done) …", flush=True)
-        make_app(s, file=scape, agent=agent, realtime=True).run()
+        run_tui(s, file=scape, agent=agent, realtime=True)
     else:
 
         def show(ev: Any, info: dict[str, Any]) -> None:
@@ -448,7 +452,7 @@ def _edge(
     confirmed = {x["code"] for x in r["species"] if x["confirmed"]}
     truth = _truth_species(data, scape)
     labels = LabelSpace.from_dict(
-        json.loads((Path(store.active_model()["path"]) / "package.json").read_text())["labels"]
+        json.loads((Path(store.active_model().path) / "package.json").read_text())["labels"]
     )
     print(
         f"      tour {tour}: {r['species_heard']} species heard, "

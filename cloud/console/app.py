@@ -7,7 +7,6 @@ with Jinja2 (:mod:`cloud.console.pages`)."""
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -32,16 +31,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from cloud.console.auth import (
     LOGIN_COOKIE,
     SESSION_COOKIE,
-    LoginLimiter,
     base_path,
     clear_cookie,
     client_address,
     same_origin,
     same_token,
+    secure_cookie,
     set_cookie,
 )
 from cloud.console.settings import ConsoleSettings
-from cloud.errors import CloudError, NotReady, Unauthorized
+from cloud.errors import CloudError, NotReady, TooManyRequests, Unauthorized
+from cloud.ratelimit import BadTokenLimiter, parse_proxies
 from cloud.store import ConsoleOverview, SessionRecord, Store, UserRecord, UserRole
 from cloud.store.interface import new_secret
 from shared_features import LabelSpace
@@ -65,23 +65,28 @@ class ConsoleDeps:
     store: Store
     home: Path
     labels: LabelSpace
+    #: proxies whose ``X-Forwarded-For`` / ``-Proto`` count (:func:`cloud.ratelimit.parse_proxies`)
+    trusted_proxies: tuple[Any, ...] = ()
 
     @classmethod
     def from_cloud(cls, cloud: Any) -> ConsoleDeps:
-        """From a :class:`cloud.service.Cloud`: its store, and the label space of the model that
-        confirms clips (the taxonomy setting's while no model is loaded)."""
+        """From a :class:`cloud.service.Cloud`: its store, its trusted proxies, and the label space
+        of the model that confirms clips (the taxonomy setting's while no model is loaded)."""
         try:
             labels = cloud.identifier.labels
         except NotReady:
             labels = _taxonomy(Path(cloud.settings.taxonomy_path))
-        return cls(cloud.store, Path(cloud.settings.home), labels)
+        proxies = tuple(parse_proxies(getattr(cloud.settings, "trusted_proxies", "")))
+        return cls(cloud.store, Path(cloud.settings.home), labels, proxies)
 
     @classmethod
-    def from_taxonomy(cls, store: Store, home: Path, taxonomy: Path | None = None) -> ConsoleDeps:
+    def from_taxonomy(
+        cls, store: Store, home: Path, taxonomy: Path | None = None, trusted_proxies: str = ""
+    ) -> ConsoleDeps:
         """With the label space of a taxonomy CSV (default: the packaged El Silencio one)."""
         from shared_features.labels import taxonomy_path
 
-        return cls(store, home, _taxonomy(taxonomy_path(taxonomy)))
+        return cls(store, home, _taxonomy(taxonomy_path(taxonomy)), tuple(parse_proxies(trusted_proxies)))
 
 
 @lru_cache(maxsize=4)
@@ -115,7 +120,8 @@ class Ctx:
     def base(self) -> str:
         return base_path(self.request)
 
-    def query(self, name: str, default: str = "") -> str:
+    def param(self, name: str, default: str = "") -> str:
+        """A query-string parameter, stripped."""
         return self.request.query_params.get(name, default).strip()
 
     def render(self, template: str, http_status: int = 200, **kw: Any) -> HTMLResponse:
@@ -149,9 +155,7 @@ class Console:
         self.settings = settings or ConsoleSettings()
         self._overview: dict[int, tuple[float, Store, ConsoleOverview]] = {}
         self._overview_lock = threading.Lock()
-        self.limiter = LoginLimiter(
-            self.settings.login_max_failures, self.settings.login_window_s, self.settings.login_lockout_s
-        )
+        self.limiter = BadTokenLimiter(self.settings.login_max_failures, self.settings.login_window_s)
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
             autoescape=True,
@@ -321,7 +325,8 @@ class Console:
             next=request.query_params.get("next", "") if next_url is None else next_url,
             no_users=await self._no_users(),
         )
-        set_cookie(resp, request, self.settings, LOGIN_COOKIE, token, 3600)
+        secure = secure_cookie(request, self.settings, self.deps().trusted_proxies)
+        set_cookie(resp, request, LOGIN_COOKIE, token, 3600, secure)
         return resp
 
     async def _no_users(self) -> bool:
@@ -331,12 +336,14 @@ class Console:
             return False
 
     async def login(self, request: Request) -> Response:
-        client = client_address(request, self.settings)
-        wait = self.limiter.retry_after(client)
-        if wait is not None:
-            secs = math.ceil(wait)
-            resp = self.error(request, 429, f"too many failed logins from {client}: try again in {secs} s")
-            resp.headers["retry-after"] = str(secs)
+        proxies = self.deps().trusted_proxies
+        client = client_address(request, proxies)
+        try:
+            self.limiter.check(client)
+        except TooManyRequests as exc:
+            wait = exc.retry_after
+            resp = self.error(request, 429, f"too many failed logins from {client}: try again in {wait} s")
+            resp.headers["retry-after"] = str(wait)
             return resp
         try:
             async with request.form(max_files=0, max_fields=10, max_part_size=4096) as data:
@@ -345,25 +352,25 @@ class Console:
             form = {}
         if not same_origin(request) or not same_token(form.get("csrf"), request.cookies.get(LOGIN_COOKIE)):
             return await self.login_page(
-                request, "the login form expired or came from another site: retry", 403
+                request, "the login form expired or came from another site: retry", 403, form.get("next", "")
             )
         store = self.deps().store
         try:
             user = await run_in_threadpool(store.authenticate_user, form.get("token", "").strip())
         except Unauthorized as exc:
-            self.limiter.failure(client)
+            self.limiter.failed(client)
             log.warning("console login refused for %s: %s", client, exc)
             return await self.login_page(
                 request, "that token does not open the console", 401, form.get("next", "")
             )
-        self.limiter.success(client)
         sid, _ = await run_in_threadpool(store.create_session, user.id, self.settings.session_ttl_s)
         base = base_path(request)
         nxt = form.get("next", "")
         dest = nxt if nxt.startswith(base + "/") and not nxt.startswith("//") else base + "/"
         resp = RedirectResponse(dest, status_code=303)
-        set_cookie(resp, request, self.settings, SESSION_COOKIE, sid, self.settings.session_ttl_s)
-        clear_cookie(resp, request, self.settings, LOGIN_COOKIE)
+        secure = secure_cookie(request, self.settings, proxies)
+        set_cookie(resp, request, SESSION_COOKIE, sid, self.settings.session_ttl_s, secure)
+        clear_cookie(resp, request, LOGIN_COOKIE, secure)
         log.info("console login: %s (%s) from %s", user.name, user.role, client)
         return resp
 
@@ -372,7 +379,12 @@ class Console:
         if sid:
             ctx.store.delete_session(sid)
         resp = RedirectResponse(f"{ctx.base}/login", status_code=303)
-        clear_cookie(resp, ctx.request, self.settings, SESSION_COOKIE)
+        clear_cookie(
+            resp,
+            ctx.request,
+            SESSION_COOKIE,
+            secure_cookie(ctx.request, self.settings, ctx.deps.trusted_proxies),
+        )
         return resp
 
 

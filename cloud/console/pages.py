@@ -190,7 +190,7 @@ def device_release(d: DeviceRecord, releases: list[ReleaseRecord]) -> ReleaseRec
 
 # ---------------------------------------------------------------------------------- review
 def _filters(ctx: Ctx) -> tuple[QueueFilter, dict[str, str]]:
-    raw = {k: ctx.query(k) for k in ("species", "device", "since", "until", "reason")}
+    raw = {k: ctx.param(k) for k in ("species", "device", "since", "until", "reason")}
     raw = {k: v for k, v in raw.items() if v}
     if "species" in raw and raw["species"] not in ctx.labels:
         raise Unprocessable(f"species filter: unknown species code {raw['species']!r}")
@@ -224,7 +224,7 @@ def _day(value: str | None, name: str) -> datetime | None:
 
 
 def _offset(ctx: Ctx) -> int:
-    raw = ctx.query("offset", "0") or "0"
+    raw = ctx.param("offset", "0") or "0"
     if not raw.isdigit() or int(raw) > 10**7:
         raise Unprocessable(f"offset: expected a whole number, got {raw[:20]!r}")
     return int(raw)
@@ -257,7 +257,7 @@ def review_clip(ctx: Ctx) -> Response:
     f, raw = _filters(ctx)
     page = ctx.store.review_queue(f, limit=ctx.console.settings.queue_page)
     upcoming = [i for i in page.items if i.clip.uuid != item.clip.uuid]
-    back = ctx.query("back")
+    back = ctx.param("back")
     return _review_page(ctx, item, upcoming, page.total, 0, raw, back=back, paged=False)
 
 
@@ -274,8 +274,8 @@ def _review_page(
     queue_url = f"{ctx.base}/review" + (f"?{urlencode(raw)}" if raw else "")
     nxt = back if back.startswith(ctx.base + "/") and not back.startswith("//") else queue_url
     saved = None
-    if ctx.query("saved").isdigit():
-        found = ctx.store.review_verdicts(int(ctx.query("saved")) - 1)
+    if ctx.param("saved").isdigit():
+        found = ctx.store.review_verdicts(int(ctx.param("saved")) - 1)
         saved = found[0] if found else None
     species_list = sorted(ctx.labels.species, key=lambda s: (_class_rank(s.taxon_class), s.common_name))
     size = ctx.console.settings.queue_page
@@ -515,7 +515,7 @@ def models(ctx: Ctx) -> Response:
         current=current,
         report=lambda r: reports.report_path(r.manifest, ctx.deps.home),
         flat=_flat_metrics,
-        changed=ctx.query("changed"),
+        changed=ctx.param("changed"),
     )
 
 
@@ -590,8 +590,8 @@ def loop_asset(ctx: Ctx) -> Response:
 # ---------------------------------------------------------------------------------- exports
 def _range(ctx: Ctx) -> tuple[date, date]:
     today = datetime.now(UTC).date()
-    since = _day(ctx.query("since"), "since")
-    until = _day(ctx.query("until"), "until")
+    since = _day(ctx.param("since"), "since")
+    until = _day(ctx.param("until"), "until")
     lo = since.date() if since else today - timedelta(days=30)
     hi = until.date() if until else today
     if hi < lo:
@@ -614,10 +614,10 @@ def exports(ctx: Ctx) -> Response:
 def export_download(ctx: Ctx) -> Response:
     lo, hi = _range(ctx)
     try:
-        fmt = export_files.ExportFormat(ctx.query("format", "csv"))
+        fmt = export_files.ExportFormat(ctx.param("format", "csv"))
     except ValueError:
         raise Unprocessable(
-            f"format: {ctx.query('format')[:20]!r} is not one of "
+            f"format: {ctx.param('format')[:20]!r} is not one of "
             f"{', '.join(f.value for f in export_files.ExportFormat)}"
         ) from None
     since = datetime.combine(lo, time(0), UTC)

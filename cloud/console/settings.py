@@ -13,16 +13,13 @@ class ConsoleSettings(BaseSettings):
 
     #: how long a login lasts (the session cookie's Max-Age and the stored expiry)
     session_ttl_s: int = Field(default=8 * 3600, ge=60, le=30 * 24 * 3600)
-    #: ``Secure`` session cookies: ``auto`` = when the request came over https (also through a proxy
-    #: that says so in ``X-Forwarded-Proto`` when ``trust_forwarded``)
+    #: ``Secure`` session cookies: ``auto`` = when the request came over https (also through one of
+    #: the service's trusted proxies that says so in ``X-Forwarded-Proto``)
     secure_cookies: Literal["auto", "always", "never"] = "auto"
-    #: believe ``X-Forwarded-For`` / ``X-Forwarded-Proto`` (only behind your own reverse proxy)
-    trust_forwarded: bool = False
-    #: failed logins from one client within ``login_window_s`` before it is refused (429) for
-    #: ``login_lockout_s``
+    #: failed logins from one client within ``login_window_s`` before it is refused (429) until the
+    #: oldest of them leaves the window
     login_max_failures: int = Field(default=5, ge=1)
     login_window_s: float = Field(default=300.0, gt=0)
-    login_lockout_s: float = Field(default=300.0, gt=0)
     #: clips per review-queue page (the current clip and the ones after it)
     queue_page: int = Field(default=12, ge=1, le=200)
     #: how long the overview's aggregates (also behind the species index) are reused, per process

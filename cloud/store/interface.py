@@ -38,6 +38,7 @@ MIGRATION_NAMES: tuple[str, ...] = (
     "bands_high_medium_low",
     "device_status_clip_source",
     "console_users_reviews_pins",
+    "release_signatures",
 )
 
 
@@ -271,6 +272,17 @@ class Summary:
 
 
 @dataclass(frozen=True)
+class ReleaseSignature:
+    """A release's Ed25519 signature (``shared_features.signature``): the signed statement, the
+    base64 signature, the signing key's id, and the key rotations a device may need to reach it."""
+
+    signature: str
+    key_id: str
+    statement: dict[str, Any]
+    key_rotations: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class ReleaseRecord:
     version: str
     sha256: str
@@ -279,6 +291,8 @@ class ReleaseRecord:
     manifest: dict[str, Any]
     created_at: datetime
     current: bool
+    #: None for a release published before releases were signed (devices refuse it)
+    signature: ReleaseSignature | None = None
 
 
 @dataclass(frozen=True)
@@ -387,9 +401,16 @@ class Store(Protocol):
 
     # ---------------------------------------------------------------- releases
     def publish_release(
-        self, version: str, sha256: str, feature_fingerprint: str, path: str, manifest: dict[str, Any]
+        self,
+        version: str,
+        sha256: str,
+        feature_fingerprint: str,
+        path: str,
+        manifest: dict[str, Any],
+        signature: ReleaseSignature | None = None,
     ) -> ReleaseRecord:
-        """Record an edge package as the current release (exactly one is current)."""
+        """Record an edge package as the current release (exactly one is current), with its
+        signature; republishing a version replaces its row, signature included."""
         ...
 
     def current_release(self) -> ReleaseRecord | None: ...

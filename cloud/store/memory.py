@@ -4,6 +4,7 @@ survives the process and nothing is shared between replicas or BentoML workers."
 
 from __future__ import annotations
 
+import json
 import secrets
 import threading
 import uuid as uuidlib
@@ -35,6 +36,7 @@ from cloud.store.interface import (
     QueueFilter,
     RelabelItem,
     ReleaseRecord,
+    ReleaseSignature,
     ReviewItem,
     ReviewPage,
     ReviewVerdict,
@@ -451,13 +453,28 @@ class MemoryCloudStore:
 
     # ---------------------------------------------------------------- releases
     def publish_release(
-        self, version: str, sha256: str, feature_fingerprint: str, path: str, manifest: dict[str, Any]
+        self,
+        version: str,
+        sha256: str,
+        feature_fingerprint: str,
+        path: str,
+        manifest: dict[str, Any],
+        signature: ReleaseSignature | None = None,
     ) -> ReleaseRecord:
+        if signature is not None:  # a copy, as the SQL stores' columns would hold it
+            signature = ReleaseSignature(
+                signature.signature,
+                signature.key_id,
+                json.loads(json.dumps(signature.statement)),
+                [dict(r) for r in signature.key_rotations],
+            )
         with self._lock:
             for v, r in self._releases.items():
                 if r.current:
                     self._releases[v] = replace(r, current=False)
-            rec = ReleaseRecord(version, sha256, feature_fingerprint, path, dict(manifest), utcnow(), True)
+            rec = ReleaseRecord(
+                version, sha256, feature_fingerprint, path, dict(manifest), utcnow(), True, signature
+            )
             self._releases[version] = rec
             return rec
 

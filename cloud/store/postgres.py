@@ -53,6 +53,7 @@ from cloud.store.interface import (
     QueueFilter,
     RelabelItem,
     ReleaseRecord,
+    ReleaseSignature,
     ReviewItem,
     ReviewPage,
     ReviewVerdict,
@@ -249,6 +250,15 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX clips_received ON clips(received_at)
         """,
     ),
+    (
+        "release_signatures",
+        """
+        ALTER TABLE releases ADD COLUMN signature TEXT,
+            ADD COLUMN key_id TEXT,
+            ADD COLUMN statement_json TEXT,
+            ADD COLUMN key_rotations_json JSONB
+        """,
+    ),
 ]
 if tuple(n for n, _ in MIGRATIONS) != MIGRATION_NAMES:  # pragma: no cover - a programming error
     raise RuntimeError("cloud/store/postgres.py: migration names differ from MIGRATION_NAMES")
@@ -286,11 +296,14 @@ _INSERT_FEEDBACK = """
     ON CONFLICT (uuid) DO NOTHING RETURNING uuid
 """
 _UPSERT_RELEASE = """
-    INSERT INTO releases (version, sha256, feature_fingerprint, path, manifest_json, created_at, current)
-    VALUES (%s, %s, %s, %s, %s, now(), true)
+    INSERT INTO releases (version, sha256, feature_fingerprint, path, manifest_json, created_at, current,
+        signature, key_id, statement_json, key_rotations_json)
+    VALUES (%s, %s, %s, %s, %s, now(), true, %s, %s, %s, %s)
     ON CONFLICT (version) DO UPDATE SET sha256 = excluded.sha256,
         feature_fingerprint = excluded.feature_fingerprint, path = excluded.path,
-        manifest_json = excluded.manifest_json, created_at = now(), current = true
+        manifest_json = excluded.manifest_json, created_at = now(), current = true,
+        signature = excluded.signature, key_id = excluded.key_id, statement_json = excluded.statement_json,
+        key_rotations_json = excluded.key_rotations_json
     RETURNING *
 """
 
@@ -573,8 +586,13 @@ class PostgresCloudStore:
         want = check_role(role)
         if not token:
             raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
-        found = self._one("SELECT * FROM devices WHERE token_hash = %s", [hash_token(token)])
-        if found is None or (want is Role.ADMIN and found["role"] != Role.ADMIN):
+        digest = hash_token(token)  # looked up by its hash: the token's own bytes never meet a comparison
+        found = self._one("SELECT * FROM devices WHERE token_hash = %s", [digest])
+        if (
+            found is None
+            or not same_hash(found["token_hash"], digest)
+            or (want is Role.ADMIN and found["role"] != Role.ADMIN)
+        ):
             raise Unauthorized(f"invalid {want} token")
         dev = rows.device(found)
         if dev.revoked:
@@ -877,14 +895,22 @@ class PostgresCloudStore:
 
     # ---------------------------------------------------------------- releases
     def publish_release(
-        self, version: str, sha256: str, feature_fingerprint: str, path: str, manifest: dict[str, Any]
+        self,
+        version: str,
+        sha256: str,
+        feature_fingerprint: str,
+        path: str,
+        manifest: dict[str, Any],
+        signature: ReleaseSignature | None = None,
     ) -> ReleaseRecord:
+        sig, key, statement, chain = rows.signature_columns(signature)
+
         def run(c: psycopg.Connection[dict[str, Any]]) -> dict[str, Any]:
             c.execute("LOCK TABLE releases IN SHARE ROW EXCLUSIVE MODE")
             c.execute("UPDATE releases SET current = false WHERE current AND version <> %s", [version])
             row = c.execute(
                 _UPSERT_RELEASE,
-                [version, sha256, feature_fingerprint, path, Jsonb(manifest)],
+                [version, sha256, feature_fingerprint, path, Jsonb(manifest), sig, key, statement, chain],
             ).fetchone()
             assert row is not None
             return row

@@ -4,6 +4,7 @@ the same names; SQLite gives text, integers and JSON text where PostgreSQL gives
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
@@ -16,6 +17,7 @@ from cloud.store.interface import (
     DeviceRecord,
     RelabelItem,
     ReleaseRecord,
+    ReleaseSignature,
     ReviewVerdict,
     ReviewVerdictRecord,
     Role,
@@ -30,6 +32,7 @@ from cloud.store.interface import (
     opt_str,
     to_dt,
 )
+from shared_features.signature import canonical_json
 
 Row = Mapping[str, Any]
 
@@ -130,6 +133,14 @@ def relabel(r: Row) -> RelabelItem:
 
 
 def release(r: Row) -> ReleaseRecord:
+    sig = None
+    if r.get("signature"):
+        sig = ReleaseSignature(
+            signature=r["signature"],
+            key_id=r["key_id"],
+            statement=from_json(r["statement_json"]),
+            key_rotations=from_json(r.get("key_rotations_json")) or [],
+        )
     return ReleaseRecord(
         version=r["version"],
         sha256=r["sha256"],
@@ -138,6 +149,20 @@ def release(r: Row) -> ReleaseRecord:
         manifest=from_json(r["manifest_json"]),
         created_at=to_dt(r["created_at"]),
         current=bool(r["current"]),
+        signature=sig,
+    )
+
+
+def signature_columns(sig: ReleaseSignature | None) -> tuple[str | None, str | None, str | None, str | None]:
+    """(signature, key_id, statement_json, key_rotations_json) of a release row. The statement is
+    stored as its canonical JSON text (the bytes that were signed), never re-encoded."""
+    if sig is None:
+        return None, None, None, None
+    return (
+        sig.signature,
+        sig.key_id,
+        canonical_json(sig.statement).decode("ascii"),
+        json.dumps(sig.key_rotations),
     )
 
 

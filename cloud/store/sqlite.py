@@ -45,6 +45,7 @@ from cloud.store.interface import (
     QueueFilter,
     RelabelItem,
     ReleaseRecord,
+    ReleaseSignature,
     ReviewItem,
     ReviewPage,
     ReviewVerdict,
@@ -221,6 +222,15 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX detections_tour_species ON detections(tour_uuid, species_code);
         CREATE INDEX tours_started ON tours(started_at);
         CREATE INDEX clips_received ON clips(received_at)
+        """,
+    ),
+    (
+        "release_signatures",
+        """
+        ALTER TABLE releases ADD COLUMN signature TEXT;
+        ALTER TABLE releases ADD COLUMN key_id TEXT;
+        ALTER TABLE releases ADD COLUMN statement_json TEXT;
+        ALTER TABLE releases ADD COLUMN key_rotations_json TEXT
         """,
     ),
 ]
@@ -455,8 +465,13 @@ class SQLiteCloudStore(SQLiteStore):
         want = check_role(role)
         if not token:
             raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
-        found = self.query("SELECT * FROM devices WHERE token_hash = ?", [hash_token(token)])
-        if not found or (want is Role.ADMIN and found[0]["role"] != Role.ADMIN):
+        digest = hash_token(token)  # looked up by its hash: the token's own bytes never meet a comparison
+        found = self.query("SELECT * FROM devices WHERE token_hash = ?", [digest])
+        if (
+            not found
+            or not same_hash(found[0]["token_hash"], digest)
+            or (want is Role.ADMIN and found[0]["role"] != Role.ADMIN)
+        ):
             raise Unauthorized(f"invalid {want} token")
         dev = rows.device(found[0])
         if dev.revoked:
@@ -704,14 +719,33 @@ class SQLiteCloudStore(SQLiteStore):
 
     # ---------------------------------------------------------------- releases
     def publish_release(
-        self, version: str, sha256: str, feature_fingerprint: str, path: str, manifest: dict[str, Any]
+        self,
+        version: str,
+        sha256: str,
+        feature_fingerprint: str,
+        path: str,
+        manifest: dict[str, Any],
+        signature: ReleaseSignature | None = None,
     ) -> ReleaseRecord:
+        sig, key, statement, chain = rows.signature_columns(signature)
         with self.tx() as db:
             db.execute("UPDATE releases SET current = 0 WHERE current = 1")
             db.execute(
                 "INSERT OR REPLACE INTO releases (version, sha256, feature_fingerprint, path, manifest_json, "
-                "created_at, current) VALUES (?, ?, ?, ?, ?, ?, 1)",
-                [version, sha256, feature_fingerprint, path, json.dumps(manifest), _ts(utcnow())],
+                "created_at, current, signature, key_id, statement_json, key_rotations_json) "
+                "VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
+                [
+                    version,
+                    sha256,
+                    feature_fingerprint,
+                    path,
+                    json.dumps(manifest),
+                    _ts(utcnow()),
+                    sig,
+                    key,
+                    statement,
+                    chain,
+                ],
             )
         rec = self.current_release()
         assert rec is not None

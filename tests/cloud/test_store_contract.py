@@ -169,6 +169,8 @@ OLD_ROWS = [
     "INSERT INTO detections VALUES ('00000000-0000-4000-8000-000000000002', 1, "
     "'00000000-0000-4000-8000-000000000001', 'grekis', '2025-01-01T10:01:00Z', '2025-01-01T10:01:03Z', "
     "0.9, 'confirmed', 'm', '2025-01-01T10:00:00Z')",
+    "INSERT INTO releases VALUES ('0.9', 'aaaa', 'fv1-old', '/r/old.tar', '{\"name\": \"student\"}', "
+    "'2025-01-01T00:00:00Z', true)",
 ]
 
 
@@ -211,6 +213,8 @@ def test_upgrade_keeps_old_rows(backend, db_url, opener, tmp_path):
     )
     assert st.devices()[0].status is None and st.devices()[0].last_sync_at is None
     assert st.tour_report()[0].species[0].code == "grekis"
+    old_release = st.current_release()  # published before releases were signed: kept, unsigned
+    assert old_release.version == "0.9" and old_release.signature is None
 
 
 # ------------------------------------------------------------------------------------ devices
@@ -541,6 +545,48 @@ def test_releases_exactly_one_current(store):
     store.publish_release("1", "c" * 64, "fv1-x", "/r/1b.tar", {"name": "student"})  # republished
     assert store.current_release().sha256 == "c" * 64
     assert sum(r.current for r in store.releases()) == 1 and store.counts()["releases"] == 2
+
+
+def test_release_signature_round_trip(store, opener):
+    """Migration ``release_signatures``: a release's signature, key id, signed statement (the exact
+    canonical text) and key rotations come back as stored; an unsigned release has none; a
+    republished version replaces its signature; another replica reads the same."""
+    from cloud.store import ReleaseSignature
+    from shared_features.signature import canonical_json
+
+    statement = {
+        "format": "silencio-release-statement",
+        "signature_version": 1,
+        "name": "student",
+        "version": "1",
+        "sha256": "a" * 64,
+        "bytes": 1234,
+        "feature_fingerprint": "fv1-x",
+        "labels_sha256": "b" * 64,
+        "thresholds_sha256": None,
+        "signed_at": "2025-01-01T00:00:00+00:00",
+        "key_id": "0123456789abcdef",
+    }
+    rotation = {
+        "old_key_id": "fedcba9876543210",
+        "new_key_id": "0123456789abcdef",
+        "new_public_key": "ed25519:" + "A" * 43 + "=",
+        "created_at": "2024-12-31T00:00:00+00:00",
+        "signature": "c2ln",
+    }
+    sig = ReleaseSignature("c2lnbmF0dXJl", "0123456789abcdef", statement, [rotation])
+    rec = store.publish_release("1", "a" * 64, "fv1-x", "/r/1.tar", {"name": "student"}, sig)
+    assert rec.signature == sig
+    got = opener().current_release().signature
+    assert got == sig and canonical_json(got.statement) == canonical_json(statement)
+    assert got.statement["thresholds_sha256"] is None and got.key_rotations == [rotation]
+    unsigned = store.publish_release("2", "b" * 64, "fv1-x", "/r/2.tar", {"name": "student"})
+    assert unsigned.signature is None and store.current_release().signature is None
+    resigned = ReleaseSignature("b3RoZXI=", "1111222233334444", {**statement, "key_id": "1111222233334444"})
+    store.publish_release("1", "c" * 64, "fv1-x", "/r/1b.tar", {"name": "student"}, resigned)
+    cur = store.current_release()
+    assert cur.version == "1" and cur.signature == resigned and cur.signature.key_rotations == []
+    assert {r.version: r.signature for r in store.releases()} == {"1": resigned, "2": None}
 
 
 # ------------------------------------------------------------------------------------ concurrency

@@ -107,8 +107,10 @@ def test_secure_cookie_over_https_and_behind_a_proxy(world):
 
     from cloud.console import Console, ConsoleDeps, ConsoleSettings
 
-    def app(settings):
-        return mounted(Console(ConsoleDeps.from_taxonomy(world.store, world.home), settings))
+    def app(settings, proxies=""):
+        return mounted(
+            Console(ConsoleDeps.from_taxonomy(world.store, world.home, trusted_proxies=proxies), settings)
+        )
 
     with TestClient(app(ConsoleSettings()), base_url="https://console.example", follow_redirects=False) as c:
         page = c.get("/console/login")
@@ -118,15 +120,19 @@ def test_secure_cookie_over_https_and_behind_a_proxy(world):
         assert r.status_code == 303
         assert _secure(next(x for x in r.headers.get_list("set-cookie") if x.startswith("silencio_console=")))
         assert c.get("/console/").status_code == 200
-    # behind a TLS-terminating proxy that says so (trusted), or forced: Secure (the browser talks https)
-    for settings, headers, secure in (
-        (ConsoleSettings(trust_forwarded=True), {"x-forwarded-proto": "https"}, True),
-        (ConsoleSettings(secure_cookies="always"), {}, True),
-        (ConsoleSettings(), {"x-forwarded-proto": "https"}, False),  # an untrusted header is ignored
-        (ConsoleSettings(secure_cookies="never"), {}, False),
+    # behind a TLS-terminating proxy the service trusts (SILENCIO_CLOUD_TRUSTED_PROXIES), or forced:
+    # Secure (the browser talks https); the same header from anyone else is ignored
+    https = {"x-forwarded-proto": "https"}
+    for settings, proxies, headers, secure in (
+        (ConsoleSettings(), "testclient", https, True),
+        (ConsoleSettings(), "10.0.0.0/8", https, False),
+        (ConsoleSettings(), "", https, False),
+        (ConsoleSettings(secure_cookies="always"), "", {}, True),
+        (ConsoleSettings(secure_cookies="never"), "testclient", https, False),
     ):
-        with TestClient(app(settings), base_url="http://internal", follow_redirects=False) as c:
-            assert _secure(c.get("/console/login", headers=headers).headers["set-cookie"]) is secure, settings
+        with TestClient(app(settings, proxies), base_url="http://internal", follow_redirects=False) as c:
+            got = _secure(c.get("/console/login", headers=headers).headers["set-cookie"])
+            assert got is secure, (settings, proxies)
 
 
 def test_device_tokens_and_wrong_tokens_cannot_log_in(client, world):
@@ -179,10 +185,11 @@ def test_login_rate_limit_per_client(world):
 
     from cloud.console import Console, ConsoleDeps, ConsoleSettings
 
-    settings = ConsoleSettings(
-        login_max_failures=3, login_window_s=60, login_lockout_s=120, trust_forwarded=True
+    settings = ConsoleSettings(login_max_failures=3, login_window_s=60)
+    # the test client is the trusted proxy: X-Forwarded-For names the client
+    console = Console(
+        ConsoleDeps.from_taxonomy(world.store, world.home, trusted_proxies="testclient"), settings
     )
-    console = Console(ConsoleDeps.from_taxonomy(world.store, world.home), settings)
     now = [1000.0]
     console.limiter.clock = lambda: now[0]
     app = mounted(console)
@@ -197,10 +204,10 @@ def test_login_rate_limit_per_client(world):
     with TestClient(app, follow_redirects=False) as c:
         for _ in range(3):
             assert attempt(c, "wrong", "10.0.0.1").status_code == 401
-        r = attempt(c, world.tokens["ana"], "10.0.0.1")  # even the right token: locked out
-        assert r.status_code == 429 and int(r.headers["retry-after"]) == 120 and "too many" in r.text
+        r = attempt(c, world.tokens["ana"], "10.0.0.1")  # even the right token: refused for a while
+        assert r.status_code == 429 and int(r.headers["retry-after"]) == 60 and "too many" in r.text
         assert attempt(c, world.tokens["ana"], "10.0.0.2").status_code == 303  # another client is not
-        now[0] += 119
+        now[0] += 59
         assert attempt(c, world.tokens["ana"], "10.0.0.1").status_code == 429
         now[0] += 2
         assert attempt(c, world.tokens["ana"], "10.0.0.1").status_code == 303
@@ -210,6 +217,12 @@ def test_login_rate_limit_per_client(world):
         now[0] += 61
         assert attempt(c, "wrong", "10.0.0.3").status_code == 401
         assert attempt(c, world.tokens["bo"], "10.0.0.3").status_code == 303
+    # an untrusted peer's X-Forwarded-For is ignored: its failures count against the peer itself
+    plain = Console(ConsoleDeps.from_taxonomy(world.store, world.home), settings)
+    with TestClient(mounted(plain), follow_redirects=False) as c:
+        for ip in ("10.9.0.1", "10.9.0.2", "10.9.0.3"):
+            assert attempt(c, "wrong", ip).status_code == 401
+        assert attempt(c, world.tokens["ana"], "10.9.0.4").status_code == 429
 
 
 @pytest.mark.parametrize("who", ["ana", "bo"])

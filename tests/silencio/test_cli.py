@@ -141,10 +141,10 @@ def test_demo_quick_runs_the_whole_loop_and_reuses(capsys, tmp_path, monkeypatch
     assert summary["tour"]["truth"] and "ensemble_soundscape_roc_auc" in summary
     assert (work / "ensemble" / "report" / "report.md").exists()
     assert (tmp_path / "home" / "mlflow" / "mlflow.db").exists()
-    from edge.store import EdgeStore
+    from edge.store import open_store
 
-    st = EdgeStore(summary["edge_db"])
-    assert st.pending()["detections"] == 0  # everything synced
+    st = open_store(summary["edge_db"])
+    assert st.pending().detections == 0  # everything synced
     assert main(["demo", "--quick", "--species", "5", "--workers", "1", "--no-tui"]) == 0
     out = capsys.readouterr().out
     assert "reusing" in out and "files reused" in out and "[10/10]" in out
