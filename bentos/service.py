@@ -42,6 +42,8 @@ from bentos.http import (
 )
 from bentos.openapi import document, page
 from bentos.server import configure_logging, die_with_parent, fatal, in_worker, quiet_native_info
+from cloud.console import ConsoleDeps
+from cloud.console import make_app as console_app
 from cloud.errors import (
     CloudError,
     NotReady,
@@ -364,6 +366,11 @@ class Scorer:
         return self.identifier.package.predict(np.asarray(windows, np.float32)).probs
 
 
+#: the ecologists' console (cloud/console/): HTML pages behind a login, on the service's own store
+console = console_app(lambda: ConsoleDeps.from_cloud(_cloud()))
+
+
+@bentoml.asgi_app(console, path="/console")
 @bentoml.asgi_app(v1, path="/v1")
 @bentoml.service(name="silencio", traffic={"timeout": 120}, runner_probe={"enabled": False})
 class Silencio:
@@ -440,4 +447,6 @@ def _upload_limit() -> float:
     return float(settings.max_upload_mb * 1e6)
 
 
-Silencio.add_asgi_middleware(ApiBoundary, docs=document, page=page, upload_limit=_upload_limit)
+Silencio.add_asgi_middleware(
+    ApiBoundary, docs=document, page=page, upload_limit=_upload_limit, passthrough=("/console",)
+)

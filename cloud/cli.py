@@ -74,6 +74,23 @@ def register(sub: Any) -> None:
     store_args(dv)
     dv.set_defaults(func=cmd_devices)
 
+    au = g.add_parser(
+        "add-user",
+        help="add an ecologists' console user (reviewer or admin) and print their login token once",
+        description="Console users sign in at /console with this token. Reviewers review clips and "
+        "read every page; admins may also promote and roll back releases. Device tokens never open "
+        "the console.",
+    )
+    au.add_argument("name", help="user name, unique (shown with each verdict)")
+    au.add_argument("--role", required=True, choices=["reviewer", "admin"], help="reviewer or admin")
+    store_args(au)
+    au.set_defaults(func=cmd_add_user)
+
+    ru = g.add_parser("revoke-user", help="revoke a console user's token and end their sessions")
+    ru.add_argument("name", help="user name")
+    store_args(ru)
+    ru.set_defaults(func=cmd_revoke_user)
+
     kg = g.add_parser(
         "keygen",
         help="create the release signing key (Ed25519) and print its public key for devices to pin",
@@ -263,6 +280,39 @@ def cmd_add_device(args: argparse.Namespace) -> int:
         store.close()
     print(f"{'admin' if args.admin else 'device'} {args.name!r} registered in {where}")
     print(f"token (shown once, only its hash is stored): {token}")
+    return 0
+
+
+def add_console_user(settings: Any, name: str, role: str) -> tuple[str, str]:
+    """Add a console user to the store the settings name: ``(login token, where)``; the token is
+    shown once (only its hash is stored). What ``silencio cloud add-user`` and the demo call."""
+    from cloud.store import open_store
+
+    store = open_store(settings)
+    try:
+        return store.add_user(name, role), store.describe()
+    finally:
+        store.close()
+
+
+def cmd_add_user(args: argparse.Namespace) -> int:
+    token, where = add_console_user(_settings(args), args.name, args.role)
+    print(f"{args.role} {args.name!r} added to {where}")
+    print(f"login token (shown once, only its hash is stored): {token}")
+    print("sign in at http://HOST:PORT/console/login (silencio cloud serve)")
+    return 0
+
+
+def cmd_revoke_user(args: argparse.Namespace) -> int:
+    from cloud.store import open_store
+
+    store = open_store(_settings(args))
+    try:
+        user = store.revoke_user(args.name)
+    finally:
+        store.close()
+    assert user.revoked_at is not None
+    print(f"{user.role} {user.name!r} revoked at {user.revoked_at.isoformat()}: token and sessions end now")
     return 0
 
 

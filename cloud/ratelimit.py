@@ -112,6 +112,11 @@ def _trusted(address: str, proxies: Sequence[Network | str]) -> bool:
     return any(not isinstance(p, str) and ip.version == p.version and ip in p for p in proxies)
 
 
+def from_trusted_proxy(peer: str | None, proxies: Sequence[Network | str]) -> bool:
+    """Whether a request's peer is one of the trusted proxies (so its forwarded headers count)."""
+    return peer is not None and _trusted(peer, proxies)
+
+
 def client_address(peer: str | None, forwarded_for: str | None, proxies: Sequence[Network | str]) -> str:
     """The address a request counts against (see the module docstring)."""
     addr = peer or "unknown"

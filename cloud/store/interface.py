@@ -25,7 +25,7 @@ import hashlib
 import hmac
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
@@ -506,7 +506,8 @@ class Store(Protocol):
         ...
 
     def tour_timeline(self, tour_uuid: str) -> TourTimeline | None:
-        """A tour's detections in time order, each with its judgement and clips."""
+        """A tour's detections in time order, each with its judgement and clips, and every clip
+        recorded on the tour with its latest verdict."""
         ...
 
     def species_page(self, code: str, best: int = 12) -> SpeciesPage:
@@ -830,9 +831,20 @@ class TimelineEntry:
 
 
 @dataclass(frozen=True)
+class TourClip:
+    """A clip recorded on a tour (with or without a detection), the cloud's top species for it and
+    the latest reviewer verdict."""
+
+    clip: ClipRecord
+    cloud_top: str | None
+    latest: ReviewVerdictRecord | None
+
+
+@dataclass(frozen=True)
 class TourTimeline:
     tour: TourListItem
     entries: list[TimelineEntry]  # by start time
+    clips: list[TourClip] = field(default_factory=list)  # by time recorded
 
     @property
     def species(self) -> dict[str, list[TimelineEntry]]:
@@ -939,19 +951,20 @@ def new_secret() -> str:
 def species_pages(
     code: str,
     per_day_heard: dict[str, int],
-    judged: list[tuple[DetectionRecord, Judgement]],
+    judged: list[tuple[datetime, Judgement]],
     candidates: list[tuple[ClipRecord, str | None, float | None, list[dict[str, Any]] | None]],
     others: list[Judgement],
     best: int,
 ) -> SpeciesPage:
     """A :class:`SpeciesPage` from what every backend reads the same way: detections per day, the
-    judged detections of the species, candidate clips (clip, edge species, edge confidence, the
-    cloud's species list) and the judgements of other species' detections that name this one."""
+    judged detections of the species (start time, judgement), candidate clips (clip, edge
+    species, edge confidence, the cloud's species list) and the judgements of other species'
+    detections that name this one."""
     conf: dict[str, int] = {}
     rej: dict[str, int] = {}
     confused: dict[str, dict[str, int]] = {}
-    for det, j in judged:
-        day = det.start_time.date().isoformat()
+    for start, j in judged:
+        day = start.date().isoformat()
         st = j.status
         if st is DetectionStatus.CONFIRMED:
             conf[day] = conf.get(day, 0) + 1
@@ -1035,5 +1048,85 @@ def review_items(
                 guide_note=g["note"] if g else None,
                 verdicts=verdicts.get(u, []),
             )
+        )
+    return out
+
+
+def tour_clips(
+    clips: list[ClipRecord],
+    confirmations: dict[str, ConfirmationRecord],
+    verdicts: dict[str, list[ReviewVerdictRecord]],
+) -> list[TourClip]:
+    """A tour's clips by time recorded, each with the cloud's top species and the latest verdict."""
+    out = []
+    for c in sorted(clips, key=lambda c: (c.recorded_at, c.uuid)):
+        conf = confirmations.get(c.uuid)
+        mine = verdicts.get(c.uuid, [])
+        top = str(conf.species[0]["code"]) if conf and conf.species else None
+        out.append(TourClip(c, top, mine[-1] if mine else None))
+    return out
+
+
+def judge(
+    cloud: Iterable[Mapping[str, Any]],
+    guide: Iterable[Mapping[str, Any]],
+    review: Iterable[Mapping[str, Any]],
+) -> dict[str, tuple[datetime | None, Judgement]]:
+    """The judgement of every detection that appears in one of the three sources, with its start
+    time (None when no row carried it) — the one place that combines them, for every backend.
+    Each row names the detection (``det``, ``species_code``, ``start_time``) and one source:
+
+    * ``cloud``: a confirmation of one of its clips — ``agree`` (None: not compared), ``top`` (the
+      cloud's best species), ``seq``; any agreement wins, the latest confirmation's ``top`` is kept;
+    * ``guide``: a guide's feedback — ``kind``, ``correct_code``, ordered by (``created_at``,
+      ``received_at``, ``uuid``), the latest wins;
+    * ``review``: a non-skip reviewer verdict on one of its clips — ``verdict``, ``species``,
+      ``reviewer``, ``seq``; the latest wins.
+    """
+    acc: dict[str, list[Any]] = {}  # det → [code, start, agree, top, top_seq, guide, gkey, review, rseq]
+
+    def slot(r: Mapping[str, Any]) -> list[Any]:
+        key = str(r["det"])
+        a = acc.get(key)
+        if a is None:
+            a = acc[key] = [r["species_code"], r["start_time"], None, None, -1, None, None, None, -1]
+        elif a[1] is None:
+            a[1] = r["start_time"]
+        return a
+
+    for r in cloud:
+        a = slot(r)
+        agree = r["agree"]
+        if agree is not None:
+            a[2] = True if agree else bool(a[2])
+        seq = int(r["seq"])
+        if seq > a[4]:
+            a[4], a[3] = seq, r["top"]
+    for r in guide:
+        a = slot(r)
+        # raw values: ISO text (SQLite) or datetimes order the same way within one backend
+        order = (r["created_at"], r["received_at"], str(r["uuid"]))
+        if a[6] is None or order > a[6]:
+            a[6], a[5] = order, (r["kind"], r["correct_code"])
+    for r in review:
+        a = slot(r)
+        seq = int(r["seq"])
+        if seq > a[8]:
+            a[8], a[7] = seq, (r["verdict"], r["species"], r["reviewer"])
+    out = {}
+    for det, (code, start, agree, top, _, g, _, v, _) in acc.items():
+        out[det] = (
+            opt_dt(start),
+            Judgement(
+                det,
+                code,
+                agree,
+                top,
+                g[0] if g else None,
+                g[1] if g else None,
+                ReviewVerdict(v[0]) if v else None,
+                v[1] if v else None,
+                v[2] if v else None,
+            ),
         )
     return out

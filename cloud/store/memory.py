@@ -57,6 +57,7 @@ from cloud.store.interface import (
     check_user_role,
     check_verdict,
     hash_token,
+    judge,
     new_secret,
     overview_species,
     refused,
@@ -64,6 +65,7 @@ from cloud.store.interface import (
     same_hash,
     species_pages,
     summarize,
+    tour_clips,
     utcnow,
 )
 from cloud.store.rows import norm_uuid
@@ -617,40 +619,39 @@ class MemoryCloudStore:
 
     # ---------------------------------------------------------------- console pages (reads)
     def _judge(self, dets: list[DetectionRecord]) -> list[Judgement]:
-        """The judgement of each detection (see :class:`Judgement`); call under the lock."""
-        want = {d.uuid for d in dets}
-        confs: dict[str, list[ConfirmationRecord]] = {}
-        for c in self._confirmations.values():
-            if c.detection_uuid in want:
-                confs.setdefault(c.detection_uuid, []).append(c)
-        guide: dict[str, _Feedback] = {}
-        for f in sorted(self._feedback.values(), key=lambda f: (f.created_at, f.received_at, f.uuid)):
-            if f.detection_uuid in want:
-                guide[f.detection_uuid] = f
-        review: dict[str, ReviewVerdictRecord] = {}
+        """The judgement of each detection (:func:`interface.judge`); call under the lock."""
+        want = {d.uuid: d for d in dets}
+
+        def row(det: str, **kw: Any) -> dict[str, Any]:
+            d = want[det]
+            return {"det": det, "species_code": d.species_code, "start_time": d.start_time, **kw}
+
+        cloud = [
+            row(c.detection_uuid, agree=c.agree, top=c.species[0]["code"] if c.species else None, seq=c.seq)
+            for c in self._confirmations.values()
+            if c.detection_uuid in want
+        ]
+        guide = [
+            row(
+                f.detection_uuid,
+                kind=f.kind,
+                correct_code=f.correct_code,
+                created_at=f.created_at,
+                received_at=f.received_at,
+                uuid=f.uuid,
+            )
+            for f in self._feedback.values()
+            if f.detection_uuid in want
+        ]
+        review = []
         for v in self._verdicts:
             det = self._clips[v.clip_uuid].detection_uuid
             if det in want and v.verdict is not ReviewVerdict.SKIP:
-                review[det] = v
-        out = []
-        for d in dets:
-            cs = sorted(confs.get(d.uuid, []), key=lambda c: c.seq)
-            compared = [c.agree for c in cs if c.agree is not None]
-            g, r = guide.get(d.uuid), review.get(d.uuid)
-            out.append(
-                Judgement(
-                    detection_uuid=d.uuid,
-                    species_code=d.species_code,
-                    cloud_agree=any(compared) if compared else None,
-                    cloud_top=cs[-1].species[0]["code"] if cs and cs[-1].species else None,
-                    guide_kind=g.kind if g else None,
-                    guide_code=g.correct_code if g else None,
-                    review=r.verdict if r else None,
-                    review_species=r.species_code if r else None,
-                    reviewer=r.reviewer if r else None,
+                review.append(
+                    row(det, verdict=v.verdict, species=v.species_code, reviewer=v.reviewer, seq=v.seq)
                 )
-            )
-        return out
+        judged = judge(cloud, guide, review)
+        return [judged[d.uuid][1] if d.uuid in judged else Judgement(d.uuid, d.species_code) for d in dets]
 
     def _judged(self) -> list[DetectionRecord]:
         """Detections with a confirmation, feedback or a (non-skip) verdict; call under the lock."""
@@ -783,7 +784,11 @@ class MemoryCloudStore:
                 )
                 for d, j in zip(dets, self._judge(dets))
             ]
-            return TourTimeline(self._tour_item(t), entries)
+            mine = [c for c in self._clips.values() if c.tour_uuid == t.uuid]
+            verdicts: dict[str, list[ReviewVerdictRecord]] = {}
+            for v in self._verdicts:
+                verdicts.setdefault(v.clip_uuid, []).append(v)
+            return TourTimeline(self._tour_item(t), entries, tour_clips(mine, self._confirmations, verdicts))
 
     def species_page(self, code: str, best: int = 12) -> SpeciesPage:
         with self._lock:
@@ -794,7 +799,7 @@ class MemoryCloudStore:
                     per_day[day] = per_day.get(day, 0) + 1
             judged_dets = self._judged()
             judgements = self._judge(judged_dets)
-            mine = [(d, j) for d, j in zip(judged_dets, judgements) if d.species_code == code]
+            mine = [(d.start_time, j) for d, j in zip(judged_dets, judgements) if d.species_code == code]
             others = [
                 j
                 for j in judgements

@@ -48,6 +48,7 @@ from cloud.store.interface import (
     Ingested,
     IngestReport,
     IngestResult,
+    Judgement,
     NewConfirmation,
     QueueFilter,
     RelabelItem,
@@ -73,6 +74,7 @@ from cloud.store.interface import (
     check_verdict,
     from_json,
     hash_token,
+    judge,
     new_secret,
     overview_species,
     refused,
@@ -81,6 +83,7 @@ from cloud.store.interface import (
     species_pages,
     summarize,
     to_dt,
+    tour_clips,
 )
 from cloud.store.rows import norm_uuid
 
@@ -327,41 +330,71 @@ _SPECIES = """
 """
 
 # ---------------------------------------------------------------------------------- console
-#: per detection: the cloud's confirmations (any agreement; the latest one's top species), the
-#: guide's latest feedback, the latest reviewer verdict on one of its clips (skips ignored)
-_JUDGE_CTE = """
-    WITH cl AS (
-        SELECT detection_uuid AS det, species_json->0->>'code' AS top,
-            bool_or(agree) OVER (PARTITION BY detection_uuid) AS any_agree,
-            row_number() OVER (PARTITION BY detection_uuid ORDER BY seq DESC) AS rn
-        FROM confirmations WHERE detection_uuid IS NOT NULL
-    ), fb AS (
-        SELECT detection_uuid AS det, kind, correct_code,
-            row_number() OVER (
-                PARTITION BY detection_uuid ORDER BY created_at DESC, received_at DESC, uuid DESC
-            ) AS rn
-        FROM feedback
-    ), rv AS (
-        SELECT k.detection_uuid AS det, v.verdict, v.species_code, v.reviewer,
-            row_number() OVER (PARTITION BY k.detection_uuid ORDER BY v.seq DESC) AS rn
-        FROM review_verdicts v JOIN clips k ON k.uuid = v.clip_uuid
-        WHERE v.verdict <> 'skip' AND k.detection_uuid IS NOT NULL
-    )
+#: the three sources of a detection's judgement (combined by :func:`interface.judge`) for the
+#: detections a scope selects; over every detection the cloud's rows need no join (a
+#: confirmation's ``edge_species`` is its detection's species, stored when it was confirmed)
+_J_CLOUD_ALL = """
+    SELECT c.detection_uuid AS det, c.edge_species AS species_code, NULL::timestamptz AS start_time, c.agree,
+        c.species_json->0->>'code' AS top, c.seq
+    FROM confirmations c WHERE c.detection_uuid IS NOT NULL AND c.edge_species IS NOT NULL
 """
-_JUDGE_COLUMNS = """
-    cl.any_agree AS j_cloud_agree, cl.top AS j_cloud_top, fb.kind AS j_guide_kind,
-    fb.correct_code AS j_guide_code, rv.verdict AS j_review, rv.species_code AS j_review_species,
-    rv.reviewer AS j_reviewer
+_J_CLOUD = """
+    SELECT c.detection_uuid AS det, d.species_code, d.start_time, c.agree,
+        c.species_json->0->>'code' AS top, c.seq
+    FROM confirmations c JOIN detections d ON d.uuid = c.detection_uuid WHERE {scope}
 """
-_JUDGE_JOINS = """
-    LEFT JOIN cl ON cl.det = d.uuid AND cl.rn = 1
-    LEFT JOIN fb ON fb.det = d.uuid AND fb.rn = 1
-    LEFT JOIN rv ON rv.det = d.uuid AND rv.rn = 1
+_J_GUIDE = """
+    SELECT f.detection_uuid AS det, d.species_code, d.start_time, f.kind, f.correct_code, f.created_at,
+        f.received_at, f.uuid
+    FROM feedback f JOIN detections d ON d.uuid = f.detection_uuid WHERE {scope}
 """
-_JUDGED = f"""
-    {_JUDGE_CTE}, judged AS (SELECT det FROM cl UNION SELECT det FROM fb UNION SELECT det FROM rv)
-    SELECT d.*, {_JUDGE_COLUMNS}
-    FROM judged j JOIN detections d ON d.uuid = j.det {_JUDGE_JOINS}
+_J_REVIEW = """
+    SELECT k.detection_uuid AS det, d.species_code, d.start_time, v.verdict, v.species_code AS species,
+        v.reviewer, v.seq
+    FROM review_verdicts v JOIN clips k ON k.uuid = v.clip_uuid JOIN detections d ON d.uuid = k.detection_uuid
+    WHERE v.verdict <> 'skip' AND {scope}
+"""
+#: one species' confirmations, through the stored ``edge_species`` (its detections' species)
+_J_CLOUD_SPECIES = """
+    SELECT c.detection_uuid AS det, d.species_code, d.start_time, c.agree,
+        c.species_json->0->>'code' AS top, c.seq
+    FROM confirmations c JOIN detections d ON d.uuid = c.detection_uuid WHERE c.edge_species = %(scope)s
+"""
+#: a species' candidate best clips: its confirmed clips (through the confirmations' ``edge_species``;
+#: the cloud confirms every clip it stores), its clips not confirmed (yet), and the clips a reviewer
+#: said are this species
+_BEST_CANDIDATES = """
+    SELECT k.*, d.species_code AS edge_species, d.confidence AS edge_confidence, f.species_json
+    FROM confirmations f JOIN clips k ON k.uuid = f.clip_uuid JOIN detections d ON d.uuid = k.detection_uuid
+    WHERE f.edge_species = %(c)s
+    UNION SELECT k.*, d.species_code, d.confidence, NULL
+    FROM clips k JOIN detections d ON d.uuid = k.detection_uuid
+    WHERE d.species_code = %(c)s AND NOT EXISTS (SELECT 1 FROM confirmations x WHERE x.clip_uuid = k.uuid)
+    UNION SELECT k.*, d.species_code, d.confidence, f.species_json
+    FROM review_verdicts v JOIN clips k ON k.uuid = v.clip_uuid
+        LEFT JOIN detections d ON d.uuid = k.detection_uuid LEFT JOIN confirmations f ON f.clip_uuid = k.uuid
+    WHERE v.species_code = %(c)s
+"""
+_SCOPES = {
+    "all": "true",
+    "tour": "d.tour_uuid = %(scope)s",
+    "species": "d.species_code = %(scope)s",
+    "uuids": "d.uuid = ANY(%(scope)s)",
+}
+#: detections whose cloud, guide or reviewer named species ``%(c)s`` (a superset; judged after)
+_NAMING = """
+    SELECT detection_uuid AS det FROM confirmations
+        WHERE detection_uuid IS NOT NULL AND species_json->0->>'code' = %(c)s
+    UNION SELECT detection_uuid FROM feedback WHERE correct_code = %(c)s
+    UNION SELECT k.detection_uuid FROM review_verdicts v JOIN clips k ON k.uuid = v.clip_uuid
+        WHERE v.species_code = %(c)s AND k.detection_uuid IS NOT NULL
+"""
+_QUEUE_COUNT = """
+    SELECT count(*) AS n FROM clips c
+    LEFT JOIN (
+        SELECT DISTINCT ON (clip_uuid) clip_uuid, verdict FROM review_verdicts ORDER BY clip_uuid, seq DESC
+    ) lv ON lv.clip_uuid = c.uuid
+    WHERE lv.verdict IS NULL OR lv.verdict = 'skip'
 """
 
 _QUEUE = """
@@ -1052,6 +1085,19 @@ class PostgresCloudStore:
 
         return self._run(run)
 
+    def _judge(
+        self, c: psycopg.Connection[dict[str, Any]], scope: str, value: Any = None
+    ) -> dict[str, tuple[datetime | None, Judgement]]:
+        """Judgements of the detections ``scope`` (a key of ``_SCOPES``) selects."""
+        where = _SCOPES[scope]
+        p = {"scope": value}
+        cloud = {"all": _J_CLOUD_ALL, "species": _J_CLOUD_SPECIES}.get(scope) or _J_CLOUD.format(scope=where)
+        return judge(
+            c.execute(cloud, p).fetchall(),
+            c.execute(_J_GUIDE.format(scope=where), p).fetchall(),
+            c.execute(_J_REVIEW.format(scope=where), p).fetchall(),
+        )
+
     def console_overview(self) -> ConsoleOverview:
         def run(c: psycopg.Connection[dict[str, Any]]) -> ConsoleOverview:
             per_day = {
@@ -1066,7 +1112,7 @@ class PostgresCloudStore:
                     "SELECT species_code, count(*) AS n FROM detections GROUP BY species_code"
                 ).fetchall()
             }
-            judged = [rows.judgement(r) for r in c.execute(_JUDGED).fetchall()]
+            judged = [j for _, j in self._judge(c, "all").values()]
             rates = [
                 DayRate(r["day"].isoformat(), int(r["compared"]), int(r["bad"]))
                 for r in c.execute(
@@ -1075,13 +1121,16 @@ class PostgresCloudStore:
                     "FROM confirmations f JOIN clips k ON k.uuid = f.clip_uuid GROUP BY day ORDER BY day"
                 ).fetchall()
             ]
-            pending = self._queue_page(c, QueueFilter(), 0, 0)[1]
+            pending_row = c.execute(_QUEUE_COUNT).fetchone()
+            assert pending_row is not None
             devices = [rows.device(r) for r in c.execute("SELECT * FROM devices ORDER BY name").fetchall()]
             sql = "SELECT " + ", ".join(f"(SELECT count(*) FROM {t}) AS {t}" for t in COUNTED)
             counted = c.execute(sql).fetchone()
             assert counted is not None
             counts = {t: int(counted[t]) for t in COUNTED}
-            return ConsoleOverview(per_day, overview_species(heard, judged), rates, devices, pending, counts)
+            return ConsoleOverview(
+                per_day, overview_species(heard, judged), rates, devices, int(pending_row["n"]), counts
+            )
 
         return self._snapshot(run)
 
@@ -1164,22 +1213,32 @@ class PostgresCloudStore:
             if found is None:
                 return None
             dets = c.execute(
-                f"{_JUDGE_CTE} SELECT d.*, {_JUDGE_COLUMNS} FROM detections d {_JUDGE_JOINS} "
-                "WHERE d.tour_uuid = %s ORDER BY d.start_time, d.uuid",
-                [key],
+                "SELECT * FROM detections WHERE tour_uuid = %s ORDER BY start_time, uuid", [key]
             ).fetchall()
-            clips: dict[str, list[str]] = {}
-            for r in c.execute(
-                "SELECT k.uuid, k.detection_uuid FROM clips k JOIN detections d ON d.uuid = k.detection_uuid "
-                "WHERE d.tour_uuid = %s ORDER BY k.received_at, k.uuid",
-                [key],
-            ).fetchall():
-                clips.setdefault(str(r["detection_uuid"]), []).append(str(r["uuid"]))
-            entries = [
-                TimelineEntry(rows.detection(r), rows.judgement(r), clips.get(str(r["uuid"]), []))
-                for r in dets
+            judged = self._judge(c, "tour", key)
+            mine = [
+                rows.clip(r) for r in c.execute("SELECT * FROM clips WHERE tour_uuid = %s", [key]).fetchall()
             ]
-            return TourTimeline(rows.tour_item(found), entries)
+            clips: dict[str, list[str]] = {}
+            for k in sorted(mine, key=lambda k: (k.received_at, k.uuid)):
+                if k.detection_uuid is not None:
+                    clips.setdefault(k.detection_uuid, []).append(k.uuid)
+            keys = [UUID(k.uuid) for k in mine]
+            confs = {
+                str(r["clip_uuid"]): rows.confirmation(r)
+                for r in c.execute("SELECT * FROM confirmations WHERE clip_uuid = ANY(%s)", [keys]).fetchall()
+            }
+            verdicts: dict[str, list[ReviewVerdictRecord]] = {}
+            for r in c.execute(
+                "SELECT * FROM review_verdicts WHERE clip_uuid = ANY(%s) ORDER BY seq", [keys]
+            ).fetchall():
+                verdicts.setdefault(str(r["clip_uuid"]), []).append(rows.verdict(r))
+            entries = []
+            for r in dets:
+                u = str(r["uuid"])
+                j = judged[u][1] if u in judged else Judgement(u, r["species_code"])
+                entries.append(TimelineEntry(rows.detection(r), j, clips.get(u, [])))
+            return TourTimeline(rows.tour_item(found), entries, tour_clips(mine, confs, verdicts))
 
         return self._snapshot(run)
 
@@ -1193,28 +1252,12 @@ class PostgresCloudStore:
                     [code],
                 ).fetchall()
             }
-            judged = [
-                (rows.detection(r), rows.judgement(r))
-                for r in c.execute(f"{_JUDGED} WHERE d.species_code = %s", [code]).fetchall()
-            ]
-            others = [
-                rows.judgement(r)
-                for r in c.execute(
-                    f"{_JUDGED} WHERE d.species_code <> %(c)s AND (rv.species_code = %(c)s "
-                    "OR fb.correct_code = %(c)s OR cl.top = %(c)s)",
-                    {"c": code},
-                ).fetchall()
-            ]
+            judged = [(t, j) for t, j in self._judge(c, "species", code).values() if t is not None]
+            naming = [r["det"] for r in c.execute(_NAMING, {"c": code}).fetchall()]
+            others = [j for _, j in self._judge(c, "uuids", naming).values() if j.species_code != code]
             candidates = [
                 (rows.clip(r), r["edge_species"], r["edge_confidence"], from_json(r["species_json"]))
-                for r in c.execute(
-                    "SELECT k.*, d.species_code AS edge_species, d.confidence AS edge_confidence, "
-                    "f.species_json FROM clips k LEFT JOIN detections d ON d.uuid = k.detection_uuid "
-                    "LEFT JOIN confirmations f ON f.clip_uuid = k.uuid "
-                    "WHERE d.species_code = %(c)s OR k.uuid IN (SELECT clip_uuid FROM review_verdicts "
-                    "WHERE species_code = %(c)s)",
-                    {"c": code},
-                ).fetchall()
+                for r in c.execute(_BEST_CANDIDATES, {"c": code}).fetchall()
             ]
             return species_pages(code, per_day, judged, candidates, others, best)
 
@@ -1229,31 +1272,38 @@ class PostgresCloudStore:
     ) -> list[ExportRow]:
         a_time = as_utc(after[0]) if after else datetime.min.replace(tzinfo=as_utc(since).tzinfo)
         a_uuid = _uuid(after[1]) if after else UUID(int=0)
-        found = self._all(
-            f"{_JUDGE_CTE} SELECT d.*, {_JUDGE_COLUMNS}, t.guide, t.location, t.latitude, t.longitude, "
-            "t.started_at AS tour_started_at, dv.name AS device, "
-            "(SELECT k.path FROM clips k WHERE k.detection_uuid = d.uuid ORDER BY k.received_at LIMIT 1) "
-            "AS clip_path "
-            "FROM detections d JOIN tours t ON t.uuid = d.tour_uuid JOIN devices dv ON dv.id = d.device_id "
-            f"{_JUDGE_JOINS} "
-            "WHERE d.start_time >= %(since)s AND d.start_time < %(until)s "
-            "AND (d.start_time, d.uuid) > (%(at)s, %(au)s) ORDER BY d.start_time, d.uuid LIMIT %(n)s",
-            {"since": as_utc(since), "until": as_utc(until), "at": a_time, "au": a_uuid, "n": limit},
-        )
-        return [
-            ExportRow(
-                detection=rows.detection(r),
-                judgement=rows.judgement(r),
-                guide=r["guide"],
-                device=r["device"],
-                location=r["location"],
-                latitude=r["latitude"],
-                longitude=r["longitude"],
-                tour_started_at=to_dt(r["tour_started_at"]),
-                clip_path=r["clip_path"],
-            )
-            for r in found
-        ]
+
+        def run(c: psycopg.Connection[dict[str, Any]]) -> list[ExportRow]:
+            found = c.execute(
+                "SELECT d.*, t.guide, t.location, t.latitude, t.longitude, t.started_at AS tour_started_at, "
+                "dv.name AS device, (SELECT k.path FROM clips k WHERE k.detection_uuid = d.uuid "
+                "ORDER BY k.received_at LIMIT 1) AS clip_path "
+                "FROM detections d JOIN tours t ON t.uuid = d.tour_uuid "
+                "JOIN devices dv ON dv.id = d.device_id "
+                "WHERE d.start_time >= %(since)s AND d.start_time < %(until)s "
+                "AND (d.start_time, d.uuid) > (%(at)s, %(au)s) ORDER BY d.start_time, d.uuid LIMIT %(n)s",
+                {"since": as_utc(since), "until": as_utc(until), "at": a_time, "au": a_uuid, "n": limit},
+            ).fetchall()
+            judged = self._judge(c, "uuids", [r["uuid"] for r in found])
+            out = []
+            for r in found:
+                u = str(r["uuid"])
+                out.append(
+                    ExportRow(
+                        detection=rows.detection(r),
+                        judgement=judged[u][1] if u in judged else Judgement(u, r["species_code"]),
+                        guide=r["guide"],
+                        device=r["device"],
+                        location=r["location"],
+                        latitude=r["latitude"],
+                        longitude=r["longitude"],
+                        tour_started_at=to_dt(r["tour_started_at"]),
+                        clip_path=r["clip_path"],
+                    )
+                )
+            return out
+
+        return self._snapshot(run)
 
 
 def _ordered(got: dict[str, Ingested], items: Sequence[TourIn] | Sequence[DetectionIn]) -> list[Ingested]:

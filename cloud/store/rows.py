@@ -15,7 +15,6 @@ from cloud.store.interface import (
     ConfirmationRecord,
     DetectionRecord,
     DeviceRecord,
-    Judgement,
     RelabelItem,
     ReleaseRecord,
     ReleaseSignature,
@@ -236,22 +235,6 @@ def verdict(r: Row) -> ReviewVerdictRecord:
         verdict=ReviewVerdict(r["verdict"]),
         species_code=r["species_code"],
         created_at=to_dt(r["created_at"]),
-    )
-
-
-def judgement(r: Row) -> Judgement:
-    """A detection row with the judgement columns (``j_*``) of the stores' judgement query."""
-    review = r.get("j_review")
-    return Judgement(
-        detection_uuid=str(r["uuid"]),
-        species_code=r["species_code"],
-        cloud_agree=opt_bool(r.get("j_cloud_agree")),
-        cloud_top=r.get("j_cloud_top"),
-        guide_kind=r.get("j_guide_kind"),
-        guide_code=r.get("j_guide_code"),
-        review=None if review is None else ReviewVerdict(review),
-        review_species=r.get("j_review_species"),
-        reviewer=r.get("j_reviewer"),
     )
 
 

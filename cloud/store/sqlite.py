@@ -40,6 +40,7 @@ from cloud.store.interface import (
     Ingested,
     IngestReport,
     IngestResult,
+    Judgement,
     NewConfirmation,
     QueueFilter,
     RelabelItem,
@@ -65,6 +66,7 @@ from cloud.store.interface import (
     check_verdict,
     from_json,
     hash_token,
+    judge,
     new_secret,
     overview_species,
     refused,
@@ -73,6 +75,7 @@ from cloud.store.interface import (
     species_pages,
     summarize,
     to_dt,
+    tour_clips,
     utcnow,
 )
 from cloud.store.rows import norm_uuid
@@ -257,42 +260,81 @@ _SPECIES = """
 
 
 # ---------------------------------------------------------------------------------- console
-#: per detection: the cloud's confirmations (any agreement; the latest one's top species), the
-#: guide's latest feedback, the latest reviewer verdict on one of its clips (skips ignored)
-_JUDGE_CTE = """
-    WITH cl AS (
-        SELECT detection_uuid AS det, json_extract(species_json, '$[0].code') AS top,
-            max(agree) OVER (PARTITION BY detection_uuid) AS any_agree,
-            row_number() OVER (PARTITION BY detection_uuid ORDER BY seq DESC) AS rn
-        FROM confirmations WHERE detection_uuid IS NOT NULL
-    ), fb AS (
-        SELECT detection_uuid AS det, kind, correct_code,
-            row_number() OVER (
-                PARTITION BY detection_uuid ORDER BY created_at DESC, received_at DESC, uuid DESC
-            ) AS rn
-        FROM feedback
-    ), rv AS (
-        SELECT k.detection_uuid AS det, v.verdict, v.species_code, v.reviewer,
-            row_number() OVER (PARTITION BY k.detection_uuid ORDER BY v.seq DESC) AS rn
-        FROM review_verdicts v JOIN clips k ON k.uuid = v.clip_uuid
-        WHERE v.verdict <> 'skip' AND k.detection_uuid IS NOT NULL
-    )
+#: the three sources of a detection's judgement (combined by :func:`interface.judge`) for the
+#: detections a scope selects. A few detections (a tour, an export page): start from them and reach
+#: each source through its ``detection_uuid`` index. Every detection, or one species' (thousands):
+#: start from the sources (a few thousand rows) and look the detection up by its key — a
+#: confirmation's ``edge_species`` is its detection's species, stored when it was confirmed, so over
+#: every detection the cloud's rows need no join at all. ``CROSS JOIN`` fixes SQLite's join order.
+_J_FROM_DETECTIONS = (
+    """SELECT c.detection_uuid AS det, d.species_code, d.start_time, c.agree,
+        json_extract(c.species_json, '$[0].code') AS top, c.seq
+    FROM detections d CROSS JOIN confirmations c ON c.detection_uuid = d.uuid WHERE {scope}""",
+    """SELECT f.detection_uuid AS det, d.species_code, d.start_time, f.kind, f.correct_code, f.created_at,
+        f.received_at, f.uuid
+    FROM detections d CROSS JOIN feedback f ON f.detection_uuid = d.uuid WHERE {scope}""",
+    """SELECT k.detection_uuid AS det, d.species_code, d.start_time, v.verdict, v.species_code AS species,
+        v.reviewer, v.seq
+    FROM detections d CROSS JOIN clips k ON k.detection_uuid = d.uuid
+        CROSS JOIN review_verdicts v ON v.clip_uuid = k.uuid
+    WHERE v.verdict <> 'skip' AND {scope}""",
+)
+_J_FROM_SOURCES = (
+    """SELECT c.detection_uuid AS det, d.species_code, d.start_time, c.agree,
+        json_extract(c.species_json, '$[0].code') AS top, c.seq
+    FROM confirmations c CROSS JOIN detections d ON d.uuid = c.detection_uuid
+    WHERE c.edge_species = :scope""",
+    """SELECT f.detection_uuid AS det, d.species_code, d.start_time, f.kind, f.correct_code, f.created_at,
+        f.received_at, f.uuid
+    FROM feedback f CROSS JOIN detections d ON d.uuid = f.detection_uuid WHERE {scope}""",
+    """SELECT k.detection_uuid AS det, d.species_code, d.start_time, v.verdict, v.species_code AS species,
+        v.reviewer, v.seq
+    FROM review_verdicts v CROSS JOIN clips k ON k.uuid = v.clip_uuid
+        CROSS JOIN detections d ON d.uuid = k.detection_uuid
+    WHERE v.verdict <> 'skip' AND {scope}""",
+)
+_J_CLOUD_ALL = """
+    SELECT c.detection_uuid AS det, c.edge_species AS species_code, NULL AS start_time, c.agree,
+        json_extract(c.species_json, '$[0].code') AS top, c.seq
+    FROM confirmations c WHERE c.detection_uuid IS NOT NULL AND c.edge_species IS NOT NULL
 """
-_JUDGE_COLUMNS = """
-    cl.any_agree AS j_cloud_agree, cl.top AS j_cloud_top, fb.kind AS j_guide_kind,
-    fb.correct_code AS j_guide_code, rv.verdict AS j_review, rv.species_code AS j_review_species,
-    rv.reviewer AS j_reviewer
+_SCOPES = {
+    "all": "1",
+    "tour": "d.tour_uuid = :scope",
+    "species": "d.species_code = :scope",
+    "uuids": "d.uuid IN (SELECT value FROM json_each(:scope))",
+}
+#: detections whose cloud, guide or reviewer named species ``:c`` (a superset; judged after)
+_NAMING = """
+    SELECT detection_uuid AS det FROM confirmations
+        WHERE detection_uuid IS NOT NULL AND json_extract(species_json, '$[0].code') = :c
+    UNION SELECT detection_uuid FROM feedback WHERE correct_code = :c
+    UNION SELECT k.detection_uuid FROM review_verdicts v JOIN clips k ON k.uuid = v.clip_uuid
+        WHERE v.species_code = :c AND k.detection_uuid IS NOT NULL
 """
-_JUDGE_JOINS = """
-    LEFT JOIN cl ON cl.det = d.uuid AND cl.rn = 1
-    LEFT JOIN fb ON fb.det = d.uuid AND fb.rn = 1
-    LEFT JOIN rv ON rv.det = d.uuid AND rv.rn = 1
+#: a species' candidate best clips: its confirmed clips (found through the confirmations'
+#: ``edge_species``; the cloud confirms every clip it stores), its clips not confirmed (yet), and
+#: the clips a reviewer said are this species
+_BEST_CANDIDATES = """
+    SELECT k.*, d.species_code AS edge_species, d.confidence AS edge_confidence, cf.species_json
+    FROM confirmations cf CROSS JOIN clips k ON k.uuid = cf.clip_uuid
+        CROSS JOIN detections d ON d.uuid = k.detection_uuid
+    WHERE cf.edge_species = :c
+    UNION SELECT k.*, d.species_code, d.confidence, NULL
+    FROM clips k CROSS JOIN detections d ON d.uuid = k.detection_uuid
+    WHERE d.species_code = :c AND NOT EXISTS (SELECT 1 FROM confirmations x WHERE x.clip_uuid = k.uuid)
+    UNION SELECT k.*, d.species_code, d.confidence, cf.species_json
+    FROM review_verdicts v CROSS JOIN clips k ON k.uuid = v.clip_uuid
+        LEFT JOIN detections d ON d.uuid = k.detection_uuid
+        LEFT JOIN confirmations cf ON cf.clip_uuid = k.uuid
+    WHERE v.species_code = :c
 """
-#: only detections somebody judged (a confirmation, feedback or a verdict): a small set
-_JUDGED = f"""
-    {_JUDGE_CTE}, judged AS (SELECT det FROM cl UNION SELECT det FROM fb UNION SELECT det FROM rv)
-    SELECT d.*, {_JUDGE_COLUMNS}
-    FROM judged j JOIN detections d ON d.uuid = j.det {_JUDGE_JOINS}
+#: clips waiting for a reviewer (SQLite: the bare column of a max() row is that row's)
+_QUEUE_COUNT = """
+    SELECT count(*) AS n FROM clips c
+    LEFT JOIN (SELECT clip_uuid, verdict, max(seq) FROM review_verdicts GROUP BY clip_uuid) lv
+        ON lv.clip_uuid = c.uuid
+    WHERE lv.verdict IS NULL OR lv.verdict = 'skip'
 """
 
 _QUEUE = """
@@ -842,6 +884,24 @@ class SQLiteCloudStore(SQLiteStore):
         return rec
 
     # ---------------------------------------------------------------- console pages (reads)
+    def _judge(self, scope: str, value: Any = None) -> dict[str, tuple[datetime | None, Judgement]]:
+        """Judgements of the detections ``scope`` (a key of ``_SCOPES``) selects; call in ``_read``."""
+        where = _SCOPES[scope]
+        p = {"scope": json.dumps(value) if scope == "uuids" else value}
+        if scope in ("all", "species"):
+            cloud, guide, review = _J_FROM_SOURCES
+            cloud = _J_CLOUD_ALL if scope == "all" else cloud
+        else:
+            cloud, guide, review = _J_FROM_DETECTIONS
+        cur = self.db.conn.cursor()
+        cur.row_factory = sqlite3.Row  # mappings made in C: thousands of rows per page
+
+        def q(sql: str) -> list[sqlite3.Row]:
+            return cur.execute(sql.format(scope=where), p).fetchall()
+
+        with self.lock:
+            return judge(q(cloud), q(guide), q(review))
+
     def console_overview(self) -> ConsoleOverview:
         with self._read():
             per_day = {
@@ -857,7 +917,7 @@ class SQLiteCloudStore(SQLiteStore):
                     "SELECT species_code, count(*) AS n FROM detections GROUP BY species_code"
                 )
             }
-            judged = [rows.judgement(r) for r in self.query(_JUDGED)]
+            judged = [j for _, j in self._judge("all").values()]
             rates = [
                 DayRate(r["day"], int(r["compared"]), int(r["bad"]))
                 for r in self.query(
@@ -866,7 +926,7 @@ class SQLiteCloudStore(SQLiteStore):
                     "FROM confirmations c JOIN clips k ON k.uuid = c.clip_uuid GROUP BY day ORDER BY day"
                 )
             ]
-            pending = self._queue_page(QueueFilter(), 0, 0)[1]
+            pending = int(self.query(_QUEUE_COUNT)[0]["n"])
             devices = self.devices()
             counts = self.counts()
         return ConsoleOverview(per_day, overview_species(heard, judged), rates, devices, pending, counts)
@@ -947,22 +1007,32 @@ class SQLiteCloudStore(SQLiteStore):
             found = self.query(f"{_TOURS} WHERE t.uuid = ?", [key])
             if not found:
                 return None
-            dets = self.query(
-                f"{_JUDGE_CTE} SELECT d.*, {_JUDGE_COLUMNS} FROM detections d {_JUDGE_JOINS} "
-                "WHERE d.tour_uuid = ? ORDER BY d.start_time, d.uuid",
-                [key],
-            )
+            dets = self.query("SELECT * FROM detections WHERE tour_uuid = ? ORDER BY start_time, uuid", [key])
+            judged = self._judge("tour", key)
             clips: dict[str, list[str]] = {}
-            for r in self.query(
-                "SELECT c.uuid, c.detection_uuid FROM clips c JOIN detections d ON d.uuid = c.detection_uuid "
-                "WHERE d.tour_uuid = ? ORDER BY c.received_at, c.uuid",
-                [key],
+            mine = [rows.clip(r) for r in self.query("SELECT * FROM clips WHERE tour_uuid = ?", [key])]
+            for c in sorted(mine, key=lambda c: (c.received_at, c.uuid)):
+                if c.detection_uuid is not None:
+                    clips.setdefault(c.detection_uuid, []).append(c.uuid)
+            keys = [c.uuid for c in mine]
+            confs = {
+                r["clip_uuid"]: rows.confirmation(r)
+                for r in self._where_in("SELECT * FROM confirmations WHERE clip_uuid IN ({keys})", keys)
+            }
+            verdicts: dict[str, list[ReviewVerdictRecord]] = {}
+            for r in self._where_in(
+                "SELECT * FROM review_verdicts WHERE clip_uuid IN ({keys}) ORDER BY seq", keys
             ):
-                clips.setdefault(r["detection_uuid"], []).append(r["uuid"])
+                verdicts.setdefault(r["clip_uuid"], []).append(rows.verdict(r))
         entries = [
-            TimelineEntry(rows.detection(r), rows.judgement(r), clips.get(r["uuid"], [])) for r in dets
+            TimelineEntry(
+                rows.detection(r),
+                judged[r["uuid"]][1] if r["uuid"] in judged else Judgement(r["uuid"], r["species_code"]),
+                clips.get(r["uuid"], []),
+            )
+            for r in dets
         ]
-        return TourTimeline(rows.tour_item(found[0]), entries)
+        return TourTimeline(rows.tour_item(found[0]), entries, tour_clips(mine, confs, verdicts))
 
     def species_page(self, code: str, best: int = 12) -> SpeciesPage:
         with self._read():
@@ -974,28 +1044,12 @@ class SQLiteCloudStore(SQLiteStore):
                     [code],
                 )
             }
-            judged = [
-                (rows.detection(r), rows.judgement(r))
-                for r in self.query(f"{_JUDGED} WHERE d.species_code = ?", [code])
-            ]
-            others = [
-                rows.judgement(r)
-                for r in self.query(
-                    f"{_JUDGED} WHERE d.species_code <> :c AND (rv.species_code = :c OR fb.correct_code = :c "
-                    "OR cl.top = :c)",
-                    {"c": code},
-                )
-            ]
+            judged = [(t, j) for t, j in self._judge("species", code).values() if t is not None]
+            naming = [r["det"] for r in self.query(_NAMING, {"c": code})]
+            others = [j for _, j in self._judge("uuids", naming).values() if j.species_code != code]
             candidates = [
                 (rows.clip(r), r["edge_species"], r["edge_confidence"], from_json(r["species_json"]))
-                for r in self.query(
-                    "SELECT c.*, d.species_code AS edge_species, d.confidence AS edge_confidence, "
-                    "cf.species_json FROM clips c LEFT JOIN detections d ON d.uuid = c.detection_uuid "
-                    "LEFT JOIN confirmations cf ON cf.clip_uuid = c.uuid "
-                    "WHERE d.species_code = :c OR c.uuid IN (SELECT clip_uuid FROM review_verdicts "
-                    "WHERE species_code = :c)",
-                    {"c": code},
-                )
+                for r in self.query(_BEST_CANDIDATES, {"c": code})
             ]
         return species_pages(code, per_day, judged, candidates, others, best)
 
@@ -1007,21 +1061,25 @@ class SQLiteCloudStore(SQLiteStore):
         limit: int = 5000,
     ) -> list[ExportRow]:
         a_time, a_uuid = (_ts(after[0]), after[1]) if after else ("", "")
-        found = self.query(
-            f"{_JUDGE_CTE} SELECT d.*, {_JUDGE_COLUMNS}, t.guide, t.location, t.latitude, t.longitude, "
-            "t.started_at AS tour_started_at, dv.name AS device, "
-            "(SELECT k.path FROM clips k WHERE k.detection_uuid = d.uuid ORDER BY k.received_at LIMIT 1) "
-            "AS clip_path "
-            f"FROM detections d JOIN tours t ON t.uuid = d.tour_uuid JOIN devices dv ON dv.id = d.device_id "
-            f"{_JUDGE_JOINS} "
-            "WHERE d.start_time >= :since AND d.start_time < :until AND (d.start_time, d.uuid) > (:at, :au) "
-            "ORDER BY d.start_time, d.uuid LIMIT :n",
-            {"since": _ts(since), "until": _ts(until), "at": a_time, "au": a_uuid, "n": limit},
-        )
+        with self._read():
+            found = self.query(
+                "SELECT d.*, t.guide, t.location, t.latitude, t.longitude, t.started_at AS tour_started_at, "
+                "dv.name AS device, (SELECT k.path FROM clips k WHERE k.detection_uuid = d.uuid "
+                "ORDER BY k.received_at LIMIT 1) AS clip_path "
+                "FROM detections d JOIN tours t ON t.uuid = d.tour_uuid "
+                "JOIN devices dv ON dv.id = d.device_id "
+                "WHERE d.start_time >= :since AND d.start_time < :until "
+                "AND (d.start_time, d.uuid) > (:at, :au) "
+                "ORDER BY d.start_time, d.uuid LIMIT :n",
+                {"since": _ts(since), "until": _ts(until), "at": a_time, "au": a_uuid, "n": limit},
+            )
+            judged = self._judge("uuids", [r["uuid"] for r in found])
         return [
             ExportRow(
                 detection=rows.detection(r),
-                judgement=rows.judgement(r),
+                judgement=judged[r["uuid"]][1]
+                if r["uuid"] in judged
+                else Judgement(r["uuid"], r["species_code"]),
                 guide=r["guide"],
                 device=r["device"],
                 location=r["location"],

@@ -371,7 +371,8 @@ def _routes(app, prefix: str = "") -> set[tuple[str, str]]:
             for m in r.methods or ():
                 if m != "HEAD":
                     out.add((m.lower(), prefix + r.path))
-        elif isinstance(r, Mount) and r.path != "/static_content":  # static files of the docs page
+        # static files of the docs page; the ecologists' console (HTML pages behind a login, tests/console)
+        elif isinstance(r, Mount) and r.path not in ("/static_content", "/console"):
             out |= _routes(r.app, prefix + r.path)
     return out
 

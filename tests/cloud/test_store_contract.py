@@ -1001,6 +1001,15 @@ def test_judgements_overview_timeline_species_and_export(store):
     assert j[w["det_flag"]].verified_by == "guide" and j[w["det_flag"]].corrected_to == "grekis"
     assert {e.detection.uuid: e.clip_uuids for e in tl.entries}[w["det_grekis"]] == [w["disagree"]]
     assert list(tl.species) == ["rutjac1", "grekis", "bobfly1"]
+    # every clip recorded on the tour (the random sample has no tour), its cloud top and latest verdict
+    tc = {c.clip.uuid: c for c in tl.clips}
+    assert set(tc) == {w["uncertain"], w["disagree"], w["flagged"], w["guide_flag"]}
+    assert [c.clip.recorded_at for c in tl.clips] == sorted(c.clip.recorded_at for c in tl.clips)
+    assert tc[w["disagree"]].cloud_top == "bobfly1" and tc[w["disagree"]].latest.species_code == "bobfly1"
+    assert (
+        tc[w["flagged"]].latest.verdict is ReviewVerdict.NOT_AN_ANIMAL and tc[w["guide_flag"]].latest is None
+    )
+    assert tc[w["guide_flag"]].cloud_top is None
     assert store.tour_timeline(str(uuid.uuid4())) is None and store.tour_timeline("x") is None
     tours = store.tours()
     assert [t.uuid for t in tours] == [w["tour_b"], w["tour"]]  # newest first
