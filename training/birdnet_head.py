@@ -30,10 +30,26 @@ class EmbeddingModel(Protocol):
     def predict_windows(self, windows: np.ndarray, cfg: FeatureConfig = ..., batch: int = ...) -> object: ...
 
 
-def embed(model: object, windows: np.ndarray, cfg: FeatureConfig = DEFAULT, batch: int = 8) -> np.ndarray:
-    """``[n, window_samples]`` → ``[n, 1024]`` float32 embeddings."""
-    out = model.predict_windows(windows, cfg, batch)
-    return np.asarray(out.embeddings, np.float32)
+def embed(
+    model: object,
+    windows: np.ndarray,
+    cfg: FeatureConfig = DEFAULT,
+    batch: int = 8,
+    *,
+    desc: str | None = None,
+    chunk: int = 8,
+) -> np.ndarray:
+    """``[n, window_samples]`` → ``[n, 1024]`` float32 embeddings; with ``desc``, a progress bar
+    (the windows go through the model ``chunk`` at a time; each window's embedding is its own)."""
+    from tqdm import tqdm
+
+    parts = []
+    for i in tqdm(
+        range(0, len(windows), chunk), desc=desc, disable=desc is None, unit="chunk", mininterval=1.0
+    ):
+        out = model.predict_windows(windows[i : i + chunk], cfg, batch)  # type: ignore[attr-defined]
+        parts.append(np.asarray(out.embeddings, np.float32))
+    return np.concatenate(parts) if parts else np.zeros((0, 1024), np.float32)
 
 
 def fit_head(
@@ -97,6 +113,7 @@ def train_birdnet_head(
     epochs: int = 400,
     tracker: Tracker | None = None,
     embedder: object | None = None,
+    progress: bool = True,
 ) -> dict[str, object]:
     """Embed the dataset's train / validation windows (and labelled soundscapes) with BirdNET, fit
     the head (early stopping on validation), save ``head.npz`` and, with soundscape truth, a report."""
@@ -115,7 +132,9 @@ def train_birdnet_head(
     def waves(ds: object) -> np.ndarray:
         return np.stack([ds[i][0].numpy() for i in range(len(ds))])  # type: ignore[index, arg-type]
 
-    x_tr, x_va = embed(bn, waves(data.train)), embed(bn, waves(data.val))
+    tag = "birdnet" if embedder is None else str(getattr(bn, "name", "embeddings"))
+    x_tr = embed(bn, waves(data.train), desc=f"{tag} train windows" if progress else None)
+    x_va = embed(bn, waves(data.val), desc=f"{tag} validation windows" if progress else None)
     head, hist = fit_head(
         x_tr,
         data.train.target_matrix(),
@@ -140,7 +159,7 @@ def train_birdnet_head(
     truth = Path(data_dir) / "soundscape_solution.csv"
     if truth.exists():
         want, waves = soundscape_waveforms(BirdCLEFDataset.load(data_dir), truth)
-        probs = head.predict(embed(bn, waves))
+        probs = head.predict(embed(bn, waves, desc=f"{tag} soundscape windows" if progress else None))
         pred = out_dir / "report" / "soundscape_predictions.csv"
         write_solution_csv(pred, want, probs, data.labels)
         rep = write_report(

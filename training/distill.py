@@ -193,11 +193,13 @@ def distill(
     tracker: Tracker | None = None,
     device: str | None = None,
     progress: bool = True,
+    register: bool = True,
 ) -> dict[str, Any]:
     """Train the student from ``teacher`` (an ensemble package) on ``data_dir``; returns the
-    figures and the checkpoint (``out/round<k>/model.pt`` of the last round)."""
-    from training.data import from_audio
-    from training.loop import TrainConfig, fit, predict
+    figures and the checkpoint (``out/round<k>/model.pt`` of the last round). With ``register``,
+    the last round's model becomes ``silencio-student@candidate``."""
+    from training.data import DataSource
+    from training.loop import TrainConfig, fit, predict, select_training_data
     from training.models.checkpoint import load_checkpoint
     from training.models.config import member_config
 
@@ -206,7 +208,7 @@ def distill(
     tcfg = tcfg or TrainConfig()
     out = Path(out)
     pkg = load_package(teacher, threads=max(1, torch.get_num_threads()))
-    data = from_audio(data_dir, DEFAULT, seed=tcfg.seed)
+    data = select_training_data(DataSource(data_dir=Path(data_dir)), mcfg, tcfg)
     if pkg.labels != data.labels:
         raise TrainingError(f"{teacher}: the teacher's label space differs from {data_dir}'s")
     cache = out / "teacher_cache"
@@ -251,7 +253,7 @@ def distill(
             tracker=tracker,
             device=device,
             progress=progress,
-            register=r == dcfg.pseudo.rounds,
+            register=register and r == dcfg.pseudo.rounds,
         )
         info.update(best_val_roc_auc=result.best_val_roc_auc, soundscape=result.soundscape)
         figures["rounds"].append(info)

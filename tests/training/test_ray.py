@@ -13,18 +13,17 @@ from .conftest import TINY
 @pytest.mark.slow
 def test_two_worker_ddp_epoch(tmp_path, synth_cache):
     ray = pytest.importorskip("ray")
+    from training.data import DataSource
     from training.ray_train import fit_ray
 
     try:
         res = fit_ray(
             member_config("resnet50", **TINY["resnet50"]),
             TrainConfig(epochs=2, batch_size=16),
-            cache=synth_cache,
-            data_dir=None,
-            out_dir=tmp_path / "ray",
+            DataSource(cache=synth_cache),
+            tmp_path / "ray",
             workers=2,
             max_failures=1,
-            track=False,
         )
         assert ray.is_initialized()
         nodes = ray.nodes()
