@@ -129,6 +129,7 @@ def test_failed_step_ends_failed_and_leaves_no_result(tmp_path, synth_cache, mon
     assert (out / "step.json").exists() and not (out / "result.json").exists()
 
 
+@pytest.mark.slow
 def test_step_records_config_and_reuses_only_the_same_config(tmp_path, synth_cache, monkeypatch):
     c = _mlflow_client(monkeypatch)
     source = DataSource(cache=synth_cache)
@@ -296,3 +297,38 @@ def test_release_is_verified_and_installs_through_the_edge_updater(tmp_path, syn
 def test_feedback_clip_verdicts_are_checked(tmp_path):
     with pytest.raises(TrainingError, match="verdict"):
         FeedbackClip(Path(tmp_path / "x.wav"), "a", "maybe")
+
+
+@pytest.mark.slow
+def test_export_publishes_fp32_when_int8_is_refused(tmp_path, synth_dir):
+    import torch
+
+    from training.export import PublishThresholds
+    from training.models import build_model, save_checkpoint
+    from training.pipeline import export_edge_packages
+
+    labels = LabelSpace.from_taxonomy_csv(synth_dir / "taxonomy.csv")
+    torch.manual_seed(0)
+    m = build_model(member_config("student", **TINY["student"]), len(labels)).eval()
+    ckpt = save_checkpoint(tmp_path / "student.pt", m, labels, metrics={"best_val_roc_auc": 0.5})
+    res = export_edge_packages(
+        ckpt,
+        synth_dir,
+        tmp_path / "edge",
+        thresholds=PublishThresholds(min_top1_agreement=1.01),  # int8 can never pass
+        tracking=Tracking(track=False),
+        version="3",
+    )
+    assert set(res.packages) == {"onnx-fp32"} and "onnx-int8" in res.refused
+    assert res.chosen == tmp_path / "edge" / "onnx-fp32" and not (tmp_path / "edge" / "onnx-int8").exists()
+    assert "top-1 agreement" in res.refused["onnx-int8"] and res.version == "3"
+    with pytest.raises(TrainingError, match="worse than the thresholds"):  # required: nothing published
+        export_edge_packages(
+            ckpt,
+            synth_dir,
+            tmp_path / "edge2",
+            required=("onnx-fp32", "onnx-int8"),
+            thresholds=PublishThresholds(min_top1_agreement=1.01),
+            tracking=Tracking(track=False),
+        )
+    assert not (tmp_path / "edge2" / "onnx-fp32").exists()
