@@ -85,18 +85,19 @@ def _decode(tp: Any, v: Any) -> Any:
     if dataclasses.is_dataclass(tp):
         return from_jsonable(tp, v)  # type: ignore[arg-type]
     if origin is tuple:
-        args = typing.get_args(tp)
-        return tuple(_decode(args[0], x) for x in v) if args else tuple(v)
+        items = typing.get_args(tp)
+        return tuple(_decode(items[0], x) for x in v) if items else tuple(v)
     if origin in (Mapping, dict) or tp in (Mapping, dict):
-        args = typing.get_args(tp)
-        return {k: _decode(args[1], x) for k, x in v.items()} if args else dict(v)
+        kv = typing.get_args(tp)
+        return {k: _decode(kv[1], x) for k, x in v.items()} if kv else dict(v)
     return v
 
 
 def from_jsonable(cls: type[T], d: Mapping[str, Any]) -> T:
     """The inverse of :func:`jsonable` for the pipeline's result classes."""
     hints = typing.get_type_hints(cls)
-    return cls(**{f.name: _decode(hints[f.name], d[f.name]) for f in dataclasses.fields(cls) if f.name in d})  # type: ignore[call-arg]
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    return cls(**{n: _decode(hints[n], d[n]) for n in names if n in d})
 
 
 def _canonical(config: Mapping[str, Any]) -> Any:

@@ -187,10 +187,12 @@ def resolve_configs(args: argparse.Namespace) -> tuple[Any, Any]:
     return mcfg, TrainConfig(**tr)
 
 
-def _tracking(args: argparse.Namespace, run_name: str | None = None) -> Any:
+def _tracking(args: argparse.Namespace, run_name: str | None = None, system_metrics: bool = False) -> Any:
     from training.pipeline import Tracking
 
-    return Tracking(experiment=args.experiment, run_name=run_name, track=not args.no_mlflow)
+    return Tracking(
+        experiment=args.experiment, run_name=run_name, track=not args.no_mlflow, system_metrics=system_metrics
+    )
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -213,7 +215,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         mcfg,
         tcfg,
         out,
-        tracking=_tracking(args, mcfg.name),
+        tracking=_tracking(args, mcfg.name, system_metrics=True),  # CPU/GPU use beside the curves
         device=args.device,
         init_from=resolve_model_uri(args.init_from) if args.init_from else None,
         resume=args.resume,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
@@ -95,31 +94,3 @@ def test_usage_errors(argv):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2
-
-
-def test_demo_quick_runs_the_whole_loop_and_reuses(capsys, tmp_path, monkeypatch):
-    monkeypatch.setenv("SILENCIO_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert main(["demo", "--quick", "--species", "5", "--workers", "1", "--no-tui"]) == 0
-    out = capsys.readouterr().out
-    for step in range(1, 11):
-        assert f"[{step}/10]" in out
-    assert "MLflow run" in out and "onnx-fp32" in out and "ground truth of SYN00" in out
-    assert "service stopped" in out and "model update: installed" in out
-    work = next((tmp_path / "home" / "demo").iterdir())
-    summary = json.loads((work / "demo_summary.json").read_text())
-    assert summary["tour"]["truth"] and "ensemble_soundscape_roc_auc" in summary
-    assert (work / "ensemble" / "report" / "report.md").exists()
-    assert (tmp_path / "home" / "mlflow" / "mlflow.db").exists()
-    from edge.store import EdgeStore
-
-    st = EdgeStore(summary["edge_db"])
-    assert st.pending()["detections"] == 0  # everything synced
-    # no service left running
-    import subprocess
-
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert str(work / "cloud_home") not in ps and "bentos.service:Silencio" not in ps
-    assert main(["demo", "--quick", "--species", "5", "--workers", "1", "--no-tui"]) == 0
-    out = capsys.readouterr().out
-    assert "reusing" in out and "files reused" in out and "[10/10]" in out
