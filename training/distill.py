@@ -194,10 +194,12 @@ def distill(
     device: str | None = None,
     progress: bool = True,
     register: bool = True,
+    init_from: Path | None = None,
 ) -> dict[str, Any]:
     """Train the student from ``teacher`` (an ensemble package) on ``data_dir``; returns the
     figures and the checkpoint (``out/round<k>/model.pt`` of the last round). With ``register``,
-    the last round's model becomes ``silencio-student@candidate``."""
+    the last round's model becomes ``silencio-student@candidate``; with ``init_from`` (a student
+    checkpoint, e.g. production's) every round continues from it instead of from scratch."""
     from training.data import DataSource
     from training.loop import TrainConfig, fit, predict, select_training_data
     from training.models.checkpoint import load_checkpoint
@@ -252,6 +254,7 @@ def distill(
             out / f"round{r}",
             tracker=tracker,
             device=device,
+            init_from=init_from,
             progress=progress,
             register=register and r == dcfg.pseudo.rounds,
         )

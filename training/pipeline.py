@@ -215,6 +215,7 @@ def train_member(
         "model": mcfg.to_dict(),
         "train": asdict(tcfg),
         "init_from": str(init_from) if init_from else None,
+        "init_sha256": file_sha(Path(init_from)) if init_from else None,
         "merge_lora": merge_lora,
         "ray": asdict(ray) if ray else None,
         "device": device,
@@ -298,17 +299,26 @@ def train_embedding_head(
     seed: int = 0,
     epochs: int = 400,
     embedder: object | None = None,
+    init_from: Path | None = None,
     tracking: Tracking | None = None,
     progress: bool = True,
     reuse: bool = False,
 ) -> HeadResult:
     """The linear head over BirdNET v2.4 embeddings (or ``embedder``'s: Perch) for every species
-    of ``data_dir``, early-stopped on validation; ``out/head.npz`` and, with truth, ``report/``."""
+    of ``data_dir``, early-stopped on validation (continuing from the head ``init_from``, e.g.
+    production's); ``out/head.npz`` and, with truth, ``report/``."""
     from training.birdnet_head import train_birdnet_head
     from training.loop import seed_everything
 
     name = str(getattr(embedder, "name", "birdnet")) if embedder is not None else "birdnet"
-    config = {"data_dir": str(Path(data_dir).resolve()), "seed": seed, "epochs": epochs, "embedder": name}
+    config = {
+        "data_dir": str(Path(data_dir).resolve()),
+        "seed": seed,
+        "epochs": epochs,
+        "embedder": name,
+        "init_from": str(Path(init_from).resolve()) if init_from else None,
+        "init_sha256": file_sha(Path(init_from)) if init_from else None,
+    }
     if reuse:
         done = load_result(HeadResult, out, "train_embedding_head", config)
         if done is not None and done.head.exists():
@@ -418,12 +428,14 @@ def distill_student(
     tcfg: TrainConfig | None = None,
     dcfg: DistillConfig | None = None,
     device: str | None = None,
+    init_from: Path | None = None,
     tracking: Tracking | None = None,
     progress: bool = True,
     reuse: bool = False,
 ) -> StudentResult:
     """The edge student distilled from ``teacher`` (an ensemble package) on ``data_dir``'s clips
-    and pseudo-labelled unlabelled soundscapes; registered ``silencio-student@candidate``."""
+    and pseudo-labelled unlabelled soundscapes (continuing from the student checkpoint
+    ``init_from``, e.g. production's); registered ``silencio-student@candidate``."""
     from training.distill import distill
     from training.models.config import member_config
 
@@ -438,6 +450,8 @@ def distill_student(
         "train": asdict(tcfg),
         "distill": asdict(dcfg),
         "device": device,
+        "init_from": str(Path(init_from).resolve()) if init_from else None,
+        "init_sha256": file_sha(Path(init_from)) if init_from else None,
     }
     if reuse:
         done = load_result(StudentResult, out, "distill_student", config)
@@ -455,6 +469,7 @@ def distill_student(
             device=device,
             progress=progress,
             register=False,
+            init_from=init_from,
         )
         v = tracker.register("silencio-student", "model", alias="candidate")
         result = StudentResult(

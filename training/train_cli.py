@@ -87,6 +87,7 @@ def register(sub: Any) -> None:
     bh.add_argument("--perch-model", type=Path, help="your Perch TFLite file (with --embedder perch)")
     bh.add_argument("--perch-classes", type=Path, help="its class list, one eBird code per line")
     bh.add_argument("--seed", type=int, default=0, help="split and initialisation seed")
+    bh.add_argument("--init-from", type=Path, help="continue from this head.npz (e.g. production's)")
     bh.add_argument("--no-mlflow", action="store_true", help="do not track in MLflow")
     bh.add_argument("--experiment", default="silencio-members", help="MLflow experiment name")
     bh.set_defaults(func=cmd_birdnet_head)
@@ -126,6 +127,7 @@ def register(sub: Any) -> None:
     d.add_argument("--empty-threshold", type=float, default=0.05, help="… or whose every score < this")
     d.add_argument("--seed", type=int, default=0, help="split and training seed")
     d.add_argument("--device", help="cpu, cuda (default: cuda when available)")
+    d.add_argument("--init-from", help="continue from a student: checkpoint path or models:/name@alias")
     d.add_argument("--no-mlflow", action="store_true", help="do not track in MLflow")
     d.add_argument("--experiment", default="silencio-student", help="MLflow experiment name")
     d.set_defaults(func=cmd_distill)
@@ -316,6 +318,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from training.loop import TrainConfig
     from training.models.config import member_config
     from training.pipeline import distill_student
+    from training.tracking import resolve_model_uri
 
     out = args.out or home() / "runs" / "student" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     mcfg = member_config("student", timm_name=args.timm_name, input_downsample=args.downsample)
@@ -334,6 +337,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         tcfg=tcfg,
         dcfg=dcfg,
         device=args.device,
+        init_from=resolve_model_uri(args.init_from) if args.init_from else None,
         tracking=_tracking(args, "student"),
     )
     for r in res.rounds:

@@ -20,6 +20,10 @@ def test_fit_ensemble_distill_export_chain(tmp_path, synth_dir, capsys):
                  "--no-mlflow", "--out", str(tmp_path / "ens")]) == 0  # fmt: skip
     assert main(["train", "distill", "--data", d, "--teacher", str(tmp_path / "ens"), "--timm-name",
                  "mobilenetv3_small_050", "--downsample", "2", "--out", str(tmp_path / "s"), *common]) == 0  # fmt: skip
+    student = str(tmp_path / "s" / "round1" / "model.pt")  # re-train from it (the loop's --init-from)
+    assert main(["train", "distill", "--data", d, "--teacher", str(tmp_path / "ens"), "--init-from", student,
+                 "--out", str(tmp_path / "s2"), *common]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "s2" / "step.json").read_text())["config"]["init_from"] == student
     assert main(["export", "edge", str(tmp_path / "s" / "round1" / "model.pt"), "--data", d, "--formats",
                  "onnx-fp32", "--no-mlflow", "--out", str(tmp_path / "x"), "--version", "5"]) == 0  # fmt: skip
     out = capsys.readouterr().out
