@@ -80,8 +80,24 @@ def register(sub: Any) -> None:
 MEMBER_EPOCHS = 2
 STUDENT_EPOCHS = 5
 STEPS = 10
-#: Loggers whose INFO lines are noise in the demo's output (shown again with ``-v``).
-NOISY_LOGGERS = ("mlflow", "httpx", "httpcore", "alembic", "urllib3", "bentoml", "ray", "matplotlib", "PIL")
+#: Loggers whose INFO lines are noise in the demo's output (shown again with ``-v``): third-party
+#: libraries, and our own libraries too — the demo prints one line per result, bars show progress.
+NOISY_LOGGERS = (
+    "mlflow",
+    "httpx",
+    "httpcore",
+    "alembic",
+    "urllib3",
+    "bentoml",
+    "ray",
+    "matplotlib",
+    "PIL",
+    "shared_features",
+    "training",
+    "cloud",
+    "bentos",
+    "edge",
+)
 
 
 def _step(i: int, text: str) -> None:
