@@ -247,7 +247,8 @@ def _validate_and_baseline(args: argparse.Namespace, data: Path, work: Path, sum
     from training.validate import save_report, validate_dataset
 
     _step(2, "validating the dataset")
-    rep = validate_dataset(data)
+    with bar("validate") as update:
+        rep = validate_dataset(data, progress=update)
     md, _ = save_report(rep, work / "validation")
     print(
         f"      {rep.n_files_ok}/{rep.n_recordings} recordings decodable, {len(rep.species_counts)} species, "
@@ -414,15 +415,16 @@ def _export(args: argparse.Namespace, data: Path, work: Path, student: Path, sum
 
     _step(7, "edge packages: ONNX fp32 (parity vs PyTorch) and int8 (checked against fp32); gate; release")
     t0 = time.time()
-    exp = export_edge_packages(
-        student,
-        data,
-        work / "edge_packages",
-        name="silencio-demo-edge",
-        seed=args.seed,
-        tracking=_tracking("edge-export"),
-        reuse=True,
-    )
+    with ticking("exporting, quantising and checking the edge packages"):
+        exp = export_edge_packages(
+            student,
+            data,
+            work / "edge_packages",
+            name="silencio-demo-edge",
+            seed=args.seed,
+            tracking=_tracking("edge-export"),
+            reuse=True,
+        )
     if _reused(work / "edge_packages", t0):
         print(f"      reusing {work / 'edge_packages'}")
     for fmt, why in exp.refused.items():
@@ -435,15 +437,16 @@ def _export(args: argparse.Namespace, data: Path, work: Path, student: Path, sum
     summary["edge_package"] = str(exp.chosen)
     candidate = EdgeModel(exp.chosen)
     if (data / "soundscape_solution.csv").exists():
-        decision = gate(
-            candidate,
-            None,
-            heldout_from_dataset(data),
-            FeedbackSet("no verdicts yet", ()),
-            work / "gate",
-            registry=exp.registered,
-            tracking=_tracking("gate"),
-        )
+        with ticking("scoring the candidate on the held-out soundscapes"):
+            decision = gate(
+                candidate,
+                None,
+                heldout_from_dataset(data),
+                FeedbackSet("no verdicts yet", ()),
+                work / "gate",
+                registry=exp.registered,
+                tracking=_tracking("gate"),
+            )
         print(
             f"      gate: {decision.reason}; edge model on the held-out soundscapes: macro ROC-AUC "
             f"{decision.candidate.heldout_macro_roc_auc:.3f}"
@@ -570,7 +573,8 @@ def _edge(
             )
 
         agent.on_detection = show
-        agent.run(FileSource(scape))
+        with ticking(f"replaying {scape.name}"):
+            agent.run(FileSource(scape))
     agent.end_tour()
     with ticking("syncing (the ensemble re-scores every uploaded clip)"):
         rep = client.run()
