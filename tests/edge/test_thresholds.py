@@ -205,3 +205,98 @@ def test_thresholds_files_are_checked(tmp_path, labels):
     assert t.of(labels[0].code) == 0.7 and t.of(labels[1].code) == 0.4
     v = t.vector(labels)
     assert v.dtype == np.float32 and v[0] == np.float32(0.7) and v[1] == np.float32(0.4)
+
+
+# --------------------------------------------------------------------------------------------------
+# Real audio: BirdNET v2.4 (the edge's default backend) on real BirdCLEF clips, verdicts from the
+# clips' labels, thresholds fitted by the loop's rule (training/thresholds.py), applied by the edge.
+
+#: clip → the species it holds (train.csv primary + secondary labels); rugdov (Ruddy Ground-Dove) is
+#: what BirdNET hears in the Social Flycatcher recording
+REAL_CLIPS = {
+    "socfly1/iNat1204441.ogg": {"socfly1"},
+    "speowl1/XC796964.ogg": {"speowl1"},
+    "cattyr/iNat854652.ogg": {"cattyr"},
+}
+#: a species is "judged" on a window when it is among the edge's top scores there (≥ this), as the
+#: edge's clips carry their top scores (edge_top) for the guide and the cloud to judge
+JUDGED_FROM = 0.15
+
+
+@pytest.fixture(scope="module")
+def birdnet(labels):
+    from edge.detector import BirdNETScorer
+
+    return BirdNETScorer(labels)
+
+
+def _hear(settings, scorer, path) -> tuple[list, np.ndarray]:
+    """What the edge reports on one recording, and its ``[windows, n_species]`` scores."""
+    probs = []
+    agent = Agent(settings, scorer=scorer, seed=0)
+    agent.on_window = lambda r, _ev: probs.append(r.probs.copy())
+    agent.start_tour()
+    agent.run(FileSource(path))
+    tour = agent.tour_uuid
+    agent.end_tour()
+    dets = agent.store.detections(tour)
+    agent.store.close()
+    return dets, np.stack(probs)
+
+
+@pytest.mark.slow
+def test_real_audio_birdnet_thresholds_fitted_to_verdicts_stop_a_rejected_species(
+    tmp_path, mini, labels, edge_settings, birdnet
+):
+    from training.thresholds import ThresholdConfig, fit_thresholds
+
+    code = "rugdov"
+    socfly = mini / "train_audio" / "socfly1" / "iNat1204441.ogg"
+    # 1. the edge at its defaults (0.5 for every species) hears the clips; verdicts from their labels
+    scores: dict[str, list[float]] = {}
+    correct: dict[str, list[bool]] = {}
+    before = None
+    for rel, present in REAL_CLIPS.items():
+        dets, probs = _hear(edge_settings, birdnet, mini / "train_audio" / rel)
+        if rel.startswith("socfly1"):
+            before = dets
+        for window in probs:
+            for j in np.flatnonzero(window >= JUDGED_FROM):
+                c = labels[int(j)].code
+                scores.setdefault(c, []).append(float(window[j]))
+                correct.setdefault(c, []).append(c in present)
+    old = [d for d in before if d.species_code == code]
+    assert len(old) == 1 and old[0].confidence > 0.7  # BirdNET reports a Ruddy Ground-Dove: wrong
+    assert not any(correct[code]) and len(scores[code]) >= 3
+    assert all(correct["speowl1"]) and len(scores["speowl1"]) >= 5
+
+    # 2. thresholds fitted to those verdicts. The loop's default rule shrinks towards 0.5 by
+    # n/(n + 10): three verdicts move rugdov's threshold only a quarter of the way — it stays below
+    # the old score, and the edge still reports the species (by design: little evidence).
+    default_fit = fit_thresholds(scores, correct, ThresholdConfig(), known=set(labels.codes))
+    t_default = default_fit.thresholds[code]
+    assert 0.5 < t_default < old[0].confidence
+    # Taking the verdicts at face value (prior_verdicts=0, the operator's choice for a device with
+    # few guides): just above the highest wrong score
+    fit = fit_thresholds(scores, correct, ThresholdConfig(prior_verdicts=0.0), known=set(labels.codes))
+    t_new = fit.thresholds[code]
+    assert t_new > old[0].confidence
+    assert fit.thresholds["speowl1"] < 0.5  # a species the verdicts confirmed is reported lower down
+    path = tmp_path / "thresholds.json"
+    path.write_text(json.dumps(fit.thresholds))
+
+    # 3. the edge applies them: the same clip, the same BirdNET score, no Ruddy Ground-Dove
+    s = edge_settings.model_copy(update={"thresholds_file": path})
+    after, probs = _hear(s, birdnet, socfly)
+    assert float(probs[:, labels.index(code)].max()) == pytest.approx(old[0].confidence, abs=1e-6)
+    assert [d for d in after if d.species_code == code] == []
+    (tmp_path / "default.json").write_text(json.dumps(default_fit.thresholds))
+    kept, _ = _hear(
+        edge_settings.model_copy(update={"thresholds_file": tmp_path / "default.json"}), birdnet, socfly
+    )
+    assert [d.species_code for d in kept if d.species_code == code] == [code]
+    print(
+        f"\nreal audio: {code} on {socfly.name}: old score {old[0].confidence:.3f}; verdicts "
+        f"{len(scores[code])} wrong; threshold default rule {t_default:.3f} (still reported), "
+        f"prior 0 {t_new:.3f} (not reported); speowl1 {fit.thresholds['speowl1']:.3f}"
+    )
