@@ -32,7 +32,16 @@ def register(sub: Any) -> None:
         p.add_argument(
             "--taxonomy", type=Path, help="taxonomy.csv (default: the packaged El Silencio taxonomy)"
         )
-        p.add_argument("--threshold", type=float, help="detection threshold (default 0.5)")
+        p.add_argument(
+            "--threshold",
+            type=float,
+            help="threshold of species without their own (default: the installed release's, else 0.5)",
+        )
+        p.add_argument(
+            "--thresholds-file",
+            type=Path,
+            help='per-species thresholds {"code": t} instead of the installed release\'s thresholds.json',
+        )
         p.add_argument("--guide", help="guide's name for a new tour")
         p.add_argument("--location", help="tour location")
         coords(p)
@@ -135,6 +144,7 @@ def settings(args: argparse.Namespace) -> Any:
     for key, attr in (
         ("taxonomy", "taxonomy"),
         ("threshold", "threshold"),
+        ("thresholds_file", "thresholds_file"),
         ("guide", "guide"),
         ("location", "location"),
         ("latitude", "lat"),

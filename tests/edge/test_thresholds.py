@@ -124,6 +124,15 @@ def test_a_release_threshold_stops_a_species_being_reported_and_rollback_restore
     over = Agent(s.model_copy(update={"thresholds_file": tmp_path / "mine.json", "threshold": 0.98}), seed=0)
     assert over.thresholds.species == {code: 0.2} and over.thresholds.default == 0.98
     assert over.thresholds.source.startswith("thresholds_file") and _run(over, device["wav"], code)[0]
+    assert (
+        main(["edge", "analyze", str(device["wav"]), "--thresholds-file", str(tmp_path / "mine.json")]) == 0
+    )
+    out = capsys.readouterr().out
+    assert (
+        f"thresholds: 1 species with their own (thresholds_file {tmp_path / 'mine.json'}), default 0.99"
+        in out
+    )
+    assert f" {code} " in out  # reported at the file's 0.2
 
     # rollback brings release 31's thresholds back with its model
     assert main(["edge", "rollback"]) == 0
