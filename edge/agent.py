@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from edge.capture import AudioSource, Segment
-from edge.detector import Detector, Event, Scorer, WindowResult, load_scorer, load_thresholds
+from edge.detector import Detector, Event, PackageScorer, Scorer, WindowResult, load_scorer
 from edge.errors import StorageFullError
 from edge.records import (
     ClipReason,
@@ -43,6 +43,7 @@ from edge.settings import EdgeSettings
 from edge.speech import SileroSpeechGate, SpeechGate
 from edge.status import DeviceReport, device_report
 from edge.store import Store, open_store
+from edge.thresholds import settings_thresholds
 
 log = logging.getLogger(__name__)
 EDGE_TOP_K = 3
@@ -96,8 +97,12 @@ class Agent:
             active = self.store.active_model()
             scorer = load_scorer(None if active is None else Path(active.path), s.taxonomy_path, s.threads)
         self.scorer = scorer
+        #: the thresholds in use: the installed release's unless the settings override them
+        #: (:mod:`edge.thresholds`); a scorer given by the caller carries none of its own
+        model_path = scorer.path if isinstance(scorer, PackageScorer) else None
+        self.thresholds = settings_thresholds(s, model_path, scorer.labels)
         self.detector = Detector(
-            scorer, s.threshold, load_thresholds(s.thresholds_file, scorer.labels), s.stride_seconds
+            scorer, self.thresholds.default, dict(self.thresholds.species), s.stride_seconds
         )
         self.sampler = Sampler(
             self.store,

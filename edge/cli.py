@@ -32,7 +32,16 @@ def register(sub: Any) -> None:
         p.add_argument(
             "--taxonomy", type=Path, help="taxonomy.csv (default: the packaged El Silencio taxonomy)"
         )
-        p.add_argument("--threshold", type=float, help="detection threshold (default 0.5)")
+        p.add_argument(
+            "--threshold",
+            type=float,
+            help="threshold of species without their own (default: the installed release's, else 0.5)",
+        )
+        p.add_argument(
+            "--thresholds-file",
+            type=Path,
+            help='per-species thresholds {"code": t} instead of the installed release\'s thresholds.json',
+        )
         p.add_argument("--guide", help="guide's name for a new tour")
         p.add_argument("--location", help="tour location")
         coords(p)
@@ -135,6 +144,7 @@ def settings(args: argparse.Namespace) -> Any:
     for key, attr in (
         ("taxonomy", "taxonomy"),
         ("threshold", "threshold"),
+        ("thresholds_file", "thresholds_file"),
         ("guide", "guide"),
         ("location", "location"),
         ("latitude", "lat"),
@@ -174,7 +184,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     dev: int | str | None = int(args.device) if args.device and args.device.isdigit() else args.device
     src = MicrophoneSource(device=dev)
     agent = Agent(s, on_detection=_print_detection)
-    print(f"listening ({agent.scorer.description}); Ctrl-C to stop", flush=True)
+    print(f"listening ({agent.scorer.description}; {agent.thresholds.summary()}); Ctrl-C to stop", flush=True)
     stop = threading.Event()
     if args.sync_every and s.cloud_url and s.token:
         threading.Thread(target=_background_sync, args=(s, stop, args.sync_every), daemon=True).start()
@@ -217,6 +227,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     start = parse_start(args.start, s.recorder_timezone) if args.start else None
     agent = Agent(s)
     print(f"model: {agent.scorer.description}")
+    print(agent.thresholds.summary())
     rows_out: list[list[str]] = []
 
     def done(r: FileResult) -> None:
@@ -276,7 +287,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     s = settings(args)
     agent = Agent(s, on_detection=_print_detection)
-    print(f"watching {args.folder} ({agent.scorer.description})", flush=True)
+    print(f"watching {args.folder} ({agent.scorer.description}; {agent.thresholds.summary()})", flush=True)
     res = None
     try:
         res = agent.run(DirectorySource(args.folder, idle_exit=args.idle_exit, tz=s.recorder_timezone))
@@ -336,14 +347,17 @@ def cmd_update(args: argparse.Namespace) -> int:
 
     from edge.detector import load_scorer
     from edge.enrolment import pin_release_key
+    from edge.thresholds import settings_thresholds
     from edge.updater import check_and_update
 
     s = settings(args)
     client = _client(s)
     active = client.store.active_model()
     current = None
+    current_thr = None
     try:
         current = load_scorer(Path(active.path) if active else None, s.taxonomy_path)
+        current_thr = settings_thresholds(s, Path(active.path) if active else None, current.labels)
     except EdgeError:
         pass
 
@@ -358,19 +372,40 @@ def cmd_update(args: argparse.Namespace) -> int:
 
     try:
         res = check_and_update(
-            client, client.store, s.model_dir, current, release_key=s.release_key, on_key_rotated=rotated
+            client,
+            client.store,
+            s.model_dir,
+            current,
+            release_key=s.release_key,
+            on_key_rotated=rotated,
+            current_thresholds=current_thr,
         )
     finally:
         client.close()
     print(json.dumps(res, default=str))
+    if res.get("refused"):
+        print(f"not installed: {res['reason']}; the installed model stays", file=sys.stderr)
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     from edge.updater import rollback
 
-    print(json.dumps(rollback(_store(settings(args)))))
+    s = settings(args)
+    st = _store(s)
+    res = rollback(st)
+    res["thresholds"] = _thresholds_in_use(s, st).describe()
+    print(json.dumps(res))
     return 0
+
+
+def _thresholds_in_use(s: Any, st: Any) -> Any:
+    """The thresholds a new agent would use now (the active model's release thresholds unless the
+    settings override them), read without loading the model."""
+    from edge.thresholds import settings_thresholds
+
+    active = st.active_model()
+    return settings_thresholds(s, Path(active.path) if active is not None else None, None)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -379,10 +414,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     s = settings(args)
     st = _store(s)
     rep = device_report(st, s.clip_dir)
+    refused = st.update_refusal()
     out = {
         "database": str(s.db_path),
         "integrity": st.check(),
         "model": rep.model_version or "none installed (BirdNET zero-shot fallback)",
+        "thresholds": _thresholds_in_use(s, st).describe(),
+        "last_update_refused": None
+        if refused is None
+        else {"version": refused.version, "reason": refused.reason, "at": refused.at},
         "pending": {**rep.as_dict()["pending"]},
         "last_sync": rep.sync.last_sync,
         "last_sync_error": rep.sync.last_error_at,

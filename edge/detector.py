@@ -11,7 +11,6 @@ species' threshold).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import deque
 from dataclasses import dataclass, field
@@ -56,6 +55,7 @@ class PackageScorer:
     def __init__(self, path: Path, threads: int = 1) -> None:
         from shared_features.package import load_package
 
+        self.path = Path(path)
         self.package = load_package(path, threads=threads)
         m = self.package.members[0]
         self.labels = self.package.labels
@@ -92,17 +92,6 @@ def load_scorer(model_path: Path | None, taxonomy: Path | None, threads: int = 1
         return PackageScorer(model_path, threads)
     log.warning("no trained package installed: using BirdNET v2.4 zero-shot (birds only)")
     return BirdNETScorer(LabelSpace.from_taxonomy_csv(taxonomy_path(taxonomy)), threads)
-
-
-def load_thresholds(path: Path | None, labels: LabelSpace) -> dict[str, float]:
-    """``{"species_code": threshold}`` from a JSON file; unknown codes are an error."""
-    if path is None:
-        return {}
-    data = json.loads(Path(path).read_text())
-    bad = [c for c in data if c not in labels]
-    if bad:
-        raise ValueError(f"{path}: unknown species codes {bad[:5]}")
-    return {str(k): float(v) for k, v in data.items()}
 
 
 @dataclass

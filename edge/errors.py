@@ -30,3 +30,7 @@ class StorageFullError(EdgeError):
 
 class InputError(EdgeError):
     """An input path that cannot be analysed (missing, not audio, a folder without recordings)."""
+
+
+class ThresholdsError(EdgeError):
+    """A thresholds file that cannot be used (unreadable, unknown species, a value outside [0, 1])."""

@@ -373,3 +373,47 @@ class ExportRow:
     tour: Tour
     recording: Recording | None
     clip_path: str | None
+
+
+@dataclass(frozen=True)
+class VerifiedClip:
+    """A stored clip of a detection that someone judged: the guide (``guide_verdict``, and
+    ``correct_code`` for a wrong species) or the cloud (``cloud_status``, ``cloud_species``)."""
+
+    path: str
+    species_code: str
+    guide_verdict: GuideVerdict | None
+    correct_code: str | None
+    cloud_status: DetectionStatus
+    cloud_species: str | None
+
+    def judgements(self) -> list[tuple[str, bool]]:
+        """``(species_code, present)`` pairs this clip's verdict settles. The guide's verdict wins
+        over the cloud's (the guide heard the animal; the cloud heard a clip). Confirmed: the
+        detected species is present. Wrong species: it is absent, the named one present. Not an
+        animal: it is absent. The cloud's disputed: absent, and the cloud's species present."""
+        code = self.species_code
+        if self.guide_verdict is GuideVerdict.CONFIRMED:
+            return [(code, True)]
+        if self.guide_verdict is GuideVerdict.WRONG_SPECIES:
+            other = self.correct_code
+            return [(code, False)] + ([(other, True)] if other and other != code else [])
+        if self.guide_verdict is GuideVerdict.NOT_AN_ANIMAL:
+            return [(code, False)]
+        if self.cloud_status is DetectionStatus.CONFIRMED:
+            return [(code, True)]
+        if self.cloud_status is DetectionStatus.DISPUTED:
+            other = self.cloud_species
+            return [(code, False)] + ([(other, True)] if other and other != code else [])
+        return []
+
+
+@dataclass(frozen=True)
+class UpdateRefusal:
+    """The last release the updater would not install, and why (shown by ``silencio edge status``)."""
+
+    version: str
+    sha256: str
+    reason: str
+    at: str
+    shadow: dict[str, Any] | None = None

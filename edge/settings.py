@@ -26,8 +26,10 @@ class EdgeSettings(BaseSettings):
     release_key: str | None = None
     #: the label space (BirdCLEF taxonomy.csv); default: the El Silencio taxonomy shipped with the package
     taxonomy: Path | None = None
-    #: detection threshold (a species' top score must reach it); per-species overrides in a JSON file
+    #: detection threshold (a species' top score must reach it) for species without their own; when
+    #: not set, the active release's default_threshold (edge/thresholds.py)
     threshold: float = 0.5
+    #: per-species thresholds ({"code": threshold}): when set, they replace the active release's
     thresholds_file: Path | None = None
     stride_seconds: float = 2.5
     #: clip sampling: share of windows kept at random (1: every window is a candidate), and the budgets

@@ -38,6 +38,7 @@ from edge.records import (
     AudioPause,
     Clip,
     ClipReason,
+    CloudScore,
     Confirmation,
     ConfirmationResult,
     Counter,
@@ -60,6 +61,8 @@ from edge.records import (
     SyncMarks,
     Tour,
     TourSummary,
+    UpdateRefusal,
+    VerifiedClip,
     cloud_scores_from_json,
     edge_scores_from_json,
     scores_to_json,
@@ -108,6 +111,7 @@ class Store(Protocol):
     def mark_evicted(self, clip_uuid: str) -> None: ...
     def flag_clips_of(self, detection_uuid: str) -> int: ...
     def recent_clip_paths(self, limit: int) -> list[str]: ...
+    def verified_clips(self, limit: int) -> list[VerifiedClip]: ...
 
     # feedback (the guide's verdict; never the cloud's)
     def add_feedback(
@@ -148,6 +152,8 @@ class Store(Protocol):
     def activate_model(self, version: str) -> None: ...
     def active_model(self) -> ModelRecord | None: ...
     def previous_model(self) -> ModelRecord | None: ...
+    def set_update_refusal(self, refusal: UpdateRefusal | None) -> None: ...
+    def update_refusal(self) -> UpdateRefusal | None: ...
 
     # health
     def check(self) -> str: ...
@@ -277,6 +283,7 @@ _STATE_LAST_SYNC = "last_sync"
 _STATE_LAST_ERROR = "last_sync_error"
 _STATE_CURSOR = "confirmations_since"
 _STATE_PAUSE = "audio_pause"
+_STATE_REFUSAL = "update_refused"
 
 
 def _is_full(exc: BaseException) -> bool:
@@ -368,6 +375,11 @@ def _feedback(r: dict[str, Any]) -> Feedback:
         created_at=r["created_at"],
         synced_at=r["synced_at"],
     )
+
+
+def _top_code(scores: Sequence[CloudScore]) -> str | None:
+    """The cloud's top species (its scores come best first)."""
+    return max(scores, key=lambda c: c.probability).code if scores else None
 
 
 def _model(r: dict[str, Any]) -> ModelRecord:
@@ -626,6 +638,30 @@ class EdgeStore(SQLiteStore):
         )
         return [str(r["path"]) for r in rows]
 
+    def verified_clips(self, limit: int) -> list[VerifiedClip]:
+        """The most recent stored clips of detections the guide or the cloud judged (each with
+        the guide's latest correction, if any)."""
+        rows = self.query(
+            "SELECT c.path, d.species_code, d.guide_verdict, d.status, d.cloud_species, "
+            "(SELECT f.correct_code FROM feedback f WHERE f.detection_uuid = d.uuid "
+            "ORDER BY f.created_at DESC, f.rowid DESC LIMIT 1) AS correct_code "
+            "FROM clips c JOIN detections d ON d.uuid = c.detection_uuid "
+            "WHERE c.evicted_at IS NULL AND (d.guide_verdict IS NOT NULL OR d.status != 'pending') "
+            "ORDER BY c.recorded_at DESC, c.rowid DESC LIMIT ?",
+            [limit],
+        )
+        return [
+            VerifiedClip(
+                path=str(r["path"]),
+                species_code=r["species_code"],
+                guide_verdict=None if r["guide_verdict"] is None else GuideVerdict(r["guide_verdict"]),
+                correct_code=r["correct_code"],
+                cloud_status=DetectionStatus(r["status"]),
+                cloud_species=_top_code(cloud_scores_from_json(r["cloud_species"])),
+            )
+            for r in rows
+        ]
+
     # ------------------------------------------------------------------ feedback
     def add_feedback(
         self,
@@ -851,6 +887,13 @@ class EdgeStore(SQLiteStore):
     def previous_model(self) -> ModelRecord | None:
         rows = self.query("SELECT * FROM models WHERE previous = 1")
         return _model(rows[0]) if rows else None
+
+    def set_update_refusal(self, refusal: UpdateRefusal | None) -> None:
+        self._set_state(_STATE_REFUSAL, None if refusal is None else json.dumps(refusal.__dict__))
+
+    def update_refusal(self) -> UpdateRefusal | None:
+        raw = self._state(_STATE_REFUSAL)
+        return UpdateRefusal(**json.loads(raw)) if raw else None
 
     # ------------------------------------------------------------------ health
     def check(self) -> str:

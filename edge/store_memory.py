@@ -35,8 +35,10 @@ from edge.records import (
     SyncState,
     Tour,
     TourSummary,
+    UpdateRefusal,
+    VerifiedClip,
 )
-from edge.store import _earliest, _latest, _ts, new_uuid
+from edge.store import _earliest, _latest, _top_code, _ts, new_uuid
 from shared_features.sqlite import now
 
 _PRIORITY = {ClipReason.FLAGGED: 0, ClipReason.UNCERTAIN: 1, ClipReason.RANDOM: 2}
@@ -56,6 +58,7 @@ class MemoryStore:
         self._models: dict[str, ModelRecord] = {}
         self._counters: dict[Counter, int] = {c: 0 for c in Counter}
         self._pause: AudioPause | None = None
+        self._refusal: UpdateRefusal | None = None
         self._last_sync: str | None = None
         self._last_error: str | None = None
         self._cursor = 0
@@ -264,6 +267,22 @@ class MemoryStore:
     def recent_clip_paths(self, limit: int) -> list[str]:
         return [c.path for c in reversed(self.clips())][:limit]
 
+    def verified_clips(self, limit: int) -> list[VerifiedClip]:
+        with self._lock:
+            out = []
+            for c in reversed(self.clips()):
+                d = self._detections.get(c.detection_uuid) if c.detection_uuid else None
+                if d is None or (d.guide_verdict is None and d.status is DetectionStatus.PENDING):
+                    continue
+                fb = [f for f in self._feedback.values() if f.detection_uuid == d.uuid]
+                correct = fb[-1].correct_code if fb else None
+                out.append(
+                    VerifiedClip(
+                        c.path, d.species_code, d.guide_verdict, correct, d.status, _top_code(d.cloud_species)
+                    )
+                )
+            return out[:limit]
+
     # ------------------------------------------------------------------ feedback
     def add_feedback(
         self,
@@ -406,6 +425,14 @@ class MemoryStore:
     def audio_pause(self) -> AudioPause | None:
         with self._lock:
             return self._pause
+
+    def set_update_refusal(self, refusal: UpdateRefusal | None) -> None:
+        with self._lock:
+            self._refusal = refusal
+
+    def update_refusal(self) -> UpdateRefusal | None:
+        with self._lock:
+            return self._refusal
 
     # ------------------------------------------------------------------ exports
     def export_rows(self, tour_uuid: str | None = None) -> list[ExportRow]:

@@ -277,7 +277,8 @@ class SilencioApp(App[int]):
         feed.add_columns("time", "species", "class", "score", "status")
         self.query_one("#spectrogram", Static).border_title = "spectrogram (current window)"
         feed.border_title = "detections this tour"
-        self.sub_title = self.agent.scorer.version
+        t = self.agent.thresholds
+        self.sub_title = f"{self.agent.scorer.version} · {len(t.species)} own thresholds ({t.source})"
         self.on_resize()
         if self.agent.store.notice:
             self.notify(self.agent.store.notice, severity="error", timeout=30)

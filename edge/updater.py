@@ -2,9 +2,13 @@
 the key pinned at enrolment (before downloading anything), download it within its signed size,
 verify its signed sha256 (before unpacking), extract it safely, verify its package (every file's
 sha256, format version, label space) and its feature fingerprint against this code and the signed
-statement, shadow-evaluate it against the installed model on recently stored clips (top-1
-agreement), then switch atomically (one transaction flips ``active``/``previous``). ``rollback``
-flips back. A failed check leaves the installed model in place. See :mod:`edge.release`.
+statement, shadow-evaluate it against the installed model on this device's stored clips — each
+model at its own thresholds, refused when clearly worse on the clips the guide or the cloud
+verified (:mod:`edge.shadow`) — then switch atomically (one transaction flips
+``active``/``previous``). The release's ``thresholds.json`` and ``release.json`` are installed
+beside its package: they are the thresholds in use while it is active (:mod:`edge.thresholds`), so
+``rollback`` brings the previous model's thresholds back with it. A failed check leaves the
+installed model in place. See :mod:`edge.release`.
 """
 
 from __future__ import annotations
@@ -16,37 +20,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from edge.errors import UpdateError
+from edge.errors import ThresholdsError, UpdateError
+from edge.records import UpdateRefusal
 from edge.release import ExtractLimits, download, safe_extract, verify_announcement
+from edge.shadow import evaluate
 from edge.store import Store
-from shared_features import DEFAULT, frame_windows, load_audio
+from edge.thresholds import RELEASE_FILE, THRESHOLDS_FILE, Thresholds, model_thresholds
+from shared_features import DEFAULT
 from shared_features.errors import SilencioFeatureError
 from shared_features.package import sha256_file
 from shared_features.signature import ReleaseStatement
+from shared_features.sqlite import now
 
 log = logging.getLogger(__name__)
-
-
-def shadow_evaluate(new: Any, old: Any, store: Store, max_clips: int = 50) -> dict[str, Any]:
-    """Top-1 agreement of two scorers on the most recent stored clips (windows of 5 s)."""
-    clips = store.recent_clip_paths(max_clips)
-    agree = total = 0
-    for path in clips:
-        try:
-            wins, _ = frame_windows(load_audio(path))
-        except (OSError, SilencioFeatureError):
-            continue
-        for w in wins:
-            from shared_features import log_mel
-
-            f = log_mel(w[None], DEFAULT)[0]
-            a = new.score(w, f if new.needs_features else None)
-            b = old.score(w, f if old.needs_features else None)
-            agree += int(np.argmax(a) == np.argmax(b))
-            total += 1
-    return {"windows": total, "top1_agreement": agree / total if total else None, "clips": len(clips)}
 
 
 def install(
@@ -56,13 +42,19 @@ def install(
     model_dir: Path,
     current: Any | None,
     limits: ExtractLimits | None = None,
+    current_thresholds: Thresholds | None = None,
 ) -> dict[str, Any]:
     """Verify and install a downloaded release archive whose ``statement`` was verified
     (:func:`edge.release.verify_announcement`); returns what happened. The archive is checked
     against the signed sha256, extracted safely into a staging folder, its content checked against
     the statement (feature fingerprint, label digest, thresholds digest), shadow-evaluated, and only
     then moved to a folder of its own and activated. Any refusal leaves the installed model as it
-    was (its folder, its row, the active flag)."""
+    was (its folder, its row, the active flag). ``current_thresholds``: the thresholds ``current``
+    runs at now (default: the active model's release thresholds, else 0.5 for every species).
+
+    A candidate the shadow evaluation refuses (:mod:`edge.shadow`) is not installed: the result is
+    ``{"updated": False, "refused": True, "reason": …, "shadow": …}`` and the refusal is recorded in
+    the store (``Store.update_refusal``, shown by ``silencio edge status``)."""
     from edge.detector import PackageScorer
 
     digest = sha256_file(Path(tar_path))
@@ -83,20 +75,47 @@ def install(
         _check_content(staging, scorer, statement)
         if current is not None and current.labels != scorer.labels:
             log.warning("the new model has another label space than the installed one")
-        shadow = shadow_evaluate(scorer, current, store) if current is not None else None
         version = statement.version
+        shadow: dict[str, Any] | None = None
+        if current is not None:
+            try:  # the candidate at the thresholds its release carries (a bare package: 0.5)
+                cand_thr = model_thresholds(staging, scorer.labels) or Thresholds(0.5, {}, "none", "release")
+            except ThresholdsError as exc:
+                raise UpdateError(f"release {version} refused: {exc}") from None
+            cur_thr = current_thresholds or _active_thresholds(store)
+            result = evaluate(scorer, cand_thr, current, cur_thr, store)
+            shadow = result.report
+            if result.refused:
+                log.warning("release %s refused: %s", version, result.reason)
+                store.set_update_refusal(UpdateRefusal(version, digest, result.reason, now(), shadow))
+                return {
+                    "updated": False,
+                    "refused": True,
+                    "version": version,
+                    "reason": result.reason,
+                    "shadow": shadow,
+                }
+            if "note" in shadow:
+                log.warning("release %s: %s", version, shadow["note"])
         dest = model_dir / f"{scorer.package.name}-{version}-{digest[:12]}"  # never the active folder
         if dest.exists():
             shutil.rmtree(dest)
         pkg_dir.rename(dest)
-        thresholds = staging / "thresholds.json"
-        if thresholds.is_file():
-            thresholds.rename(dest / "thresholds.json")
+        for name in (THRESHOLDS_FILE, RELEASE_FILE):  # the thresholds in use while it is active
+            if (staging / name).is_file():
+                (staging / name).rename(dest / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     store.install_model(version, str(dest), digest, DEFAULT.fingerprint(), shadow)
     store.activate_model(version)
-    return {"version": version, "path": str(dest), "shadow": shadow}
+    store.set_update_refusal(None)
+    return {"updated": True, "version": version, "path": str(dest), "shadow": shadow}
+
+
+def _active_thresholds(store: Store) -> Thresholds:
+    active = store.active_model()
+    got = model_thresholds(Path(active.path), None) if active is not None else None
+    return got or Thresholds()
 
 
 def _check_content(root: Path, scorer: Any, statement: ReleaseStatement) -> None:
@@ -125,8 +144,10 @@ def check_and_update(
     release_key: str | None,
     on_key_rotated: Callable[[str], None] | None = None,
     limits: ExtractLimits | None = None,
+    current_thresholds: Thresholds | None = None,
 ) -> dict[str, Any]:
-    """Install the cloud's current release if it is new and trusted. ``client``: a
+    """Install the cloud's current release if it is new and trusted (and not refused by the shadow
+    evaluation: then ``{"updated": False, "refused": True, "reason": …}``). ``client``: a
     :class:`edge.sync.SyncClient` (its HTTP session and retries); ``release_key``: the public key
     pinned at enrolment (``EdgeSettings.release_key``) — without one every release is refused. The
     announcement's signature is checked before the archive is downloaded, the archive's sha256
@@ -147,12 +168,14 @@ def check_and_update(
     with tempfile.TemporaryDirectory(dir=_tmp_parent(model_dir)) as tmp:
         path = Path(tmp) / "release.tar"
         download(client, "/v1/releases/current/download", path, st)
-        res = install(store, path, st, model_dir, current, limits)
+        res = install(store, path, st, model_dir, current, limits, current_thresholds)
+    if not res["updated"]:
+        return res
     if verified.rotated:
         log.info("release %s is signed by the rotated key %s: pinning it", st.version, verified.signer_id)
         if on_key_rotated is not None:
             on_key_rotated(verified.signer)
-    return {"updated": True, **res, "key_id": verified.signer_id, "key_rotated": verified.rotated}
+    return {**res, "key_id": verified.signer_id, "key_rotated": verified.rotated}
 
 
 def _tmp_parent(model_dir: Path) -> Path:

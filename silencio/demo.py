@@ -10,6 +10,8 @@
 6. edge packages (ONNX fp32, int8 — refused when worse than fp32), the gate (no production model
    yet: the candidate is judged on the held-out soundscapes alone) and the edge release;
 7. the BentoML service started on 127.0.0.1 serving the ensemble, publishing the release;
+   the demo ends by printing the ecologists' console's URL and a reviewer's login token; the
+   service is stopped then, unless ``--keep-serving`` keeps it up until Ctrl-C;
 8. the edge agent installs the release and replays a held-out soundscape (the TUI when a terminal
    is attached, plain output otherwise), syncs, and the cloud's tour report is compared with the
    soundscape's ground truth.
@@ -72,6 +74,11 @@ def register(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=2, help="ETL processes")
     p.add_argument("--no-tui", action="store_true", help="plain output even on a terminal")
     p.add_argument("--port", type=int, default=0, help="port for the service (default: a free one)")
+    p.add_argument(
+        "--keep-serving",
+        action="store_true",
+        help="keep the service (and its console) running after the demo until Ctrl-C (default: stop it)",
+    )
     p.set_defaults(func=cmd_demo)
 
 
@@ -192,6 +199,8 @@ def _demo(args: argparse.Namespace) -> int:
     data, work = _dataset(args, root)
     summary: dict[str, Any] = {"dataset": str(data), "synthetic": args.data is None, "seed": args.seed}
     server = None
+    keep = bool(getattr(args, "keep_serving", False))
+    console: tuple[str, str] | None = None
     try:
         _validate_and_baseline(args, data, work, summary)
         members = _members(args, data, work, summary)
@@ -200,13 +209,51 @@ def _demo(args: argparse.Namespace) -> int:
         release = _export(args, data, work, student, summary)
         server, url, tokens = _serve(args, work, ens, release)
         _edge(args, data, work, url, tokens, summary)
+        console = (f"{url}/console/login", tokens["reviewer"])
+        summary["console"] = console[0]
+        if keep:
+            _finish(work, summary, console, serving=True)
+            _keep_serving(server)
     finally:
         if server is not None:
             _stop(server)
             print("      service stopped", flush=True)
+    if not keep:
+        _finish(work, summary, console, serving=False)
+    return 0
+
+
+def _finish(work: Path, summary: dict[str, Any], console: tuple[str, str] | None, serving: bool) -> None:
+    """The summary file, the hints, and the console's address with a reviewer's login token."""
     (work / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     _tail(work, summary)
-    return 0
+    if console is None:
+        return
+    url, token = console
+    print(f"\nconsole: {url}  reviewer token: {token}")
+    if serving:
+        print("      the service keeps running until Ctrl-C", flush=True)
+    else:
+        port = url.split(":")[-1].split("/")[0]
+        print(
+            "      (the service has stopped: `silencio demo … --keep-serving` keeps it up, or start it "
+            f"again with the `cloud serve` hint above and `--port {port}`)",
+            flush=True,
+        )
+
+
+def _keep_serving(proc: Any, stop: threading.Event | None = None) -> None:
+    """Wait while the service runs, until Ctrl-C (or ``stop`` is set; or the service exits by
+    itself, which is said)."""
+    stop = stop or threading.Event()
+    try:
+        while proc.poll() is None:
+            if stop.wait(0.5):
+                return
+    except KeyboardInterrupt:
+        print(flush=True)
+        return
+    print(f"      the service exited by itself (code {proc.returncode})", flush=True)
 
 
 # ---------------------------------------------------------------------------------- steps
@@ -484,6 +531,9 @@ def _serve(args: argparse.Namespace, work: Path, ens: Path, release: Path) -> tu
             "device": cloud.store.add_device("demo-device"),
             "admin": cloud.store.add_device("demo-admin", "admin"),
         }
+    if "reviewer" not in tokens:  # a console login (only its hash is stored): printed at the end
+        tokens["reviewer"] = cloud.store.add_user("demo-reviewer", "reviewer")
+    if not tokens_file.exists() or json.loads(tokens_file.read_text()) != tokens:
         tokens_file.write_text(json.dumps(tokens))
         tokens_file.chmod(0o600)
     rel = cloud.publish_release(release)  # package/, thresholds.json, release.json: signed as one archive

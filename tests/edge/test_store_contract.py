@@ -288,3 +288,34 @@ def test_foreign_keys_hold(store):
     with pytest.raises(Exception):  # noqa: B017 - sqlite3.IntegrityError or ValueError
         store.add_detection(NewDetection("no-such-tour", "grekis", T0, T0, 0.0, 1.0, 0.9, "high", "m"))
     assert store.pending().detections == 0
+
+
+def test_verified_clips_carry_the_guides_and_the_clouds_verdicts(store):
+    tour, rec = _tour_with_recording(store)
+    a, b, c, d = (_det(store, tour, rec, 10.0 * i) for i in range(4))
+    for det, name in ((a, "a"), (b, "b"), (c, "c"), (d, "d")):
+        _clip(store, tour, det, name=name, at=_at(float(ord(name))))
+    _clip(store, tour, None, name="random")
+    store.add_feedback(a, GuideVerdict.WRONG_SPECIES, "trokin")
+    store.add_feedback(b, GuideVerdict.NOT_AN_ANIMAL)
+    species = (CloudScore("trokin", 0.8), CloudScore("grekis", 0.1))
+    store.apply_confirmation(Confirmation(c, False, species))  # the cloud disputes c; d is not judged
+    got = {v.path: v for v in store.verified_clips(10)}
+    assert sorted(got) == ["/clips/a.ogg", "/clips/b.ogg", "/clips/c.ogg"]
+    assert got["/clips/a.ogg"].judgements() == [("grekis", False), ("trokin", True)]
+    assert got["/clips/b.ogg"].judgements() == [("grekis", False)]
+    assert got["/clips/c.ogg"].judgements() == [("grekis", False), ("trokin", True)]
+    assert [v.path for v in store.verified_clips(2)] == ["/clips/c.ogg", "/clips/b.ogg"]  # newest first
+
+
+def test_update_refusal_is_kept_until_cleared(store):
+    from edge.records import UpdateRefusal
+
+    assert store.update_refusal() is None
+    r = UpdateRefusal(
+        "7", "a" * 64, "worse on verified clips", "2025-01-01T00:00:00.000+00:00", {"errors": 3}
+    )
+    store.set_update_refusal(r)
+    assert store.update_refusal() == r
+    store.set_update_refusal(None)
+    assert store.update_refusal() is None

@@ -70,8 +70,52 @@ def test_demo_quick_runs_the_whole_loop_and_reuses(capfd, tmp_path, monkeypatch)
     # checked above, through the test's own process tree)
     port = int(re.search(r"http://127\.0\.0\.1:(\d+) \(OpenAPI", out).group(1))
     assert _nothing_listens(port)
+    # the demo ends with the console's address (the service's) and a reviewer's login token
+    console = re.search(r"console: http://127\.0\.0\.1:(\d+)/console/login  reviewer token: (\S+)\n", out)
+    assert console and int(console.group(1)) == port and "the service has stopped" in out
+    token = console.group(2)
+    assert summary["console"] == f"http://127.0.0.1:{port}/console/login"
+    from cloud.settings import CloudSettings
+    from cloud.store import open_store as open_cloud_store
+
+    cloud_store = open_cloud_store(CloudSettings(home=work / "cloud_home"))
+    try:
+        assert cloud_store.authenticate_user(token).role == "reviewer"  # a real login, not a device's
+    finally:
+        cloud_store.close()
 
     assert main(["demo", "--quick", "--species", "5", "--workers", "1", "--no-tui"]) == 0
     out, _ = capfd.readouterr()
     assert "reusing" in out and "files reused" in out and "[10/10]" in out
     assert out.count("reusing") >= 6  # dataset, 3 members, ensemble, student, edge packages
+    assert f"reviewer token: {token}\n" in out  # the same login as the first run
+
+
+def test_keep_serving_waits_for_the_service_until_stopped():
+    """``--keep-serving`` waits while the service runs (until Ctrl-C; here its stop event) and
+    then the demo stops it; a service that dies by itself ends the wait. (The whole demo with the
+    flag would take minutes: its waiting is tested here on a stand-in process.)"""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from silencio.cli import build_parser
+    from silencio.demo import _keep_serving, _stop
+
+    args = build_parser().parse_args(["demo", "--quick", "--keep-serving"])
+    assert args.keep_serving is True
+    assert build_parser().parse_args(["demo"]).keep_serving is False
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        stop = threading.Event()
+        threading.Timer(1.0, stop.set).start()
+        t0 = time.monotonic()
+        _keep_serving(proc, stop)
+        assert time.monotonic() - t0 >= 0.9 and proc.poll() is None  # it waited; the service still runs
+    finally:
+        _stop(proc)
+    assert proc.returncode is not None
+    died = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"], start_new_session=True)
+    _keep_serving(died, threading.Event())  # returns by itself: the service exited
+    assert died.returncode == 3
