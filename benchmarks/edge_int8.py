@@ -5,7 +5,7 @@
 ``CHECKPOINT``: a trained student (``silencio train distill`` / the demo's ``student.pt``);
 ``DATASET``: the dataset it was trained on (the demo's synthetic one, or a BirdCLEF download). The
 windows are those of ``silencio export edge``: int8 calibration on training windows plus
-unlabelled soundscapes (:func:`training.export_cli.calibration_windows`), agreement and ROC-AUC on
+unlabelled soundscapes (:func:`training.export.calibration_windows`), agreement and ROC-AUC on
 the validation split, and — when the dataset has their truth — on the held-out labelled
 soundscapes (never trained on). For every recipe (:class:`training.export.Int8Recipe`): top-1
 agreement with fp32 and macro ROC-AUC on both window sets, file size, and the model's latency on
@@ -66,8 +66,7 @@ def main() -> None:
     from training.bundle import windows_of
     from training.data import from_audio
     from training.dataset import read_solution_csv
-    from training.export import Int8Recipe, PublishThresholds, export_onnx, quantize_int8
-    from training.export_cli import calibration_windows
+    from training.export import Int8Recipe, PublishThresholds, calibration_windows, export_onnx, quantize_int8
     from training.metrics import birdclef_roc_auc
 
     d = from_audio(args.data, DEFAULT, soundscapes=True)

@@ -50,7 +50,11 @@ def client_error(where: Request | str, exc: CloudError) -> JSONResponse:
     if isinstance(where, Request):
         where = f"{where.method} {where.url.path}"
     log.warning("%s → %d: %s", where, exc.status, one_line(str(exc)))
-    return error_response(exc.status, str(exc))
+    resp = error_response(exc.status, str(exc))
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:  # 429: when to try again
+        resp.headers["retry-after"] = str(int(retry_after))
+    return resp
 
 
 def one_line(text: str) -> str:
@@ -99,7 +103,9 @@ class ApiBoundary:
     """ASGI middleware of the ``Silencio`` service (see the module docstring).
 
     ``docs``: a callable returning the OpenAPI document; ``page``: the ``/docs`` HTML;
-    ``upload_limit``: a callable returning the largest ``/identify`` body in bytes."""
+    ``upload_limit``: a callable returning the largest ``/identify`` body in bytes;
+    ``passthrough``: path prefixes served as they are (the console's HTML pages and their own
+    error pages)."""
 
     def __init__(
         self,
@@ -107,8 +113,10 @@ class ApiBoundary:
         docs: Callable[[], dict[str, Any]],
         page: Callable[[], str],
         upload_limit: Callable[[], float],
+        passthrough: tuple[str, ...] = (),
     ) -> None:
         self.app = app
+        self.passthrough = passthrough
         self.docs = docs
         self.page = page
         self.upload_limit = upload_limit
@@ -119,6 +127,14 @@ class ApiBoundary:
             await self.app(scope, receive, send)
             return
         path, method = scope["path"], scope["method"]
+        if path in self.passthrough:  # the bare prefix: to its index
+            from starlette.responses import RedirectResponse
+
+            await RedirectResponse(path + "/", status_code=308)(scope, receive, send)
+            return
+        if any(path.startswith(p + "/") for p in self.passthrough):
+            await self.app(scope, receive, send)
+            return
         if path in ("/docs", "/docs.json", "/"):
             if method in ("GET", "HEAD"):
                 await self._serve_docs(path, scope, receive, send)

@@ -40,7 +40,9 @@ RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
 
 _ERRORS = {
     400: "corrupt or empty audio; a clip whose bytes do not match its sha256",
-    401: "missing or wrong bearer token",
+    401: "missing, wrong or revoked bearer token",
+    403: "a valid token without the right: another device's data, or a device token for an admin endpoint",
+    429: "too many wrong tokens from this client address; the `Retry-After` header says when to retry",
     404: "not found",
     413: "body larger than the service's limit",
     415: "not audio / not the expected content type",
@@ -84,7 +86,12 @@ def _op(
         "operationId": op_id,
         "summary": summary,
         "tags": [tag],
-        "responses": {"200": ok, **_errors(*sorted(set(errors) | ({401} if auth else set())))},
+        "responses": {
+            "200": ok,
+            **_errors(
+                *sorted(set(errors) | ({401} if auth else set()) | ({403} if auth == "admin" else set()))
+            ),
+        },
     }
     if description:
         op["description"] = description
@@ -193,7 +200,7 @@ def paths() -> dict[str, dict[str, Any]]:
             "post": _op(
                 "Upload a clip: stored, then re-scored by the full ensemble",
                 _json(schemas.ClipAck, "the clip's confirmation (or the earlier one for a re-sent clip)"),
-                (400, 413, 415, 422, 503),
+                (400, 403, 413, 415, 422, 503),
                 tag="device",
                 op_id="upload_clip",
                 auth="device",
@@ -234,7 +241,7 @@ def paths() -> dict[str, dict[str, Any]]:
             "post": _op(
                 "A guide's flag on a detection (into the relabelling queue)",
                 _json(schemas.FeedbackAck, "stored (or a duplicate of one stored before)"),
-                (404, 413, 415, 422),
+                (403, 404, 413, 415, 422),
                 tag="device",
                 op_id="feedback",
                 auth="device",
@@ -273,7 +280,10 @@ def paths() -> dict[str, dict[str, Any]]:
         "/v1/releases/current": {
             "get": _op(
                 "The current edge model release",
-                _json(schemas.ReleaseInfo, "version, sha256, feature fingerprint, metrics"),
+                _json(
+                    schemas.ReleaseInfo,
+                    "version, sha256, feature fingerprint, metrics, and the release's Ed25519 signature",
+                ),
                 (404,),
                 tag="device",
                 op_id="release",
@@ -400,9 +410,19 @@ def document() -> dict[str, Any]:
             {"name": "probes", "description": "health, readiness, metrics"},
             {"name": "docs", "description": "this document and its page"},
         ],
-        "paths": paths(),
+        "paths": _with_rate_limit(paths()),
         "components": components(),
     }
+
+
+def _with_rate_limit(items: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every ``/v1`` operation may answer 429: a request that carries a token from an address that
+    sent too many wrong ones is refused whatever it asks (cloud/ratelimit.py)."""
+    for path, ops in items.items():
+        if path.startswith("/v1/"):
+            for op in ops.values():
+                op["responses"] = dict(sorted({**op["responses"], **_errors(429)}.items()))
+    return items
 
 
 PAGE = """<!DOCTYPE html>

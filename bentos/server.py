@@ -37,14 +37,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
+from cloud.settings import VERBOSE_ENV  # ``silencio -v`` count, passed on to the server and its workers
+
 log = logging.getLogger(__name__)
 
 #: The service every server process runs.
 SERVICE = "bentos.service:Silencio"
 #: Where a worker writes the reason of a fatal start-up error for the server process to print.
 FATAL_ENV = "SILENCIO_SERVE_FATAL"
-#: ``silencio -v`` count, passed on to the server and its workers.
-VERBOSE_ENV = "SILENCIO_VERBOSE"
 #: Seconds a worker has to finish after SIGTERM (or after its parent died) before it is killed.
 SHUTDOWN_GRACE = 5.0
 #: Our packages in the server.

@@ -42,7 +42,17 @@ from bentos.http import (
 )
 from bentos.openapi import document, page
 from bentos.server import configure_logging, die_with_parent, fatal, in_worker, quiet_native_info
-from cloud.errors import CloudError, NotReady, PayloadTooLarge, Unprocessable, UnsupportedMediaType
+from cloud.console import ConsoleDeps
+from cloud.console import make_app as console_app
+from cloud.errors import (
+    CloudError,
+    NotReady,
+    PayloadTooLarge,
+    Unauthorized,
+    Unprocessable,
+    UnsupportedMediaType,
+)
+from cloud.ratelimit import client_address
 from cloud.schemas import ModelInfo, ReadyStatus
 from cloud.service import Cloud
 from cloud.settings import CloudSettings
@@ -113,6 +123,25 @@ async def _body(request: Request, limit: float) -> bytes:
     return b"".join(chunks)
 
 
+def _bounded(request: Request, limit: float) -> Request:
+    """The request, whose body refuses (413) to grow past ``limit`` bytes while it is read — also a
+    chunked body without ``Content-Length``, and a multipart file part (Starlette spools those to
+    disk without a limit of its own)."""
+    receive = request.receive
+    seen = 0
+
+    async def bounded() -> Any:
+        nonlocal seen
+        message = await receive()
+        if message.get("type") == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise PayloadTooLarge(f"request body exceeds the {int(limit)} byte limit")
+        return message
+
+    return Request(request.scope, bounded)
+
+
 def _json_body_check(request: Request) -> None:
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
     if ctype not in ("application/json", ""):
@@ -121,11 +150,24 @@ def _json_body_check(request: Request) -> None:
 
 def _handler(fn: Any) -> Any:
     """A device-API endpoint: its answer as JSON; a :class:`CloudError` as the error shape (one log
-    line); anything else a 500 whose traceback goes to the log, not to the client."""
+    line); anything else a 500 whose traceback goes to the log, not to the client. A request that
+    presents a token is first checked against the wrong-token limit of its client address (429
+    with ``Retry-After`` while blocked), and a refused token counts against it
+    (:mod:`cloud.ratelimit`)."""
 
     async def run(request: Request) -> Response:
+        client = None
         try:
+            if _token(request) is not None:
+                c = _cloud()
+                peer = request.client.host if request.client else None
+                client = client_address(peer, request.headers.get("x-forwarded-for"), c.trusted_proxies)
+                c.auth_limiter.check(client)
             out = await fn(request)
+        except Unauthorized as exc:
+            if client is not None:
+                _cloud().auth_limiter.failed(client)
+            return client_error(request, exc)
         except CloudError as exc:
             return client_error(request, exc)
         except Exception as exc:  # noqa: BLE001 - the boundary: a bug answers 500 and is logged
@@ -154,7 +196,7 @@ async def _clips(request: Request) -> Any:
         raise UnsupportedMediaType(
             f"clip uploads are multipart/form-data (meta + audio), got {ctype.split(';')[0] or 'none'}"
         )
-    async with _form(request, max_files=1, max_fields=2, max_part_size=int(limit)) as form:
+    async with _form(_bounded(request, limit), max_files=1, max_fields=2, max_part_size=64 * 1024) as form:
         meta, audio = form.get("meta"), form.get("audio")
         if meta is None or audio is None or isinstance(audio, str):
             raise Unprocessable("multipart needs a 'meta' JSON field and an 'audio' file")
@@ -171,6 +213,8 @@ def _form(request: Request, **limits: Any) -> Any:
     async def form() -> Any:
         try:
             parsed = await request.form(**limits)
+        except CloudError:
+            raise  # the body grew past its limit (_bounded)
         except Exception as exc:  # noqa: BLE001 - Starlette's multipart parser raises several kinds
             raise Unprocessable(f"malformed multipart body: {str(exc).splitlines()[0][:200]}") from None
         try:
@@ -223,7 +267,7 @@ async def _identify_v1(request: Request) -> Any:
     }
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
-        async with _form(request, max_files=1, max_part_size=int(limit)) as form:
+        async with _form(_bounded(request, limit + 256 * 1024), max_files=1, max_part_size=64 * 1024) as form:
             f = form.get("audio")
             if f is None or isinstance(f, str):
                 raise Unprocessable("multipart needs an 'audio' file field")
@@ -286,7 +330,15 @@ def _start_failed(what: str, exc: BaseException) -> None:
     fatal(f"{what}: {detail}")
 
 
-@bentoml.service(name="silencio_scorer", traffic={"timeout": 120})
+# BentoML's client of a dependency replaces its HTTP session every 100 requests (and every 300 s) and
+# closes the old one with requests still in flight on it: each of those failed with "Server
+# disconnected" (a 500) whenever more than one request was scoring — 25 of 240 requests with 32
+# clients (tests/reliability/test_load.py). The scorer runs beside the API worker on this machine: its
+# session never needs replacing.
+_ONE_SESSION = {"max_requests": 2**31 - 1, "max_age": 10.0 * 365 * 24 * 3600}
+
+
+@bentoml.service(name="silencio_scorer", traffic={"timeout": 120}, runner_connection=_ONE_SESSION)
 class Scorer:
     """The ensemble behind an adaptive-batching API. Loaded and warmed up (one window scored, so
     every member's runtime is built) before the worker serves: its ``/readyz`` and therefore the
@@ -314,6 +366,11 @@ class Scorer:
         return self.identifier.package.predict(np.asarray(windows, np.float32)).probs
 
 
+#: the ecologists' console (cloud/console/): HTML pages behind a login, on the service's own store
+console = console_app(lambda: ConsoleDeps.from_cloud(_cloud()))
+
+
+@bentoml.asgi_app(console, path="/console")
 @bentoml.asgi_app(v1, path="/v1")
 @bentoml.service(name="silencio", traffic={"timeout": 120}, runner_probe={"enabled": False})
 class Silencio:
@@ -390,4 +447,6 @@ def _upload_limit() -> float:
     return float(settings.max_upload_mb * 1e6)
 
 
-Silencio.add_asgi_middleware(ApiBoundary, docs=document, page=page, upload_limit=_upload_limit)
+Silencio.add_asgi_middleware(
+    ApiBoundary, docs=document, page=page, upload_limit=_upload_limit, passthrough=("/console",)
+)

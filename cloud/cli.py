@@ -1,6 +1,7 @@
-"""``silencio cloud …``: serve the BentoML service, migrate the store, manage devices, publish edge
-releases, export guides' feedback, print reports. ``python -m cloud …`` runs the same commands
-where only the service is installed (the container image)."""
+"""``silencio cloud …``: serve the BentoML service, migrate the store, manage devices, the release
+signing key, publish (signed) edge releases, export guides' feedback, print reports.
+``python -m cloud …`` runs the same commands where only the service is installed (the container
+image)."""
 
 from __future__ import annotations
 
@@ -73,8 +74,45 @@ def register(sub: Any) -> None:
     store_args(dv)
     dv.set_defaults(func=cmd_devices)
 
-    r = g.add_parser("release", help="publish an edge model package as the current release")
-    r.add_argument("package", type=Path, help="edge package directory (silencio export edge …/onnx-int8)")
+    au = g.add_parser(
+        "add-user",
+        help="add an ecologists' console user (reviewer or admin) and print their login token once",
+        description="Console users sign in at /console with this token. Reviewers review clips and "
+        "read every page; admins may also promote and roll back releases. Device tokens never open "
+        "the console.",
+    )
+    au.add_argument("name", help="user name, unique (shown with each verdict)")
+    au.add_argument("--role", required=True, choices=["reviewer", "admin"], help="reviewer or admin")
+    store_args(au)
+    au.set_defaults(func=cmd_add_user)
+
+    ru = g.add_parser("revoke-user", help="revoke a console user's token and end their sessions")
+    ru.add_argument("name", help="user name")
+    store_args(ru)
+    ru.set_defaults(func=cmd_revoke_user)
+
+    kg = g.add_parser(
+        "keygen",
+        help="create the release signing key (Ed25519) and print its public key for devices to pin",
+        description="Writes the key pair under $SILENCIO_HOME/cloud/keys/ (private key 0600, never "
+        "printed) and prints the public key and its key id: devices pin it with `silencio edge enroll "
+        "--release-key KEY`. --rotate replaces the key; the old key signs the new one, so devices that "
+        "pinned it accept releases signed by the new key.",
+    )
+    kgm = kg.add_mutually_exclusive_group()
+    kgm.add_argument("--rotate", action="store_true", help="replace the key (the old one signs the new one)")
+    kgm.add_argument("--show", action="store_true", help="only print the current public key and key id")
+    kg.set_defaults(func=cmd_keygen)
+
+    r = g.add_parser(
+        "release",
+        help="sign an edge model package (or release directory) and publish it as the current release",
+    )
+    r.add_argument(
+        "package",
+        type=Path,
+        help="edge package directory (silencio export edge …/onnx-int8) or release directory (release.json)",
+    )
     store_args(r)
     r.set_defaults(func=cmd_release)
 
@@ -107,11 +145,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     then *become* the server (``exec python -m bentos.server``): the pid stays the same, so SIGTERM
     or Ctrl+C stops the server and all its workers, and its exit status is the server's. Never
     returns when the checks pass."""
-    from bentos import server
+    from cloud.settings import VERBOSE_ENV
 
     settings, env = _serve_settings(args)
     ident = _preflight(settings, args.host, args.port)
-    env[server.VERBOSE_ENV] = str(getattr(args, "verbose", 0) or 0)
+    env[VERBOSE_ENV] = str(getattr(args, "verbose", 0) or 0)
     url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '') else args.host}:{args.port}"
     info = ident.model_info()
     model = f"{info['name']} {info['version']}" + (
@@ -245,6 +283,39 @@ def cmd_add_device(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_console_user(settings: Any, name: str, role: str) -> tuple[str, str]:
+    """Add a console user to the store the settings name: ``(login token, where)``; the token is
+    shown once (only its hash is stored). What ``silencio cloud add-user`` and the demo call."""
+    from cloud.store import open_store
+
+    store = open_store(settings)
+    try:
+        return store.add_user(name, role), store.describe()
+    finally:
+        store.close()
+
+
+def cmd_add_user(args: argparse.Namespace) -> int:
+    token, where = add_console_user(_settings(args), args.name, args.role)
+    print(f"{args.role} {args.name!r} added to {where}")
+    print(f"login token (shown once, only its hash is stored): {token}")
+    print("sign in at http://HOST:PORT/console/login (silencio cloud serve)")
+    return 0
+
+
+def cmd_revoke_user(args: argparse.Namespace) -> int:
+    from cloud.store import open_store
+
+    store = open_store(_settings(args))
+    try:
+        user = store.revoke_user(args.name)
+    finally:
+        store.close()
+    assert user.revoked_at is not None
+    print(f"{user.role} {user.name!r} revoked at {user.revoked_at.isoformat()}: token and sessions end now")
+    return 0
+
+
 def cmd_revoke_device(args: argparse.Namespace) -> int:
     from cloud.store import open_store
 
@@ -285,14 +356,44 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from cloud.signing import generate_key, keys_dir, load_key, rotate_key
+
+    home = _settings(args).home
+    if args.show:
+        key = load_key(home)
+        if key is None:
+            raise CloudError(f"no release signing key in {keys_dir(home)}: silencio cloud keygen")
+        print(f"release key {key.key_id} ({key.path})")
+    elif args.rotate:
+        key, rotation = rotate_key(home)
+        print(f"rotated the release signing key {rotation.old_key_id} → {key.key_id} ({key.path})")
+        print(
+            f"  the old key signed the new one: devices that pinned {rotation.old_key_id} accept releases "
+            f"signed by {key.key_id}; its private key is in {keys_dir(home) / 'retired'} (destroy it once "
+            "every device has installed a release signed by the new key)"
+        )
+    else:
+        key = generate_key(home)
+        print(f"release signing key {key.key_id} written to {key.path} (mode 0600)")
+    print(f"public key: {key.public_key}")
+    print(f"  enrol a device: silencio edge enroll --cloud URL --token TOKEN --release-key {key.public_key}")
+    return 0
+
+
 def cmd_release(args: argparse.Namespace) -> int:
     from cloud.service import Cloud
 
     info = Cloud(_settings(args)).publish_release(args.package)
     print(
         f"release {info['version']} ({info['format']}, {info['bytes'] / 1e6:.2f} MB, "
-        f"sha256 {info['sha256'][:12]}…)"
+        f"sha256 {info['sha256'][:12]}…), signed by key {info['key_id']}"
     )
+    if info["key_created"]:
+        print(
+            f"  no signing key existed: created one; devices must pin its public key to install releases:\n"
+            f"  silencio edge enroll --cloud URL --token TOKEN --release-key {info['public_key']}"
+        )
     return 0
 
 

@@ -40,6 +40,10 @@ class DeviceExists(Conflict, ValueError):
     """``add_device`` with a name that is taken."""
 
 
+class UserExists(Conflict, ValueError):
+    """``add_user`` with a name that is taken (console users)."""
+
+
 class PayloadTooLarge(CloudError):
     status = 413
 
@@ -65,3 +69,19 @@ class StoreError(CloudError):
     answer, migrations not applied (the message says which, never the password)."""
 
     status = 503
+
+
+class TooManyRequests(CloudError):
+    """Too many requests with a wrong token from one client address: wait ``retry_after`` seconds."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class SigningError(CloudError):
+    """The release signing key cannot be created, read or used (the message says which file)."""
+
+    status = 500

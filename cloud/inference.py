@@ -34,8 +34,13 @@ from shared_features.package import PACKAGE_FORMAT, PACKAGE_VERSION, ModelPackag
 
 log = logging.getLogger(__name__)
 
-#: Longest upload ``identify`` decodes (seconds of audio).
+#: Longest upload ``identify`` (and a clip upload) decodes (seconds of audio): refused from the
+#: header when it says so, else as soon as decoding passes it (``shared_features.audio``).
 MAX_IDENTIFY_SECONDS = 10 * 60.0
+#: Highest sample rate and most channels an upload may have: with 10 minutes, at most
+#: 57.6 M samples (230 MB of float32) are decoded for one request, whatever the file's size.
+MAX_UPLOAD_SAMPLE_RATE = 96_000
+MAX_UPLOAD_CHANNELS = 8
 
 
 def birdnet_only_package(root: Path, taxonomy: Path) -> Path:
@@ -171,9 +176,18 @@ class Identifier:
         return s.probs, s.members
 
     def decode(self, data: bytes | Path, name: str = "upload") -> np.ndarray:
-        """Audio bytes / file → ``[n] float32`` at 32 kHz, with the cloud's error codes."""
+        """Audio bytes / file → ``[n] float32`` at 32 kHz, with the cloud's error codes: not audio,
+        or a sample rate / channel count over the upload limits 415; longer than
+        :data:`MAX_IDENTIFY_SECONDS` (by its header or while decoding) 413; corrupt, empty, too
+        short, NaN samples 400."""
         try:
-            return load_audio(data, DEFAULT, max_duration=MAX_IDENTIFY_SECONDS)
+            return load_audio(
+                data,
+                DEFAULT,
+                max_duration=MAX_IDENTIFY_SECONDS,
+                max_sample_rate=MAX_UPLOAD_SAMPLE_RATE,
+                max_channels=MAX_UPLOAD_CHANNELS,
+            )
         except UnsupportedFormatError as exc:
             raise UnsupportedMediaType(f"{name}: {_audio_message(exc, data)}") from None
         except AudioTooLongError as exc:

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from cloud.errors import BadRequest, Forbidden, NotFound, NotReady, PayloadTooLarge, Unprocessable
 from cloud.inference import Identifier, species_entry
+from cloud.ratelimit import BadTokenLimiter, parse_proxies
 from cloud.schemas import (
     WIRE_VERSION,
     ClipAck,
@@ -41,9 +42,11 @@ from cloud.settings import CloudSettings
 from cloud.store import (
     ClipFiles,
     ClipResult,
+    DeviceRecord,
     FeedbackResult,
     IngestResult,
     NewConfirmation,
+    ReleaseSignature,
     Role,
     Store,
     TourReport,
@@ -80,6 +83,9 @@ class Cloud:
         self.settings = settings or CloudSettings()
         self.store: Store = store if store is not None else open_store(self.settings)
         self.clip_files = ClipFiles(self.settings.clips_path)
+        #: wrong tokens per client address (the HTTP boundary counts and checks; cloud/ratelimit.py)
+        self.auth_limiter = BadTokenLimiter(self.settings.auth_fail_limit, self.settings.auth_fail_window_s)
+        self.trusted_proxies = parse_proxies(self.settings.trusted_proxies)
         self._identifier = identifier
         self._load_error: str | None = None
         self.on_event = on_event or (lambda name, value: None)
@@ -294,7 +300,7 @@ class Cloud:
     ) -> dict[str, Any]:
         """``check=False``: local access (the CLI, which holds the database itself)."""
         if check:
-            self.store.authenticate(token, Role.ADMIN)
+            self.admin(token)
         reports = self.store.tour_report(tour_uuid)
         if tour_uuid and not reports:
             raise NotFound(f"tour {tour_uuid} not found")
@@ -335,50 +341,113 @@ class Cloud:
     def summary(self, token: str | None, *, check: bool = True) -> dict[str, Any]:
         """Per day and per guide: tours, distinct species heard and confirmed, disagreement rate."""
         if check:
-            self.store.authenticate(token, Role.ADMIN)
+            self.admin(token)
         return dataclasses.asdict(self.store.summary())
 
+    def admin(self, token: str | None) -> DeviceRecord:
+        """An admin token's device: 401 for a missing, wrong or revoked token, 403 for a valid
+        device token (it authenticates, but may not read every device's data)."""
+        dev = self.store.authenticate(token)
+        if dev.role is not Role.ADMIN:
+            raise Forbidden(f"{dev.role} {dev.name!r} may not read reports: they need an admin token")
+        return dev
+
     # ------------------------------------------------------------------ releases
-    def publish_release(self, package_dir: Path) -> dict[str, Any]:
-        """Register an edge package (directory) as the current release; devices fetch it as a
-        tar archive. The package is verified (sha256s, fingerprint) before it is published."""
-        import tarfile
-        import tempfile
+    def publish_release(self, source: Path) -> dict[str, Any]:
+        """Sign an edge release and make it the current one; devices fetch it as a tar archive.
 
+        ``source``: an edge package directory, or a release directory (``package/``,
+        ``thresholds.json``, ``release.json`` naming every file's sha256, as the training pipeline
+        writes it). The package is verified (sha256s, fingerprint) first. The archive is signed
+        with the cloud's release key (:mod:`cloud.signing`); with no key yet, one is created and a
+        warning names its public key, which devices must pin (``silencio edge enroll``)."""
+        from cloud.signing import ensure_key, rotations, sign_release
         from shared_features.package import load_package
+        from shared_features.signature import ReleaseStatement
 
+        source = Path(source)
+        release = _release_manifest(source)
+        package_dir = source / "package" if release is not None else source
         pkg = load_package(package_dir)
         if pkg.kind != "edge":
             raise BadRequest(f"{package_dir}: a release must be an edge package, not {pkg.kind}")
+        thresholds = source / "thresholds.json" if release is not None else None
+        if thresholds is not None and not thresholds.is_file():
+            thresholds = None
+        name = str(release.get("name") or pkg.name) if release else pkg.name
+        version = str(release.get("version") or pkg.version) if release else pkg.version
+        members = [("package", package_dir)]
+        if release is not None:
+            members += [(f.name, f) for f in (thresholds, source / "release.json") if f is not None]
+        key, created = ensure_key(self.settings.home)
+        if created:
+            log.warning(
+                "no release signing key yet: created %s (key id %s); devices must pin its public key "
+                "before they install a release: silencio edge enroll --release-key %s",
+                key.path,
+                key.key_id,
+                key.public_key,
+            )
         rel_dir = self.settings.home / "cloud" / "releases"
         rel_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=rel_dir, suffix=".tar", delete=False) as tmp:
-            with tarfile.open(tmp.name, "w") as tar:
-                tar.add(package_dir, arcname="package")
-        digest = hashlib.sha256(Path(tmp.name).read_bytes()).hexdigest()
-        dest = rel_dir / f"{pkg.name}-{pkg.version}-{digest[:12]}.tar"
-        os.replace(tmp.name, dest)
-        self.store.publish_release(pkg.version, digest, pkg.feature_fingerprint, str(dest), pkg.manifest)
-        return self.release_info(None, check=False)
+        archive = _write_archive(rel_dir, members)
+        digest, size = _sha256_size(archive)
+        dest = rel_dir / f"{name}-{version}-{digest[:12]}.tar"
+        os.replace(archive, dest)
+        statement = ReleaseStatement(
+            name=name,
+            version=version,
+            sha256=digest,
+            bytes=size,
+            feature_fingerprint=pkg.feature_fingerprint,
+            labels_sha256=pkg.labels.digest(),
+            thresholds_sha256=_sha256_size(thresholds)[0] if thresholds is not None else None,
+            signed_at=utcnow_iso(),
+            key_id=key.key_id,
+        )
+        signature = ReleaseSignature(
+            signature=sign_release(key, statement),
+            key_id=key.key_id,
+            statement=statement.to_dict(),
+            key_rotations=[r.to_dict() for r in rotations(self.settings.home)],
+        )
+        manifest = {**pkg.manifest, **({"release": release} if release is not None else {})}
+        self.store.publish_release(version, digest, pkg.feature_fingerprint, str(dest), manifest, signature)
+        log.info(
+            "published release %s %s (sha256 %s…), signed by key %s", name, version, digest[:12], key.key_id
+        )
+        return {**self.release_info(None, check=False), "key_created": created, "public_key": key.public_key}
 
     def release_info(self, token: str | None, check: bool = True) -> dict[str, Any]:
+        """The current release as devices see it (:class:`cloud.schemas.ReleaseInfo`). ``version``,
+        ``sha256`` and ``feature_fingerprint`` come from the release's row, the other signed fields
+        from its signed statement: a device rebuilds the statement from these fields, so a change
+        to any of them fails its signature check."""
         if check:
             self.store.authenticate(token)
         rel = self.store.current_release()
         if rel is None:
             raise NotFound("no edge model release published yet (silencio cloud release PACKAGE)")
         man = rel.manifest
+        sig = rel.signature
+        signed: dict[str, Any] = sig.statement if sig is not None else {}
         return {
             "version": rel.version,
-            "name": man.get("name"),
+            "name": signed.get("name", man.get("name")),
             "sha256": rel.sha256,
             "feature_fingerprint": rel.feature_fingerprint,
-            "bytes": Path(rel.path).stat().st_size,
+            "bytes": signed["bytes"] if sig is not None else Path(rel.path).stat().st_size,
             "metrics": man.get("metrics", {}),
             "validation": man.get("validation", {}),
             "format": man.get("format_name"),
             "created_at": rel.created_at.isoformat(),
             "download": "/v1/releases/current/download",
+            "labels_sha256": signed.get("labels_sha256", man.get("labels_sha256")),
+            "thresholds_sha256": signed.get("thresholds_sha256"),
+            "signed_at": signed.get("signed_at"),
+            "signature": sig.signature if sig is not None else None,
+            "key_id": sig.key_id if sig is not None else None,
+            "key_rotations": sig.key_rotations if sig is not None else [],
         }
 
     def release_file(self, token: str | None) -> Path:
@@ -387,3 +456,71 @@ class Cloud:
         if rel is None:
             raise NotFound("no edge model release published yet")
         return Path(rel.path)
+
+
+# ---------------------------------------------------------------------------------- release archives
+def utcnow_iso() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _sha256_size(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+            size += len(block)
+    return h.hexdigest(), size
+
+
+def _release_manifest(source: Path) -> dict[str, Any] | None:
+    """A release directory's ``release.json`` with every file it names checked against its sha256;
+    None for a plain package directory."""
+    import json
+
+    mf = source / "release.json"
+    if not mf.is_file():
+        return None
+    try:
+        manifest = json.loads(mf.read_text())
+        files = manifest["files"]
+        if not isinstance(files, dict) or not (source / "package").is_dir():
+            raise ValueError("needs a files map and a package/ folder")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BadRequest(f"{source}: not a readable edge release directory ({exc})") from None
+    for rel, info in files.items():
+        f = (source / rel).resolve()
+        if not f.is_relative_to(source.resolve()) or not f.is_file():
+            raise BadRequest(f"{source}: release.json names {rel!r}, which is not a file of the release")
+        if _sha256_size(f)[0] != (info or {}).get("sha256"):
+            raise BadRequest(f"{source}: {rel} does not match its sha256 in release.json")
+    return dict(manifest)
+
+
+def _write_archive(folder: Path, members: list[tuple[str, Path]]) -> Path:
+    """An uncompressed tar of ``members`` (archive name, path) with plain files and folders only
+    (owner root, modes 0644 / 0755, no times of this machine beyond the files'): what the edge's
+    safe extraction accepts. A link or special file in the release is refused here."""
+    import tarfile
+    import tempfile
+
+    def plain(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        if not (info.isfile() or info.isdir()):
+            raise BadRequest(f"release member {info.name}: only plain files and folders may be released")
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mode = 0o755 if info.isdir() else 0o644
+        return info
+
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tar.partial")
+    os.close(fd)
+    try:
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+            for arcname, path in members:
+                tar.add(path, arcname=arcname, filter=plain)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return Path(tmp)

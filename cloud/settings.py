@@ -11,6 +11,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared_features.labels import taxonomy_path
 from shared_features.paths import home
 
+#: The ``silencio -v`` count, passed on to the server (``python -m bentos.server``) and its workers.
+VERBOSE_ENV = "SILENCIO_VERBOSE"
+
 
 class CloudSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SILENCIO_CLOUD_", extra="ignore")
@@ -35,6 +38,13 @@ class CloudSettings(BaseSettings):
     max_json_kb: float = 4096.0
     confirm_threshold: float = 0.5
     threads: int = 2
+    #: wrong tokens one client address may present per window before it is answered 429 (0: no
+    #: limit); counted per process (cloud/ratelimit.py)
+    auth_fail_limit: int = Field(default=20, ge=0)
+    auth_fail_window_s: float = Field(default=60.0, gt=0)
+    #: proxies whose X-Forwarded-For names the client (addresses or networks, comma-separated,
+    #: e.g. ``172.16.0.0/12`` for the compose network's nginx); none: the peer is the client
+    trusted_proxies: str = ""
 
     @property
     def db_path(self) -> Path:

@@ -11,9 +11,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from edge.errors import EdgeError
 
-USER_ERRORS: tuple[type[BaseException], ...] = (EdgeError,)
+#: a setting out of its range (``--guide`` longer than the wire allows, ``--lat 91``) is the user's error too
+USER_ERRORS: tuple[type[BaseException], ...] = (EdgeError, ValidationError)
 log = logging.getLogger(__name__)
 
 
@@ -70,7 +73,26 @@ def register(sub: Any) -> None:
     sy.add_argument("--clips", type=int, help="at most this many clips in this run")
     sy.set_defaults(func=cmd_sync)
 
-    up = g.add_parser("update", help="install the cloud's current edge model (verified, shadow-evaluated)")
+    en = g.add_parser(
+        "enroll",
+        help="pin the cloud, this device's token and the cloud's release key (once per device)",
+        description="Checks that the cloud accepts the token and whether its current release verifies "
+        "with the key, then writes $SILENCIO_HOME/edge/enrolment.json (mode 0600). Model updates are "
+        "installed only when signed by the pinned key (or a key it rotated to).",
+    )
+    en.add_argument("--cloud", required=True, help="cloud URL, e.g. https://cloud.example.org")
+    en.add_argument("--token", required=True, help="this device's token (silencio cloud add-device)")
+    en.add_argument(
+        "--release-key",
+        required=True,
+        help="the cloud's release public key (ed25519:…, printed by silencio cloud keygen) or its file",
+    )
+    en.add_argument("--offline", action="store_true", help="do not contact the cloud before writing")
+    en.set_defaults(func=cmd_enroll)
+
+    up = g.add_parser(
+        "update", help="install the cloud's current edge model (signed, verified, shadow-evaluated)"
+    )
     up.add_argument("--url", help="cloud URL")
     up.add_argument("--token", help="device token")
     up.add_argument("--taxonomy", type=Path, help="taxonomy.csv (to shadow-evaluate against BirdNET)")
@@ -272,7 +294,10 @@ def _client(s: Any, store: Any = None, retries: int | None = None) -> Any:
     from edge.sync import SyncClient
 
     if not s.cloud_url or not s.token:
-        raise EdgeError("no cloud configured: pass --url and --token (or SILENCIO_EDGE_CLOUD_URL / _TOKEN)")
+        raise EdgeError(
+            "no cloud configured: silencio edge enroll --cloud URL --token TOKEN --release-key KEY "
+            "(or pass --url and --token, or SILENCIO_EDGE_CLOUD_URL / _TOKEN)"
+        )
     store = store if store is not None else _store(s)
     return SyncClient(
         store,
@@ -295,8 +320,22 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from edge.enrolment import enroll
+
+    s = settings(args)
+    res = enroll(s.home, args.cloud, args.token, args.release_key, check=not args.offline)
+    print(f"enrolled with {res.cloud_url}: release key {res.key_id} pinned ({res.path}, mode 0600)")
+    if res.release is not None:
+        print(f"  {res.release}")
+    return 0
+
+
 def cmd_update(args: argparse.Namespace) -> int:
+    import os
+
     from edge.detector import load_scorer
+    from edge.enrolment import pin_release_key
     from edge.updater import check_and_update
 
     s = settings(args)
@@ -307,8 +346,20 @@ def cmd_update(args: argparse.Namespace) -> int:
         current = load_scorer(Path(active.path) if active else None, s.taxonomy_path)
     except EdgeError:
         pass
+
+    def rotated(new_key: str) -> None:
+        pinned = pin_release_key(s.home, new_key)
+        if os.environ.get("SILENCIO_EDGE_RELEASE_KEY") or pinned is None:
+            print(
+                "warning: the cloud's release key was rotated; SILENCIO_EDGE_RELEASE_KEY still names the old "
+                f"key: set it to {new_key}",
+                file=sys.stderr,
+            )
+
     try:
-        res = check_and_update(client, client.store, s.model_dir, current)
+        res = check_and_update(
+            client, client.store, s.model_dir, current, release_key=s.release_key, on_key_rotated=rotated
+        )
     finally:
         client.close()
     print(json.dumps(res, default=str))

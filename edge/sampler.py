@@ -270,6 +270,8 @@ class Sampler:
         digest = hashlib.sha256(data).hexdigest()
         ext = "ogg" if self.fmt.upper() == "OGG" else "flac"
         path = self.clip_dir / (where.tour_uuid or "no-tour") / f"{digest}.{ext}"
+        if path.exists():  # the same audio again (silence): its own file, or evicting one would
+            path = path.with_name(f"{digest}-{os.urandom(4).hex()}.{ext}")  # delete the other's audio
         try:
             _write_durably(path, data)
         except OSError as exc:

@@ -57,6 +57,7 @@ def build_ensemble(
     trials: int = 200,
     tracker: Tracker | None = None,
     threads: int = 2,
+    progress: bool = True,
 ) -> EnsembleResult:
     from training.data import from_audio, soundscape_waveforms
     from training.dataset import BirdCLEFDataset, read_solution_csv
@@ -105,11 +106,19 @@ def build_ensemble(
                 log.warning("BirdNET knows none of the %d species: zero-shot member left out", len(labels))
         write_package(Path(out), kind="ensemble", name=name, version=version, labels=labels, members=members)
     pkg = load_package(out, threads=threads)
-    val = pkg.predict(xv)
+    val = predict_windows(pkg, xv, "ensemble: validation windows" if progress else None)
     names = [m.name for m in pkg.members]
-    fw = fit_weights(
-        yv, [val.members[n] for n in names], [val.known[n] for n in names], trials=trials, seed=seed
-    )
+    from training.progress import bar
+
+    with bar("ensemble: fitting weights", unit="trial") as update:
+        fw = fit_weights(
+            yv,
+            [val.members[n] for n in names],
+            [val.known[n] for n in names],
+            trials=trials,
+            seed=seed,
+            progress=update if progress else None,
+        )
     weights = dict(zip(names, fw.weights))
     member_val = dict(zip(names, fw.member_val_roc_auc))
     fit_info = {
@@ -126,9 +135,14 @@ def build_ensemble(
     result = EnsembleResult(Path(out), weights, fw.val_roc_auc, member_val)
     truth = Path(data_dir) / "soundscape_solution.csv"
     if truth.exists():
-        pkg = load_package(out, threads=threads)
+        from shared_features.ensemble import combine
+
+        final = load_package(out, threads=threads)  # with the fitted weights (runtimes load lazily)
         ids, waves = soundscape_waveforms(BirdCLEFDataset.load(data_dir), truth)
-        s = pkg.predict(waves)
+        # the members' scores from the runtimes already loaded, combined as ``final`` combines them
+        s = predict_windows(pkg, waves, "ensemble: held-out soundscape windows" if progress else None)
+        s.probs = combine([s.members[n] for n in names], [s.known[n] for n in names], final.weights)
+        pkg = final
         _, _, ys = read_solution_csv(truth, labels)
         per = {n: birdclef_roc_auc(ys, s.members[n]) for n in names}
         result.soundscape = {
@@ -154,6 +168,28 @@ def build_ensemble(
     tracker.log_artifact(Path(out), "model")
     log.info("ensemble %s: weights %s, validation macro ROC-AUC %.4f", out, weights, fw.val_roc_auc)
     return result
+
+
+def predict_windows(pkg: ModelPackage, windows: np.ndarray, desc: str | None, chunk: int = 8) -> Any:
+    """``pkg.predict`` ``chunk`` windows at a time (each window's scores are its own), with a
+    progress bar when ``desc`` is given; returns one :class:`shared_features.package.Scores`."""
+    from tqdm import tqdm
+
+    from shared_features.package import Scores
+
+    parts = [
+        pkg.predict(windows[i : i + chunk])
+        for i in tqdm(
+            range(0, len(windows), chunk), desc=desc, disable=desc is None, unit="chunk", mininterval=1.0
+        )
+    ]
+    if not parts:
+        return pkg.predict(windows)
+    return Scores(
+        np.concatenate([p.probs for p in parts]),
+        {n: np.concatenate([p.members[n] for p in parts]) for n in parts[0].members},
+        parts[0].known,
+    )
 
 
 def _uniform(s: Any, names: list[str]) -> np.ndarray:

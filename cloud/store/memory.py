@@ -4,14 +4,16 @@ survives the process and nothing is shared between replicas or BentoML workers."
 
 from __future__ import annotations
 
+import json
 import secrets
 import threading
+import uuid as uuidlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from cloud.errors import DeviceExists, NotFound, Unauthorized
+from cloud.errors import DeviceExists, NotFound, Unauthorized, UserExists
 from cloud.schemas import ClipMeta, DetectionIn, DeviceStatus, FeedbackIn, TourIn
 from cloud.store.interface import (
     COUNTED,
@@ -20,24 +22,50 @@ from cloud.store.interface import (
     ClipResult,
     ConfirmationRecord,
     ConfirmationStats,
+    ConsoleOverview,
+    DayRate,
     DetectionRecord,
     DeviceRecord,
+    ExportRow,
     FeedbackResult,
     Ingested,
     IngestReport,
     IngestResult,
+    Judgement,
     NewConfirmation,
+    QueueFilter,
     RelabelItem,
     ReleaseRecord,
+    ReleaseSignature,
+    ReviewItem,
+    ReviewPage,
+    ReviewVerdict,
+    ReviewVerdictRecord,
     Role,
+    SessionRecord,
+    SpeciesPage,
     SpeciesTally,
     Summary,
+    TimelineEntry,
+    TourListItem,
     TourReport,
+    TourTimeline,
+    UserRecord,
+    UserRole,
     as_utc,
     check_role,
+    check_user_role,
+    check_verdict,
     hash_token,
+    judge,
+    new_secret,
+    overview_species,
     refused,
+    review_items,
+    same_hash,
+    species_pages,
     summarize,
+    tour_clips,
     utcnow,
 )
 from cloud.store.rows import norm_uuid
@@ -68,6 +96,14 @@ class _Feedback:
     exported_at: datetime | None = None
 
 
+@dataclass(frozen=True)
+class _Session:
+    user_id: int
+    csrf_token: str
+    created_at: datetime
+    expires_at: datetime
+
+
 class MemoryCloudStore:
     """Implements :class:`cloud.store.Store` in memory (thread-safe)."""
 
@@ -84,6 +120,11 @@ class MemoryCloudStore:
         self._seq = 0
         self._feedback: dict[str, _Feedback] = {}
         self._releases: dict[str, ReleaseRecord] = {}
+        # console
+        self._users: dict[int, UserRecord] = {}
+        self._user_hashes: dict[str, int] = {}
+        self._sessions: dict[str, _Session] = {}  # by the session id's hash
+        self._verdicts: list[ReviewVerdictRecord] = []
 
     def describe(self) -> str:
         return "memory:// (this process only)"
@@ -412,13 +453,28 @@ class MemoryCloudStore:
 
     # ---------------------------------------------------------------- releases
     def publish_release(
-        self, version: str, sha256: str, feature_fingerprint: str, path: str, manifest: dict[str, Any]
+        self,
+        version: str,
+        sha256: str,
+        feature_fingerprint: str,
+        path: str,
+        manifest: dict[str, Any],
+        signature: ReleaseSignature | None = None,
     ) -> ReleaseRecord:
+        if signature is not None:  # a copy, as the SQL stores' columns would hold it
+            signature = ReleaseSignature(
+                signature.signature,
+                signature.key_id,
+                json.loads(json.dumps(signature.statement)),
+                [dict(r) for r in signature.key_rotations],
+            )
         with self._lock:
             for v, r in self._releases.items():
                 if r.current:
                     self._releases[v] = replace(r, current=False)
-            rec = ReleaseRecord(version, sha256, feature_fingerprint, path, dict(manifest), utcnow(), True)
+            rec = ReleaseRecord(
+                version, sha256, feature_fingerprint, path, dict(manifest), utcnow(), True, signature
+            )
             self._releases[version] = rec
             return rec
 
@@ -446,3 +502,361 @@ class MemoryCloudStore:
 
     def close(self) -> None:
         pass
+
+    # ================================================================ console (cloud/console/)
+    # ---------------------------------------------------------------- users
+    def add_user(self, name: str, role: UserRole | str) -> str:
+        r = check_user_role(role)
+        if not name.strip():
+            raise ValueError("a user needs a name")
+        token = new_secret()
+        with self._lock:
+            if any(u.name == name for u in self._users.values()):
+                raise UserExists(f"a console user named {name!r} exists already")
+            uid = len(self._users) + 1
+            self._users[uid] = UserRecord(uid, name, r, utcnow())
+            self._user_hashes[hash_token(token)] = uid
+        return token
+
+    def authenticate_user(self, token: str | None) -> UserRecord:
+        if not token:
+            raise Unauthorized("missing login token")
+        digest = hash_token(token)
+        with self._lock:
+            found = next((h for h in self._user_hashes if same_hash(h, digest)), None)
+            user = self._users[self._user_hashes[found]] if found is not None else None
+        if user is None:
+            raise Unauthorized("invalid login token")
+        if user.revoked:
+            raise Unauthorized(f"user {user.name!r} was revoked")
+        return user
+
+    def revoke_user(self, name: str) -> UserRecord:
+        with self._lock:
+            user = next((u for u in self._users.values() if u.name == name), None)
+            if user is None:
+                raise NotFound(f"no console user named {name!r}")
+            if not user.revoked:
+                user = replace(user, revoked_at=utcnow())
+                self._users[user.id] = user
+            for k in [k for k, s in self._sessions.items() if s.user_id == user.id]:
+                del self._sessions[k]
+            return user
+
+    def users(self) -> list[UserRecord]:
+        with self._lock:
+            return sorted(self._users.values(), key=lambda u: u.name)
+
+    # ---------------------------------------------------------------- sessions
+    def create_session(self, user_id: int, ttl_s: float) -> tuple[str, str]:
+        sid, csrf = new_secret(), new_secret()
+        now = utcnow()
+        with self._lock:
+            if user_id not in self._users:
+                raise NotFound(f"no console user with id {user_id}")
+            for k in [k for k, s in self._sessions.items() if s.expires_at <= now]:
+                del self._sessions[k]
+            self._sessions[hash_token(sid)] = _Session(user_id, csrf, now, now + timedelta(seconds=ttl_s))
+        return sid, csrf
+
+    def session(self, session_id: str | None) -> SessionRecord | None:
+        if not session_id:
+            return None
+        digest = hash_token(session_id)
+        with self._lock:
+            s = self._sessions.get(digest)
+            user = self._users.get(s.user_id) if s is not None else None
+        if s is None or user is None or user.revoked or s.expires_at <= utcnow():
+            return None
+        return SessionRecord(user, s.csrf_token, s.created_at, s.expires_at)
+
+    def delete_session(self, session_id: str) -> None:
+        with self._lock:
+            self._sessions.pop(hash_token(session_id), None)
+
+    # ---------------------------------------------------------------- reviewers' verdicts
+    def add_review_verdict(
+        self, clip_uuid: str, reviewer: str, verdict: ReviewVerdict | str, species_code: str | None
+    ) -> ReviewVerdictRecord:
+        v = check_verdict(verdict, species_code)
+        with self._lock:
+            key = norm_uuid(clip_uuid) or ""
+            if key not in self._clips:
+                raise NotFound(f"clip {clip_uuid} is not stored")
+            rec = ReviewVerdictRecord(
+                seq=len(self._verdicts) + 1,
+                uuid=str(uuidlib.uuid4()),
+                clip_uuid=key,
+                reviewer=reviewer,
+                verdict=v,
+                species_code=species_code,
+                created_at=utcnow(),
+            )
+            self._verdicts.append(rec)
+            return rec
+
+    def review_verdicts(self, since_seq: int = 0) -> list[ReviewVerdictRecord]:
+        with self._lock:
+            return [v for v in self._verdicts if v.seq > since_seq]
+
+    # ---------------------------------------------------------------- pins and releases
+    def pin_clip(self, clip_uuid: str, pinned: bool) -> ClipRecord:
+        with self._lock:
+            c = self._clips.get(norm_uuid(clip_uuid) or "")
+            if c is None:
+                raise NotFound(f"clip {clip_uuid} is not stored")
+            c = replace(c, pinned=bool(pinned))
+            self._clips[c.uuid] = c
+            return c
+
+    def set_current_release(self, version: str) -> ReleaseRecord:
+        with self._lock:
+            if version not in self._releases:
+                raise NotFound(f"no release {version!r}")
+            for v, r in self._releases.items():
+                self._releases[v] = replace(r, current=v == version)
+            return self._releases[version]
+
+    # ---------------------------------------------------------------- console pages (reads)
+    def _judge(self, dets: list[DetectionRecord]) -> list[Judgement]:
+        """The judgement of each detection (:func:`interface.judge`); call under the lock."""
+        want = {d.uuid: d for d in dets}
+
+        def row(det: str, **kw: Any) -> dict[str, Any]:
+            d = want[det]
+            return {"det": det, "species_code": d.species_code, "start_time": d.start_time, **kw}
+
+        cloud = [
+            row(c.detection_uuid, agree=c.agree, top=c.species[0]["code"] if c.species else None, seq=c.seq)
+            for c in self._confirmations.values()
+            if c.detection_uuid in want
+        ]
+        guide = [
+            row(
+                f.detection_uuid,
+                kind=f.kind,
+                correct_code=f.correct_code,
+                created_at=f.created_at,
+                received_at=f.received_at,
+                uuid=f.uuid,
+            )
+            for f in self._feedback.values()
+            if f.detection_uuid in want
+        ]
+        review = []
+        for v in self._verdicts:
+            det = self._clips[v.clip_uuid].detection_uuid
+            if det in want and v.verdict is not ReviewVerdict.SKIP:
+                review.append(
+                    row(det, verdict=v.verdict, species=v.species_code, reviewer=v.reviewer, seq=v.seq)
+                )
+        judged = judge(cloud, guide, review)
+        return [judged[d.uuid][1] if d.uuid in judged else Judgement(d.uuid, d.species_code) for d in dets]
+
+    def _judged(self) -> list[DetectionRecord]:
+        """Detections with a confirmation, feedback or a (non-skip) verdict; call under the lock."""
+        keys = {c.detection_uuid for c in self._confirmations.values() if c.detection_uuid}
+        keys |= {f.detection_uuid for f in self._feedback.values()}
+        keys |= {
+            self._clips[v.clip_uuid].detection_uuid
+            for v in self._verdicts
+            if v.verdict is not ReviewVerdict.SKIP and self._clips[v.clip_uuid].detection_uuid
+        }
+        return [self._detections[k] for k in sorted(k for k in keys if k in self._detections)]
+
+    def console_overview(self) -> ConsoleOverview:
+        with self._lock:
+            per_day: dict[str, int] = {}
+            for t in self._tours.values():
+                day = t.started_at.date().isoformat()
+                per_day[day] = per_day.get(day, 0) + 1
+            heard: dict[str, int] = {}
+            for d in self._detections.values():
+                heard[d.species_code] = heard.get(d.species_code, 0) + 1
+            judged = self._judge(self._judged())
+            rates: dict[str, list[int]] = {}
+            for c in self._confirmations.values():
+                day = self._clips[c.clip_uuid].recorded_at.date().isoformat()
+                r = rates.setdefault(day, [0, 0])
+                r[0] += c.agree is not None
+                r[1] += c.agree is False
+            pending = self._queue(QueueFilter())
+        return ConsoleOverview(
+            tours_per_day=dict(sorted(per_day.items())),
+            species=overview_species(heard, judged),
+            disagreement_per_day=[DayRate(d, a, b) for d, (a, b) in sorted(rates.items())],
+            devices=self.devices(),
+            review_pending=len(pending),
+            counts=self.counts(),
+        )
+
+    def _queue(self, f: QueueFilter) -> list[ReviewItem]:
+        """The filtered queue in order; call under the lock."""
+        last: dict[str, ReviewVerdictRecord] = {v.clip_uuid: v for v in self._verdicts}
+        waiting = [u for u in self._clips if u not in last or last[u].verdict is ReviewVerdict.SKIP]
+        out = []
+        for item in self._items(waiting):
+            c = item.clip
+            conf = item.confirmation
+            top = conf.species[0]["code"] if conf and conf.species else None
+            edge = item.detection.species_code if item.detection else None
+            if f.species is not None and f.species not in (edge, top):
+                continue
+            if f.device is not None and item.device != f.device:
+                continue
+            if f.since is not None and c.recorded_at < as_utc(f.since):
+                continue
+            if f.until is not None and c.recorded_at >= as_utc(f.until):
+                continue
+            if f.reason is not None and item.reason is not f.reason:
+                continue
+            out.append(item)
+        return sorted(out, key=lambda i: (bool(i.verdicts), i.reason.rank, i.clip.received_at, i.clip.uuid))
+
+    def _items(self, uuids: list[str]) -> list[ReviewItem]:
+        guide: dict[str, dict[str, Any]] = {}
+        for fb in sorted(self._feedback.values(), key=lambda f: (f.created_at, f.received_at, f.uuid)):
+            guide[fb.detection_uuid] = {"kind": fb.kind, "correct_code": fb.correct_code, "note": fb.note}
+        verdicts: dict[str, list[ReviewVerdictRecord]] = {}
+        for v in self._verdicts:
+            verdicts.setdefault(v.clip_uuid, []).append(v)
+        return review_items(
+            uuids,
+            self._clips,
+            self._detections,
+            guide,
+            self._confirmations,
+            verdicts,
+            {d.id: d.name for d in self._devices.values()},
+        )
+
+    def review_queue(
+        self, filters: QueueFilter | None = None, limit: int = 20, offset: int = 0
+    ) -> ReviewPage:
+        with self._lock:
+            q = self._queue(filters or QueueFilter())
+        return ReviewPage(q[offset : offset + limit], len(q))
+
+    def review_item(self, clip_uuid: str) -> ReviewItem | None:
+        with self._lock:
+            key = norm_uuid(clip_uuid) or ""
+            return self._items([key])[0] if key in self._clips else None
+
+    def _tour_item(self, t: _Tour) -> TourListItem:
+        dets = [d for d in self._detections.values() if d.tour_uuid == t.uuid]
+        return TourListItem(
+            uuid=t.uuid,
+            guide=t.guide,
+            device=self._devices[t.device_id].name,
+            location=t.location,
+            latitude=t.latitude,
+            longitude=t.longitude,
+            started_at=t.started_at,
+            ended_at=t.ended_at,
+            detections=len(dets),
+            species=len({d.species_code for d in dets}),
+        )
+
+    def tours(self, limit: int = 50, offset: int = 0) -> list[TourListItem]:
+        with self._lock:
+            ordered = sorted(self._tours.values(), key=lambda t: t.uuid)
+            ordered.sort(key=lambda t: t.started_at, reverse=True)
+            return [self._tour_item(t) for t in ordered[offset : offset + limit]]
+
+    def tour_timeline(self, tour_uuid: str) -> TourTimeline | None:
+        with self._lock:
+            t = self._tours.get(norm_uuid(tour_uuid) or "")
+            if t is None:
+                return None
+            dets = sorted(
+                (d for d in self._detections.values() if d.tour_uuid == t.uuid),
+                key=lambda d: (d.start_time, d.uuid),
+            )
+            clips: dict[str, list[ClipRecord]] = {}
+            for c in self._clips.values():
+                if c.detection_uuid is not None:
+                    clips.setdefault(c.detection_uuid, []).append(c)
+            entries = [
+                TimelineEntry(
+                    d,
+                    j,
+                    [c.uuid for c in sorted(clips.get(d.uuid, []), key=lambda c: (c.received_at, c.uuid))],
+                )
+                for d, j in zip(dets, self._judge(dets))
+            ]
+            mine = [c for c in self._clips.values() if c.tour_uuid == t.uuid]
+            verdicts: dict[str, list[ReviewVerdictRecord]] = {}
+            for v in self._verdicts:
+                verdicts.setdefault(v.clip_uuid, []).append(v)
+            return TourTimeline(self._tour_item(t), entries, tour_clips(mine, self._confirmations, verdicts))
+
+    def species_page(self, code: str, best: int = 12) -> SpeciesPage:
+        with self._lock:
+            per_day: dict[str, int] = {}
+            for d in self._detections.values():
+                if d.species_code == code:
+                    day = d.start_time.date().isoformat()
+                    per_day[day] = per_day.get(day, 0) + 1
+            judged_dets = self._judged()
+            judgements = self._judge(judged_dets)
+            mine = [(d.start_time, j) for d, j in zip(judged_dets, judgements) if d.species_code == code]
+            others = [
+                j
+                for j in judgements
+                if j.species_code != code and code in (j.review_species, j.guide_code, j.cloud_top)
+            ]
+            relabelled = {v.clip_uuid for v in self._verdicts if v.species_code == code}
+            candidates = []
+            for c in self._clips.values():
+                det = self._detections.get(c.detection_uuid or "")
+                if (det is not None and det.species_code == code) or c.uuid in relabelled:
+                    conf = self._confirmations.get(c.uuid)
+                    candidates.append(
+                        (
+                            c,
+                            det.species_code if det else None,
+                            det.confidence if det else None,
+                            conf.species if conf else None,
+                        )
+                    )
+        return species_pages(code, per_day, mine, candidates, others, best)
+
+    def export_detections(
+        self,
+        since: datetime,
+        until: datetime,
+        after: tuple[datetime, str] | None = None,
+        limit: int = 5000,
+    ) -> list[ExportRow]:
+        lo, hi = as_utc(since), as_utc(until)
+        with self._lock:
+            dets = sorted(
+                (
+                    d
+                    for d in self._detections.values()
+                    if lo <= d.start_time < hi and (after is None or (d.start_time, d.uuid) > after)
+                ),
+                key=lambda d: (d.start_time, d.uuid),
+            )[:limit]
+            first_clip: dict[str, ClipRecord] = {}
+            for c in sorted(self._clips.values(), key=lambda c: c.received_at, reverse=True):
+                if c.detection_uuid is not None:
+                    first_clip[c.detection_uuid] = c
+            out = []
+            for d, j in zip(dets, self._judge(dets)):
+                t = self._tours[d.tour_uuid]
+                clip = first_clip.get(d.uuid)
+                out.append(
+                    ExportRow(
+                        detection=d,
+                        judgement=j,
+                        guide=t.guide,
+                        device=self._devices[d.device_id].name,
+                        location=t.location,
+                        latitude=t.latitude,
+                        longitude=t.longitude,
+                        tour_started_at=t.started_at,
+                        clip_path=clip.path if clip else None,
+                    )
+                )
+            return out

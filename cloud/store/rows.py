@@ -4,6 +4,7 @@ the same names; SQLite gives text, integers and JSON text where PostgreSQL gives
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
@@ -16,14 +17,22 @@ from cloud.store.interface import (
     DeviceRecord,
     RelabelItem,
     ReleaseRecord,
+    ReleaseSignature,
+    ReviewVerdict,
+    ReviewVerdictRecord,
     Role,
+    SessionRecord,
     SpeciesTally,
+    TourListItem,
     TourReport,
+    UserRecord,
+    UserRole,
     from_json,
     opt_dt,
     opt_str,
     to_dt,
 )
+from shared_features.signature import canonical_json
 
 Row = Mapping[str, Any]
 
@@ -86,6 +95,7 @@ def clip(r: Row) -> ClipRecord:
         source=r.get("source"),
         source_offset=None if r.get("source_offset") is None else float(r["source_offset"]),
         edge_top=[EdgeScore.model_validate(e) for e in from_json(r.get("edge_top_json")) or []],
+        pinned=bool(r.get("pinned") or False),
     )
 
 
@@ -123,6 +133,14 @@ def relabel(r: Row) -> RelabelItem:
 
 
 def release(r: Row) -> ReleaseRecord:
+    sig = None
+    if r.get("signature"):
+        sig = ReleaseSignature(
+            signature=r["signature"],
+            key_id=r["key_id"],
+            statement=from_json(r["statement_json"]),
+            key_rotations=from_json(r.get("key_rotations_json")) or [],
+        )
     return ReleaseRecord(
         version=r["version"],
         sha256=r["sha256"],
@@ -131,6 +149,20 @@ def release(r: Row) -> ReleaseRecord:
         manifest=from_json(r["manifest_json"]),
         created_at=to_dt(r["created_at"]),
         current=bool(r["current"]),
+        signature=sig,
+    )
+
+
+def signature_columns(sig: ReleaseSignature | None) -> tuple[str | None, str | None, str | None, str | None]:
+    """(signature, key_id, statement_json, key_rotations_json) of a release row. The statement is
+    stored as its canonical JSON text (the bytes that were signed), never re-encoded."""
+    if sig is None:
+        return None, None, None, None
+    return (
+        sig.signature,
+        sig.key_id,
+        canonical_json(sig.statement).decode("ascii"),
+        json.dumps(sig.key_rotations),
     )
 
 
@@ -165,3 +197,57 @@ def tour_reports(tours: list[dict[str, Any]], species: list[dict[str, Any]]) -> 
             )
         )
     return out
+
+
+# ====================================================================================== console
+def user(r: Row) -> UserRecord:
+    return UserRecord(
+        id=int(r["id"]),
+        name=r["name"],
+        role=UserRole(r["role"]),
+        created_at=to_dt(r["created_at"]),
+        revoked_at=opt_dt(r.get("revoked_at")),
+    )
+
+
+def session(r: Row) -> SessionRecord:
+    """A session row joined with its user's columns (``user_*``)."""
+    return SessionRecord(
+        user=UserRecord(
+            id=int(r["user_id"]),
+            name=r["user_name"],
+            role=UserRole(r["user_role"]),
+            created_at=to_dt(r["user_created_at"]),
+            revoked_at=opt_dt(r.get("user_revoked_at")),
+        ),
+        csrf_token=r["csrf_token"],
+        created_at=to_dt(r["created_at"]),
+        expires_at=to_dt(r["expires_at"]),
+    )
+
+
+def verdict(r: Row) -> ReviewVerdictRecord:
+    return ReviewVerdictRecord(
+        seq=int(r["seq"]),
+        uuid=str(r["uuid"]),
+        clip_uuid=str(r["clip_uuid"]),
+        reviewer=r["reviewer"],
+        verdict=ReviewVerdict(r["verdict"]),
+        species_code=r["species_code"],
+        created_at=to_dt(r["created_at"]),
+    )
+
+
+def tour_item(r: Row) -> TourListItem:
+    return TourListItem(
+        uuid=str(r["uuid"]),
+        guide=r["guide"],
+        device=r["device"],
+        location=r["location"],
+        latitude=r["latitude"],
+        longitude=r["longitude"],
+        started_at=to_dt(r["started_at"]),
+        ended_at=opt_dt(r["ended_at"]),
+        detections=int(r["n_detections"] or 0),
+        species=int(r["n_species"] or 0),
+    )

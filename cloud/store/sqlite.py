@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
+import uuid as uuidlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cloud.errors import DeviceExists, NotFound, Unauthorized
+from cloud.errors import DeviceExists, NotFound, Unauthorized, UserExists
 from cloud.schemas import ClipMeta, DetectionIn, DeviceStatus, FeedbackIn, TourIn
 from cloud.store import rows
 from cloud.store.interface import (
@@ -30,23 +31,51 @@ from cloud.store.interface import (
     ClipResult,
     ConfirmationRecord,
     ConfirmationStats,
+    ConsoleOverview,
+    DayRate,
     DetectionRecord,
     DeviceRecord,
+    ExportRow,
     FeedbackResult,
     Ingested,
     IngestReport,
     IngestResult,
+    Judgement,
     NewConfirmation,
+    QueueFilter,
     RelabelItem,
     ReleaseRecord,
+    ReleaseSignature,
+    ReviewItem,
+    ReviewPage,
+    ReviewVerdict,
+    ReviewVerdictRecord,
     Role,
+    SessionRecord,
+    SpeciesPage,
     Summary,
+    TimelineEntry,
+    TourListItem,
     TourReport,
+    TourTimeline,
+    UserRecord,
+    UserRole,
     as_utc,
     check_role,
+    check_user_role,
+    check_verdict,
+    from_json,
     hash_token,
+    judge,
+    new_secret,
+    overview_species,
     refused,
+    review_items,
+    same_hash,
+    species_pages,
     summarize,
+    to_dt,
+    tour_clips,
     utcnow,
 )
 from cloud.store.rows import norm_uuid
@@ -156,6 +185,54 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX feedback_detection ON feedback(detection_uuid)
         """,
     ),
+    (
+        # console: users and their sessions, reviewers' verdicts, pins, indexes for the pages
+        "console_users_reviews_pins",
+        """
+        CREATE TABLE users (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            role TEXT NOT NULL CHECK (role IN ('reviewer', 'admin')),
+            token_hash TEXT NOT NULL UNIQUE,
+            created_at TEXT NOT NULL,
+            revoked_at TEXT
+        );
+        CREATE TABLE sessions (
+            id_hash TEXT PRIMARY KEY,
+            user_id INTEGER NOT NULL REFERENCES users(id),
+            csrf_token TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL
+        );
+        CREATE INDEX sessions_user ON sessions(user_id);
+        CREATE TABLE review_verdicts (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            uuid TEXT NOT NULL UNIQUE,
+            clip_uuid TEXT NOT NULL REFERENCES clips(uuid),
+            reviewer TEXT NOT NULL,
+            verdict TEXT NOT NULL CHECK (verdict IN ('accept', 'relabel', 'not_an_animal', 'skip')),
+            species_code TEXT,
+            created_at TEXT NOT NULL,
+            CHECK ((verdict IN ('accept', 'relabel')) = (species_code IS NOT NULL))
+        );
+        CREATE INDEX review_verdicts_clip ON review_verdicts(clip_uuid, seq);
+        ALTER TABLE clips ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX detections_species_time ON detections(species_code, start_time);
+        CREATE INDEX detections_time ON detections(start_time);
+        CREATE INDEX detections_tour_species ON detections(tour_uuid, species_code);
+        CREATE INDEX tours_started ON tours(started_at);
+        CREATE INDEX clips_received ON clips(received_at)
+        """,
+    ),
+    (
+        "release_signatures",
+        """
+        ALTER TABLE releases ADD COLUMN signature TEXT;
+        ALTER TABLE releases ADD COLUMN key_id TEXT;
+        ALTER TABLE releases ADD COLUMN statement_json TEXT;
+        ALTER TABLE releases ADD COLUMN key_rotations_json TEXT
+        """,
+    ),
 ]
 assert tuple(n for n, _ in MIGRATIONS) == MIGRATION_NAMES
 
@@ -179,6 +256,126 @@ _SPECIES = """
     LEFT JOIN feedback f ON f.detection_uuid = d.uuid
     WHERE ? IS NULL OR d.tour_uuid = ?
     GROUP BY d.tour_uuid, d.species_code
+"""
+
+
+# ---------------------------------------------------------------------------------- console
+#: the three sources of a detection's judgement (combined by :func:`interface.judge`) for the
+#: detections a scope selects. A few detections (a tour, an export page): start from them and reach
+#: each source through its ``detection_uuid`` index. Every detection, or one species' (thousands):
+#: start from the sources (a few thousand rows) and look the detection up by its key — a
+#: confirmation's ``edge_species`` is its detection's species, stored when it was confirmed, so over
+#: every detection the cloud's rows need no join at all. ``CROSS JOIN`` fixes SQLite's join order.
+_J_FROM_DETECTIONS = (
+    """SELECT c.detection_uuid AS det, d.species_code, d.start_time, c.agree,
+        json_extract(c.species_json, '$[0].code') AS top, c.seq
+    FROM detections d CROSS JOIN confirmations c ON c.detection_uuid = d.uuid WHERE {scope}""",
+    """SELECT f.detection_uuid AS det, d.species_code, d.start_time, f.kind, f.correct_code, f.created_at,
+        f.received_at, f.uuid
+    FROM detections d CROSS JOIN feedback f ON f.detection_uuid = d.uuid WHERE {scope}""",
+    """SELECT k.detection_uuid AS det, d.species_code, d.start_time, v.verdict, v.species_code AS species,
+        v.reviewer, v.seq
+    FROM detections d CROSS JOIN clips k ON k.detection_uuid = d.uuid
+        CROSS JOIN review_verdicts v ON v.clip_uuid = k.uuid
+    WHERE v.verdict <> 'skip' AND {scope}""",
+)
+_J_FROM_SOURCES = (
+    """SELECT c.detection_uuid AS det, d.species_code, d.start_time, c.agree,
+        json_extract(c.species_json, '$[0].code') AS top, c.seq
+    FROM confirmations c CROSS JOIN detections d ON d.uuid = c.detection_uuid
+    WHERE c.edge_species = :scope""",
+    """SELECT f.detection_uuid AS det, d.species_code, d.start_time, f.kind, f.correct_code, f.created_at,
+        f.received_at, f.uuid
+    FROM feedback f CROSS JOIN detections d ON d.uuid = f.detection_uuid WHERE {scope}""",
+    """SELECT k.detection_uuid AS det, d.species_code, d.start_time, v.verdict, v.species_code AS species,
+        v.reviewer, v.seq
+    FROM review_verdicts v CROSS JOIN clips k ON k.uuid = v.clip_uuid
+        CROSS JOIN detections d ON d.uuid = k.detection_uuid
+    WHERE v.verdict <> 'skip' AND {scope}""",
+)
+_J_CLOUD_ALL = """
+    SELECT c.detection_uuid AS det, c.edge_species AS species_code, NULL AS start_time, c.agree,
+        json_extract(c.species_json, '$[0].code') AS top, c.seq
+    FROM confirmations c WHERE c.detection_uuid IS NOT NULL AND c.edge_species IS NOT NULL
+"""
+_SCOPES = {
+    "all": "1",
+    "tour": "d.tour_uuid = :scope",
+    "species": "d.species_code = :scope",
+    "uuids": "d.uuid IN (SELECT value FROM json_each(:scope))",
+}
+#: detections whose cloud, guide or reviewer named species ``:c`` (a superset; judged after)
+_NAMING = """
+    SELECT detection_uuid AS det FROM confirmations
+        WHERE detection_uuid IS NOT NULL AND json_extract(species_json, '$[0].code') = :c
+    UNION SELECT detection_uuid FROM feedback WHERE correct_code = :c
+    UNION SELECT k.detection_uuid FROM review_verdicts v JOIN clips k ON k.uuid = v.clip_uuid
+        WHERE v.species_code = :c AND k.detection_uuid IS NOT NULL
+"""
+#: a species' candidate best clips: its confirmed clips (found through the confirmations'
+#: ``edge_species``; the cloud confirms every clip it stores), its clips not confirmed (yet), and
+#: the clips a reviewer said are this species
+_BEST_CANDIDATES = """
+    SELECT k.*, d.species_code AS edge_species, d.confidence AS edge_confidence, cf.species_json
+    FROM confirmations cf CROSS JOIN clips k ON k.uuid = cf.clip_uuid
+        CROSS JOIN detections d ON d.uuid = k.detection_uuid
+    WHERE cf.edge_species = :c
+    UNION SELECT k.*, d.species_code, d.confidence, NULL
+    FROM clips k CROSS JOIN detections d ON d.uuid = k.detection_uuid
+    WHERE d.species_code = :c AND NOT EXISTS (SELECT 1 FROM confirmations x WHERE x.clip_uuid = k.uuid)
+    UNION SELECT k.*, d.species_code, d.confidence, cf.species_json
+    FROM review_verdicts v CROSS JOIN clips k ON k.uuid = v.clip_uuid
+        LEFT JOIN detections d ON d.uuid = k.detection_uuid
+        LEFT JOIN confirmations cf ON cf.clip_uuid = k.uuid
+    WHERE v.species_code = :c
+"""
+#: clips waiting for a reviewer (SQLite: the bare column of a max() row is that row's)
+_QUEUE_COUNT = """
+    SELECT count(*) AS n FROM clips c
+    LEFT JOIN (SELECT clip_uuid, verdict, max(seq) FROM review_verdicts GROUP BY clip_uuid) lv
+        ON lv.clip_uuid = c.uuid
+    WHERE lv.verdict IS NULL OR lv.verdict = 'skip'
+"""
+
+_QUEUE = """
+    WITH lastv AS (
+        SELECT clip_uuid, verdict, row_number() OVER (PARTITION BY clip_uuid ORDER BY seq DESC) AS rn
+        FROM review_verdicts
+    ), q AS (
+        SELECT c.uuid, c.received_at, lv.verdict IS NOT NULL AS skipped,
+            CASE WHEN cf.agree = 0 THEN 0
+                WHEN c.reason = 'flagged' OR EXISTS (
+                    SELECT 1 FROM feedback f WHERE f.detection_uuid = c.detection_uuid
+                    AND f.kind IN ('wrong_species', 'not_an_animal')) THEN 1
+                WHEN c.reason = 'uncertain' THEN 2 ELSE 3 END AS tier
+        FROM clips c
+        LEFT JOIN confirmations cf ON cf.clip_uuid = c.uuid
+        LEFT JOIN lastv lv ON lv.clip_uuid = c.uuid AND lv.rn = 1
+        LEFT JOIN detections d ON d.uuid = c.detection_uuid
+        JOIN devices dv ON dv.id = c.device_id
+        WHERE (lv.verdict IS NULL OR lv.verdict = 'skip')
+            AND (:species IS NULL OR d.species_code = :species
+                OR json_extract(cf.species_json, '$[0].code') = :species)
+            AND (:device IS NULL OR dv.name = :device)
+            AND (:since IS NULL OR c.recorded_at >= :since)
+            AND (:until IS NULL OR c.recorded_at < :until)
+    )
+    SELECT uuid, count(*) OVER () AS total FROM q WHERE :tier IS NULL OR tier = :tier
+    ORDER BY skipped, tier, received_at, uuid LIMIT :limit OFFSET :offset
+"""
+
+_TOURS = """
+    SELECT t.*, dv.name AS device,
+        (SELECT count(*) FROM detections d WHERE d.tour_uuid = t.uuid) AS n_detections,
+        (SELECT count(DISTINCT d.species_code) FROM detections d WHERE d.tour_uuid = t.uuid) AS n_species
+    FROM tours t JOIN devices dv ON dv.id = t.device_id
+"""
+
+_SESSION = """
+    SELECT s.*, u.name AS user_name, u.role AS user_role, u.created_at AS user_created_at,
+        u.revoked_at AS user_revoked_at
+    FROM sessions s JOIN users u ON u.id = s.user_id
+    WHERE s.id_hash = ? AND s.expires_at > ? AND u.revoked_at IS NULL
 """
 
 
@@ -268,8 +465,13 @@ class SQLiteCloudStore(SQLiteStore):
         want = check_role(role)
         if not token:
             raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
-        found = self.query("SELECT * FROM devices WHERE token_hash = ?", [hash_token(token)])
-        if not found or (want is Role.ADMIN and found[0]["role"] != Role.ADMIN):
+        digest = hash_token(token)  # looked up by its hash: the token's own bytes never meet a comparison
+        found = self.query("SELECT * FROM devices WHERE token_hash = ?", [digest])
+        if (
+            not found
+            or not same_hash(found[0]["token_hash"], digest)
+            or (want is Role.ADMIN and found[0]["role"] != Role.ADMIN)
+        ):
             raise Unauthorized(f"invalid {want} token")
         dev = rows.device(found[0])
         if dev.revoked:
@@ -517,14 +719,33 @@ class SQLiteCloudStore(SQLiteStore):
 
     # ---------------------------------------------------------------- releases
     def publish_release(
-        self, version: str, sha256: str, feature_fingerprint: str, path: str, manifest: dict[str, Any]
+        self,
+        version: str,
+        sha256: str,
+        feature_fingerprint: str,
+        path: str,
+        manifest: dict[str, Any],
+        signature: ReleaseSignature | None = None,
     ) -> ReleaseRecord:
+        sig, key, statement, chain = rows.signature_columns(signature)
         with self.tx() as db:
             db.execute("UPDATE releases SET current = 0 WHERE current = 1")
             db.execute(
                 "INSERT OR REPLACE INTO releases (version, sha256, feature_fingerprint, path, manifest_json, "
-                "created_at, current) VALUES (?, ?, ?, ?, ?, ?, 1)",
-                [version, sha256, feature_fingerprint, path, json.dumps(manifest), _ts(utcnow())],
+                "created_at, current, signature, key_id, statement_json, key_rotations_json) "
+                "VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
+                [
+                    version,
+                    sha256,
+                    feature_fingerprint,
+                    path,
+                    json.dumps(manifest),
+                    _ts(utcnow()),
+                    sig,
+                    key,
+                    statement,
+                    chain,
+                ],
             )
         rec = self.current_release()
         assert rec is not None
@@ -541,3 +762,331 @@ class SQLiteCloudStore(SQLiteStore):
     def counts(self) -> dict[str, int]:
         sql = " UNION ALL ".join(f"SELECT '{t}' AS t, count(*) AS n FROM {t}" for t in COUNTED)
         return {r["t"]: int(r["n"]) for r in self.query(sql)}
+
+    # ================================================================ console (cloud/console/)
+    # ---------------------------------------------------------------- users
+    def add_user(self, name: str, role: UserRole | str) -> str:
+        r = check_user_role(role)
+        if not name.strip():
+            raise ValueError("a user needs a name")
+        token = new_secret()
+        with self.tx() as db:
+            if db.execute("SELECT 1 FROM users WHERE name = ?", [name]).fetchone():
+                raise UserExists(f"a console user named {name!r} exists already")
+            db.table("users").insert(
+                {"name": name, "role": str(r), "token_hash": hash_token(token), "created_at": _ts(utcnow())}
+            )
+        return token
+
+    def authenticate_user(self, token: str | None) -> UserRecord:
+        if not token:
+            raise Unauthorized("missing login token")
+        digest = hash_token(token)
+        found = self.query("SELECT * FROM users WHERE token_hash = ?", [digest])
+        if not found or not same_hash(found[0]["token_hash"], digest):
+            raise Unauthorized("invalid login token")
+        user = rows.user(found[0])
+        if user.revoked:
+            raise Unauthorized(f"user {user.name!r} was revoked")
+        return user
+
+    def revoke_user(self, name: str) -> UserRecord:
+        with self.tx() as db:
+            db.execute(
+                "UPDATE users SET revoked_at = coalesce(revoked_at, ?) WHERE name = ?", [_ts(utcnow()), name]
+            )
+            found = list(db.query("SELECT * FROM users WHERE name = ?", [name]))
+            if found:
+                db.execute("DELETE FROM sessions WHERE user_id = ?", [found[0]["id"]])
+        if not found:
+            raise NotFound(f"no console user named {name!r}")
+        return rows.user(found[0])
+
+    def users(self) -> list[UserRecord]:
+        return [rows.user(r) for r in self.query("SELECT * FROM users ORDER BY name")]
+
+    # ---------------------------------------------------------------- sessions
+    def create_session(self, user_id: int, ttl_s: float) -> tuple[str, str]:
+        sid, csrf = new_secret(), new_secret()
+        now = utcnow()
+        with self.tx() as db:
+            db.execute("DELETE FROM sessions WHERE expires_at <= ?", [_ts(now)])
+            try:
+                db.table("sessions").insert(
+                    {
+                        "id_hash": hash_token(sid),
+                        "user_id": user_id,
+                        "csrf_token": csrf,
+                        "created_at": _ts(now),
+                        "expires_at": _ts(now + timedelta(seconds=ttl_s)),
+                    }
+                )
+            except sqlite3.IntegrityError:
+                raise NotFound(f"no console user with id {user_id}") from None
+        return sid, csrf
+
+    def session(self, session_id: str | None) -> SessionRecord | None:
+        if not session_id:
+            return None
+        digest = hash_token(session_id)
+        found = self.query(_SESSION, [digest, _ts(utcnow())])
+        if not found or not same_hash(found[0]["id_hash"], digest):
+            return None
+        return rows.session(found[0])
+
+    def delete_session(self, session_id: str) -> None:
+        with self.tx() as db:
+            db.execute("DELETE FROM sessions WHERE id_hash = ?", [hash_token(session_id)])
+
+    # ---------------------------------------------------------------- reviewers' verdicts
+    def add_review_verdict(
+        self, clip_uuid: str, reviewer: str, verdict: ReviewVerdict | str, species_code: str | None
+    ) -> ReviewVerdictRecord:
+        v = check_verdict(verdict, species_code)
+        key = norm_uuid(clip_uuid)
+        row = {
+            "uuid": str(uuidlib.uuid4()),
+            "clip_uuid": key,
+            "reviewer": reviewer,
+            "verdict": str(v),
+            "species_code": species_code,
+            "created_at": _ts(utcnow()),
+        }
+        with self.tx() as db:
+            if key is None or not db.execute("SELECT 1 FROM clips WHERE uuid = ?", [key]).fetchone():
+                raise NotFound(f"clip {clip_uuid} is not stored")
+            db.table("review_verdicts").insert(row)
+            found = list(db.query("SELECT * FROM review_verdicts WHERE uuid = ?", [row["uuid"]]))
+        return rows.verdict(found[0])
+
+    def review_verdicts(self, since_seq: int = 0) -> list[ReviewVerdictRecord]:
+        found = self.query("SELECT * FROM review_verdicts WHERE seq > ? ORDER BY seq", [since_seq])
+        return [rows.verdict(r) for r in found]
+
+    # ---------------------------------------------------------------- pins and releases
+    def pin_clip(self, clip_uuid: str, pinned: bool) -> ClipRecord:
+        key = norm_uuid(clip_uuid)
+        with self.tx() as db:
+            n = db.execute("UPDATE clips SET pinned = ? WHERE uuid = ?", [int(pinned), key]).rowcount
+        if not n:
+            raise NotFound(f"clip {clip_uuid} is not stored")
+        rec = self.clip(clip_uuid)
+        assert rec is not None
+        return rec
+
+    def set_current_release(self, version: str) -> ReleaseRecord:
+        with self.tx() as db:
+            if not db.execute("SELECT 1 FROM releases WHERE version = ?", [version]).fetchone():
+                raise NotFound(f"no release {version!r}")
+            db.execute("UPDATE releases SET current = (version = ?)", [version])
+        rec = self.current_release()
+        assert rec is not None
+        return rec
+
+    # ---------------------------------------------------------------- console pages (reads)
+    def _judge(self, scope: str, value: Any = None) -> dict[str, tuple[datetime | None, Judgement]]:
+        """Judgements of the detections ``scope`` (a key of ``_SCOPES``) selects; call in ``_read``."""
+        where = _SCOPES[scope]
+        p = {"scope": json.dumps(value) if scope == "uuids" else value}
+        if scope in ("all", "species"):
+            cloud, guide, review = _J_FROM_SOURCES
+            cloud = _J_CLOUD_ALL if scope == "all" else cloud
+        else:
+            cloud, guide, review = _J_FROM_DETECTIONS
+        cur = self.db.conn.cursor()
+        cur.row_factory = sqlite3.Row  # mappings made in C: thousands of rows per page
+
+        def q(sql: str) -> list[sqlite3.Row]:
+            return cur.execute(sql.format(scope=where), p).fetchall()
+
+        with self.lock:
+            return judge(q(cloud), q(guide), q(review))
+
+    def console_overview(self) -> ConsoleOverview:
+        with self._read():
+            per_day = {
+                r["day"]: int(r["n"])
+                for r in self.query(
+                    "SELECT substr(started_at, 1, 10) AS day, count(*) AS n FROM tours "
+                    "GROUP BY day ORDER BY day"
+                )
+            }
+            heard = {
+                r["species_code"]: int(r["n"])
+                for r in self.query(
+                    "SELECT species_code, count(*) AS n FROM detections GROUP BY species_code"
+                )
+            }
+            judged = [j for _, j in self._judge("all").values()]
+            rates = [
+                DayRate(r["day"], int(r["compared"]), int(r["bad"]))
+                for r in self.query(
+                    "SELECT substr(k.recorded_at, 1, 10) AS day, count(c.agree) AS compared, "
+                    "coalesce(sum(CASE WHEN c.agree = 0 THEN 1 ELSE 0 END), 0) AS bad "
+                    "FROM confirmations c JOIN clips k ON k.uuid = c.clip_uuid GROUP BY day ORDER BY day"
+                )
+            ]
+            pending = int(self.query(_QUEUE_COUNT)[0]["n"])
+            devices = self.devices()
+            counts = self.counts()
+        return ConsoleOverview(per_day, overview_species(heard, judged), rates, devices, pending, counts)
+
+    def _queue_page(self, f: QueueFilter, limit: int, offset: int) -> tuple[list[str], int]:
+        params = {
+            "species": f.species,
+            "device": f.device,
+            "since": _ts(f.since),
+            "until": _ts(f.until),
+            "tier": None if f.reason is None else f.reason.rank,
+            "limit": max(limit, 1),
+            "offset": offset,
+        }
+        found = self.query(_QUEUE, params)
+        if not found and offset:  # past the end: the total still counts
+            found = [{"uuid": None, "total": r["total"]} for r in self.query(_QUEUE, {**params, "offset": 0})]
+        total = int(found[0]["total"]) if found else 0
+        return [r["uuid"] for r in found if r["uuid"] is not None][:limit], total
+
+    def review_queue(
+        self, filters: QueueFilter | None = None, limit: int = 20, offset: int = 0
+    ) -> ReviewPage:
+        with self._read():
+            uuids, total = self._queue_page(filters or QueueFilter(), limit, offset)
+            items = self._review_items(uuids)
+        return ReviewPage(items, total)
+
+    def review_item(self, clip_uuid: str) -> ReviewItem | None:
+        key = norm_uuid(clip_uuid)
+        if key is None:
+            return None
+        with self._read():
+            items = self._review_items([key])
+        return items[0] if items else None
+
+    def _where_in(self, sql: str, keys: list[str]) -> list[dict[str, Any]]:
+        """``sql`` with ``{keys}`` replaced by placeholders for ``keys`` (none: no query)."""
+        if not keys:
+            return []
+        return self.query(sql.format(keys=", ".join("?" for _ in keys)), keys)
+
+    def _review_items(self, uuids: list[str]) -> list[ReviewItem]:
+        clips = {
+            r["uuid"]: rows.clip(r)
+            for r in self._where_in("SELECT * FROM clips WHERE uuid IN ({keys})", uuids)
+        }
+        det_keys = sorted({c.detection_uuid for c in clips.values() if c.detection_uuid})
+        dets = {
+            r["uuid"]: rows.detection(r)
+            for r in self._where_in("SELECT * FROM detections WHERE uuid IN ({keys})", det_keys)
+        }
+        guide: dict[str, dict[str, Any]] = {}
+        for r in self._where_in(
+            "SELECT * FROM feedback WHERE detection_uuid IN ({keys}) ORDER BY created_at, received_at, uuid",
+            det_keys,
+        ):
+            guide[r["detection_uuid"]] = r  # the latest wins
+        confs = {
+            r["clip_uuid"]: rows.confirmation(r)
+            for r in self._where_in("SELECT * FROM confirmations WHERE clip_uuid IN ({keys})", uuids)
+        }
+        verdicts: dict[str, list[ReviewVerdictRecord]] = {}
+        for r in self._where_in(
+            "SELECT * FROM review_verdicts WHERE clip_uuid IN ({keys}) ORDER BY seq", uuids
+        ):
+            verdicts.setdefault(r["clip_uuid"], []).append(rows.verdict(r))
+        names = {int(r["id"]): r["name"] for r in self.query("SELECT id, name FROM devices")}
+        return review_items(uuids, clips, dets, guide, confs, verdicts, names)
+
+    def tours(self, limit: int = 50, offset: int = 0) -> list[TourListItem]:
+        found = self.query(f"{_TOURS} ORDER BY t.started_at DESC, t.uuid LIMIT ? OFFSET ?", [limit, offset])
+        return [rows.tour_item(r) for r in found]
+
+    def tour_timeline(self, tour_uuid: str) -> TourTimeline | None:
+        key = norm_uuid(tour_uuid)
+        with self._read():
+            found = self.query(f"{_TOURS} WHERE t.uuid = ?", [key])
+            if not found:
+                return None
+            dets = self.query("SELECT * FROM detections WHERE tour_uuid = ? ORDER BY start_time, uuid", [key])
+            judged = self._judge("tour", key)
+            clips: dict[str, list[str]] = {}
+            mine = [rows.clip(r) for r in self.query("SELECT * FROM clips WHERE tour_uuid = ?", [key])]
+            for c in sorted(mine, key=lambda c: (c.received_at, c.uuid)):
+                if c.detection_uuid is not None:
+                    clips.setdefault(c.detection_uuid, []).append(c.uuid)
+            keys = [c.uuid for c in mine]
+            confs = {
+                r["clip_uuid"]: rows.confirmation(r)
+                for r in self._where_in("SELECT * FROM confirmations WHERE clip_uuid IN ({keys})", keys)
+            }
+            verdicts: dict[str, list[ReviewVerdictRecord]] = {}
+            for r in self._where_in(
+                "SELECT * FROM review_verdicts WHERE clip_uuid IN ({keys}) ORDER BY seq", keys
+            ):
+                verdicts.setdefault(r["clip_uuid"], []).append(rows.verdict(r))
+        entries = [
+            TimelineEntry(
+                rows.detection(r),
+                judged[r["uuid"]][1] if r["uuid"] in judged else Judgement(r["uuid"], r["species_code"]),
+                clips.get(r["uuid"], []),
+            )
+            for r in dets
+        ]
+        return TourTimeline(rows.tour_item(found[0]), entries, tour_clips(mine, confs, verdicts))
+
+    def species_page(self, code: str, best: int = 12) -> SpeciesPage:
+        with self._read():
+            per_day = {
+                r["day"]: int(r["n"])
+                for r in self.query(
+                    "SELECT substr(start_time, 1, 10) AS day, count(*) AS n FROM detections "
+                    "WHERE species_code = ? GROUP BY day",
+                    [code],
+                )
+            }
+            judged = [(t, j) for t, j in self._judge("species", code).values() if t is not None]
+            naming = [r["det"] for r in self.query(_NAMING, {"c": code})]
+            others = [j for _, j in self._judge("uuids", naming).values() if j.species_code != code]
+            candidates = [
+                (rows.clip(r), r["edge_species"], r["edge_confidence"], from_json(r["species_json"]))
+                for r in self.query(_BEST_CANDIDATES, {"c": code})
+            ]
+        return species_pages(code, per_day, judged, candidates, others, best)
+
+    def export_detections(
+        self,
+        since: datetime,
+        until: datetime,
+        after: tuple[datetime, str] | None = None,
+        limit: int = 5000,
+    ) -> list[ExportRow]:
+        a_time, a_uuid = (_ts(after[0]), after[1]) if after else ("", "")
+        with self._read():
+            found = self.query(
+                "SELECT d.*, t.guide, t.location, t.latitude, t.longitude, t.started_at AS tour_started_at, "
+                "dv.name AS device, (SELECT k.path FROM clips k WHERE k.detection_uuid = d.uuid "
+                "ORDER BY k.received_at LIMIT 1) AS clip_path "
+                "FROM detections d JOIN tours t ON t.uuid = d.tour_uuid "
+                "JOIN devices dv ON dv.id = d.device_id "
+                "WHERE d.start_time >= :since AND d.start_time < :until "
+                "AND (d.start_time, d.uuid) > (:at, :au) "
+                "ORDER BY d.start_time, d.uuid LIMIT :n",
+                {"since": _ts(since), "until": _ts(until), "at": a_time, "au": a_uuid, "n": limit},
+            )
+            judged = self._judge("uuids", [r["uuid"] for r in found])
+        return [
+            ExportRow(
+                detection=rows.detection(r),
+                judgement=judged[r["uuid"]][1]
+                if r["uuid"] in judged
+                else Judgement(r["uuid"], r["species_code"]),
+                guide=r["guide"],
+                device=r["device"],
+                location=r["location"],
+                latitude=r["latitude"],
+                longitude=r["longitude"],
+                tour_started_at=to_dt(r["tour_started_at"]),
+                clip_path=r["clip_path"],
+            )
+            for r in found
+        ]

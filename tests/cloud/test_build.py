@@ -29,6 +29,9 @@ def test_bentoml_build_offline(tmp_path):
         "cloud/store/__init__.py",
         "cloud/store/postgres.py",
         "shared_features/package.py",
+        "cloud/console/app.py",
+        "cloud/console/templates/review.html",  # the console's templates and static files travel too
+        "cloud/console/static/console.js",
     ):
         assert (src / f).exists(), f
     assert (

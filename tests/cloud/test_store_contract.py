@@ -169,6 +169,8 @@ OLD_ROWS = [
     "INSERT INTO detections VALUES ('00000000-0000-4000-8000-000000000002', 1, "
     "'00000000-0000-4000-8000-000000000001', 'grekis', '2025-01-01T10:01:00Z', '2025-01-01T10:01:03Z', "
     "0.9, 'confirmed', 'm', '2025-01-01T10:00:00Z')",
+    "INSERT INTO releases VALUES ('0.9', 'aaaa', 'fv1-old', '/r/old.tar', '{\"name\": \"student\"}', "
+    "'2025-01-01T00:00:00Z', true)",
 ]
 
 
@@ -211,6 +213,8 @@ def test_upgrade_keeps_old_rows(backend, db_url, opener, tmp_path):
     )
     assert st.devices()[0].status is None and st.devices()[0].last_sync_at is None
     assert st.tour_report()[0].species[0].code == "grekis"
+    old_release = st.current_release()  # published before releases were signed: kept, unsigned
+    assert old_release.version == "0.9" and old_release.signature is None
 
 
 # ------------------------------------------------------------------------------------ devices
@@ -543,6 +547,48 @@ def test_releases_exactly_one_current(store):
     assert sum(r.current for r in store.releases()) == 1 and store.counts()["releases"] == 2
 
 
+def test_release_signature_round_trip(store, opener):
+    """Migration ``release_signatures``: a release's signature, key id, signed statement (the exact
+    canonical text) and key rotations come back as stored; an unsigned release has none; a
+    republished version replaces its signature; another replica reads the same."""
+    from cloud.store import ReleaseSignature
+    from shared_features.signature import canonical_json
+
+    statement = {
+        "format": "silencio-release-statement",
+        "signature_version": 1,
+        "name": "student",
+        "version": "1",
+        "sha256": "a" * 64,
+        "bytes": 1234,
+        "feature_fingerprint": "fv1-x",
+        "labels_sha256": "b" * 64,
+        "thresholds_sha256": None,
+        "signed_at": "2025-01-01T00:00:00+00:00",
+        "key_id": "0123456789abcdef",
+    }
+    rotation = {
+        "old_key_id": "fedcba9876543210",
+        "new_key_id": "0123456789abcdef",
+        "new_public_key": "ed25519:" + "A" * 43 + "=",
+        "created_at": "2024-12-31T00:00:00+00:00",
+        "signature": "c2ln",
+    }
+    sig = ReleaseSignature("c2lnbmF0dXJl", "0123456789abcdef", statement, [rotation])
+    rec = store.publish_release("1", "a" * 64, "fv1-x", "/r/1.tar", {"name": "student"}, sig)
+    assert rec.signature == sig
+    got = opener().current_release().signature
+    assert got == sig and canonical_json(got.statement) == canonical_json(statement)
+    assert got.statement["thresholds_sha256"] is None and got.key_rotations == [rotation]
+    unsigned = store.publish_release("2", "b" * 64, "fv1-x", "/r/2.tar", {"name": "student"})
+    assert unsigned.signature is None and store.current_release().signature is None
+    resigned = ReleaseSignature("b3RoZXI=", "1111222233334444", {**statement, "key_id": "1111222233334444"})
+    store.publish_release("1", "c" * 64, "fv1-x", "/r/1b.tar", {"name": "student"}, resigned)
+    cur = store.current_release()
+    assert cur.version == "1" and cur.signature == resigned and cur.signature.key_rotations == []
+    assert {r.version: r.signature for r in store.releases()} == {"1": resigned, "2": None}
+
+
 # ------------------------------------------------------------------------------------ concurrency
 def test_concurrent_overlapping_ingest_stores_each_uuid_once(opener):
     """16 threads on two store instances (two replicas) send overlapping, repeated and shuffled
@@ -662,3 +708,354 @@ def test_unreachable_postgres_is_a_clear_error(tmp_path):
     with pytest.raises(StoreError, match="did not accept a connection") as err:
         PostgresCloudStore(url, connect_timeout=2)
     assert "s3cret" not in str(err.value)
+
+
+# ==================================================================================== console
+# Users, sessions, reviewers' verdicts, pins, release switching and the console's page reads.
+from cloud.errors import UserExists  # noqa: E402
+from cloud.store import (  # noqa: E402
+    DetectionStatus,
+    QueueFilter,
+    QueueReason,
+    ReviewVerdict,
+    UserRole,
+)
+
+
+def test_users_tokens_roles_and_revocation(store, opener):
+    rev = store.add_user("ana", "reviewer")
+    adm = store.add_user("bo", UserRole.ADMIN)
+    ana = store.authenticate_user(rev)
+    assert (ana.name, ana.role, ana.revoked, ana.is_admin) == ("ana", UserRole.REVIEWER, False, False)
+    assert ana.created_at.tzinfo is not None
+    assert store.authenticate_user(adm).is_admin
+    device_token = store.add_device("guide-1")
+    admin_device = store.add_device("office", Role.ADMIN)
+    for bad in (None, "", "nope", device_token, admin_device):  # device tokens are never users
+        with pytest.raises(Unauthorized):
+            store.authenticate_user(bad)
+    with pytest.raises(Unauthorized):  # and users are never devices
+        store.authenticate(rev)
+    with pytest.raises(UserExists, match="exists"):
+        store.add_user("ana", "admin")
+    with pytest.raises(ValueError, match="role"):
+        store.add_user("x", "device")
+    assert [(u.name, u.role) for u in store.users()] == [("ana", UserRole.REVIEWER), ("bo", UserRole.ADMIN)]
+    sid, _ = store.create_session(ana.id, 3600)
+    other_replica = opener()
+    assert other_replica.session(sid).user.name == "ana"
+    revoked = store.revoke_user("ana")
+    assert revoked.revoked and revoked.revoked_at is not None
+    with pytest.raises(Unauthorized, match="revoked"):
+        other_replica.authenticate_user(rev)
+    assert store.session(sid) is None and other_replica.session(sid) is None  # sessions end with it
+    with pytest.raises(NotFound):
+        store.revoke_user("nobody")
+    assert store.authenticate_user(adm).name == "bo"
+
+
+def test_sessions_expire_and_end(store, opener):
+    user = store.authenticate_user(store.add_user("ana", "reviewer"))
+    sid, csrf = store.create_session(user.id, 3600)
+    assert sid != csrf and len(sid) >= 32 and len(csrf) >= 32
+    s = opener().session(sid)  # another replica reads it
+    assert s is not None and s.user == user and s.csrf_token == csrf
+    assert s.expires_at > s.created_at and s.expires_at.tzinfo is not None
+    assert store.session(None) is None and store.session("") is None and store.session("forged") is None
+    old, _ = store.create_session(user.id, -1)  # born expired
+    assert store.session(old) is None
+    sid2, csrf2 = store.create_session(user.id, 60)
+    assert csrf2 != csrf and store.session(sid2).csrf_token == csrf2
+    store.delete_session(sid)
+    assert store.session(sid) is None and store.session(sid2) is not None
+    store.delete_session("never-existed")  # harmless
+    with pytest.raises(NotFound):
+        store.create_session(9999, 60)
+
+
+def _clip_for(store: Store, dev: int, code: str = "rutjac1", **kw) -> tuple[str, str]:
+    """A tour, one detection of ``code`` and a clip of it: (clip uuid, detection uuid)."""
+    t = tour_in()
+    d = det_in(t, code)
+    store.ingest(dev, [t], [d])
+    c = clip_in(detection_uuid=str(d.uuid), tour_uuid=str(t.uuid), **kw)
+    store.add_clip(dev, c, "/clips/x.ogg")
+    return str(c.uuid), str(d.uuid)
+
+
+def test_review_verdicts_history_and_cursor(store):
+    dev = device(store)
+    clip, _ = _clip_for(store, dev)
+    a = store.add_review_verdict(clip, "ana", "accept", "rutjac1")
+    assert (a.clip_uuid, a.reviewer, a.verdict, a.species_code) == (
+        clip,
+        "ana",
+        ReviewVerdict.ACCEPT,
+        "rutjac1",
+    )
+    assert a.created_at.tzinfo is not None and uuid.UUID(a.uuid)
+    b = store.add_review_verdict(clip, "bo", ReviewVerdict.RELABEL, "grekis")
+    c = store.add_review_verdict(clip, "bo", "not_an_animal", None)
+    d = store.add_review_verdict(clip, "ana", "skip", None)
+    assert [v.seq for v in (a, b, c, d)] == sorted({a.seq, b.seq, c.seq, d.seq})  # increasing, unique
+    assert store.review_verdicts() == [a, b, c, d]  # history kept, by seq
+    assert store.review_verdicts(since_seq=b.seq) == [c, d] and store.review_verdicts(d.seq) == []
+    for verdict, code in (("accept", None), ("relabel", ""), ("skip", "rutjac1"), ("not_an_animal", "x")):
+        with pytest.raises(ValueError, match="species_code"):
+            store.add_review_verdict(clip, "ana", verdict, code)
+    with pytest.raises(ValueError, match="unknown verdict"):
+        store.add_review_verdict(clip, "ana", "maybe", None)
+    for missing in (str(uuid.uuid4()), "not-a-uuid"):
+        with pytest.raises(NotFound):
+            store.add_review_verdict(missing, "ana", "skip", None)
+    assert len(store.review_verdicts()) == 4
+    assert store.review_item(clip).verdicts == [a, b, c, d]
+
+
+def test_concurrent_verdicts_never_skip_a_cursor(opener):
+    """Reviewers on two replicas store verdicts while the loop pages ``since_seq`` from a third
+    store: it ends with every verdict, in increasing seq, none skipped."""
+    replicas = [opener(), opener()]
+    reader_store = opener()
+    dev = device(replicas[0])
+    clips = [_clip_for(replicas[0], dev)[0] for _ in range(8)]
+    done = threading.Event()
+    seen: list[int] = []
+    errors: list[BaseException] = []
+
+    def writer(k: int) -> None:
+        try:
+            for i in range(10):
+                replicas[k % 2].add_review_verdict(clips[(k + i) % 8], f"r{k}", "skip", None)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    def reader() -> None:
+        cursor = 0
+        while True:
+            last_round = done.is_set()
+            page = reader_store.review_verdicts(cursor)
+            seen.extend(v.seq for v in page)
+            cursor = page[-1].seq if page else cursor
+            if last_round and not page:
+                return
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    r = threading.Thread(target=reader)
+    r.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done.set()
+    r.join(60)
+    assert errors == [] and not r.is_alive()
+    all_seqs = [v.seq for v in reader_store.review_verdicts()]
+    assert len(all_seqs) == 40 and seen == all_seqs
+
+
+def test_pins_and_release_switching(store):
+    dev = device(store)
+    clip, _ = _clip_for(store, dev)
+    assert store.clip(clip).pinned is False
+    assert store.pin_clip(clip, True).pinned is True and store.clip(clip).pinned is True
+    assert store.clips()[0].pinned is True
+    assert store.pin_clip(clip, False).pinned is False
+    with pytest.raises(NotFound):
+        store.pin_clip(str(uuid.uuid4()), True)
+    with pytest.raises(NotFound):
+        store.set_current_release("1")
+    store.publish_release("1", "a" * 64, "fv1-x", "/r/1.tar", {"name": "student"})
+    store.publish_release("2", "b" * 64, "fv1-x", "/r/2.tar", {"name": "student", "loop_report": "r.md"})
+    back = store.set_current_release("1")  # roll back
+    assert back.version == "1" and back.current and store.current_release().version == "1"
+    assert [(r.version, r.current) for r in store.releases()] == [("1", True), ("2", False)]
+    assert store.set_current_release("2").manifest["loop_report"] == "r.md"  # promote
+    assert sum(r.current for r in store.releases()) == 1 and store.current_release().version == "2"
+    with pytest.raises(NotFound):
+        store.set_current_release("3")
+    assert store.current_release().version == "2"
+
+
+def _queue_world(store: Store) -> dict[str, str]:
+    """Two devices, clips of every queue reason, judged in every way."""
+    a, b = device(store, "guide-a"), device(store, "guide-b")
+    t = tour_in(latitude=6.8, longitude=-74.1)
+    da = [det_in(t, code, at=i * 60) for i, code in enumerate(["rutjac1", "grekis", "bobfly1", "rutjac1"])]
+    store.ingest(a, [t], da)
+    tb = tour_in(guide="Beto", started_at=T0 + timedelta(days=1))
+    db = det_in(tb, "grekis", at=86400)
+    store.ingest(b, [tb], [db])
+
+    def clip(dev, det, reason, day=0, **kw):
+        c = clip_in(
+            detection_uuid=None if det is None else str(det.uuid),
+            tour_uuid=None if det is None else str(det.tour_uuid),
+            reason=reason,
+            recorded_at=T0 + timedelta(days=day),
+            **kw,
+        )
+        assert store.add_clip(dev, c, f"/clips/{reason}.ogg") is ClipResult.ACCEPTED
+        return str(c.uuid)
+
+    w = {
+        "random": clip(a, None, "random"),
+        "uncertain": clip(a, da[0], "uncertain", edge_top=[{"code": "rutjac1", "probability": 0.4}]),
+        "disagree": clip(a, da[1], "uncertain"),
+        "flagged": clip(a, da[2], "flagged"),
+        "guide_flag": clip(a, da[3], "uncertain"),
+        "other_device": clip(b, db, "uncertain", day=1),
+    }
+    store.confirm(
+        verdict(
+            w["disagree"],
+            a,
+            False,
+            detection_uuid=str(da[1].uuid),
+            edge_species="grekis",
+            species=[{"code": "bobfly1", "probability": 0.8}],
+        )
+    )
+    store.confirm(verdict(w["uncertain"], a, True, detection_uuid=str(da[0].uuid)))
+    store.feedback(a, feedback_in(str(da[3].uuid), "wrong_species", correct_code="grekis"))
+    w.update(
+        det_rutjac=str(da[0].uuid),
+        det_grekis=str(da[1].uuid),
+        det_bobfly=str(da[2].uuid),
+        det_flag=str(da[3].uuid),
+        tour=str(t.uuid),
+        tour_b=str(tb.uuid),
+        det_b=str(db.uuid),
+    )
+    return w
+
+
+def test_review_queue_order_filters_and_items(store):
+    w = _queue_world(store)
+    page = store.review_queue()
+    order = [i.clip.uuid for i in page.items]
+    assert page.total == 6
+    # disagreement, then guide flags (sent flagged, or flagged by feedback), uncertain, random
+    assert order[0] == w["disagree"] and set(order[1:3]) == {w["flagged"], w["guide_flag"]}
+    assert set(order[3:5]) == {w["uncertain"], w["other_device"]} and order[5] == w["random"]
+    assert [i.reason for i in page.items] == [
+        QueueReason.DISAGREEMENT,
+        QueueReason.FLAGGED,
+        QueueReason.FLAGGED,
+        QueueReason.UNCERTAIN,
+        QueueReason.UNCERTAIN,
+        QueueReason.RANDOM,
+    ]
+    first = page.items[0]
+    assert first.detection.species_code == "grekis" and first.confirmation.agree is False
+    assert first.confirmation.species[0]["code"] == "bobfly1" and first.device == "guide-a"
+    flag = next(i for i in page.items if i.clip.uuid == w["guide_flag"])
+    assert (flag.guide_kind, flag.guide_code) == ("wrong_species", "grekis")
+    unc = store.review_item(w["uncertain"])
+    assert [e.code for e in unc.clip.edge_top] == ["rutjac1"] and unc.guide_kind is None
+    assert store.review_item(w["random"]).detection is None and store.review_item("nope") is None
+    # filters: species (edge's or cloud's top), device, recorded date, reason; paging
+    assert {i.clip.uuid for i in store.review_queue(QueueFilter(species="bobfly1")).items} == {
+        w["disagree"],
+        w["flagged"],
+    }
+    assert [i.clip.uuid for i in store.review_queue(QueueFilter(device="guide-b")).items] == [
+        w["other_device"]
+    ]
+    assert store.review_queue(QueueFilter(since=T0 + timedelta(hours=12))).total == 1
+    assert store.review_queue(QueueFilter(until=T0 + timedelta(hours=12))).total == 5
+    assert store.review_queue(QueueFilter(reason=QueueReason.FLAGGED)).total == 2
+    assert store.review_queue(QueueFilter(species="zzz")).items == []
+    two = store.review_queue(limit=2, offset=2)
+    assert [i.clip.uuid for i in two.items] == order[2:4] and two.total == 6
+    assert store.review_queue(offset=50) == type(two)([], 6)
+    # a verdict takes a clip out; a skip sends it to the back
+    store.add_review_verdict(w["disagree"], "ana", "relabel", "bobfly1")
+    store.add_review_verdict(w["flagged"], "ana", "skip", None)
+    after = [i.clip.uuid for i in store.review_queue().items]
+    assert w["disagree"] not in after and after[-1] == w["flagged"] and len(after) == 5
+    assert store.console_overview().review_pending == 5
+
+
+def test_judgements_overview_timeline_species_and_export(store):
+    w = _queue_world(store)
+    store.add_review_verdict(w["disagree"], "ana", "relabel", "bobfly1")  # grekis → bobfly1
+    store.add_review_verdict(w["uncertain"], "ana", "accept", "rutjac1")
+    store.add_review_verdict(w["flagged"], "bo", "not_an_animal", None)
+    # the timeline: every detection in time order with its judgement and clips
+    tl = store.tour_timeline(w["tour"])
+    assert (
+        tl.tour.guide == "Ana"
+        and tl.tour.latitude == 6.8
+        and tl.tour.detections == 4
+        and tl.tour.species == 3
+    )
+    assert [e.detection.species_code for e in tl.entries] == ["rutjac1", "grekis", "bobfly1", "rutjac1"]
+    j = {e.detection.uuid: e.judgement for e in tl.entries}
+    assert j[w["det_rutjac"]].status is DetectionStatus.CONFIRMED and j[w["det_rutjac"]].reviewer == "ana"
+    assert (
+        j[w["det_grekis"]].status is DetectionStatus.REJECTED and j[w["det_grekis"]].corrected_to == "bobfly1"
+    )
+    assert j[w["det_grekis"]].verified_by == "reviewer" and j[w["det_grekis"]].cloud_agree is False
+    assert j[w["det_bobfly"]].status is DetectionStatus.REJECTED and j[w["det_bobfly"]].corrected_to == ""
+    assert j[w["det_flag"]].verified_by == "guide" and j[w["det_flag"]].corrected_to == "grekis"
+    assert {e.detection.uuid: e.clip_uuids for e in tl.entries}[w["det_grekis"]] == [w["disagree"]]
+    assert list(tl.species) == ["rutjac1", "grekis", "bobfly1"]
+    # every clip recorded on the tour (the random sample has no tour), its cloud top and latest verdict
+    tc = {c.clip.uuid: c for c in tl.clips}
+    assert set(tc) == {w["uncertain"], w["disagree"], w["flagged"], w["guide_flag"]}
+    assert [c.clip.recorded_at for c in tl.clips] == sorted(c.clip.recorded_at for c in tl.clips)
+    assert tc[w["disagree"]].cloud_top == "bobfly1" and tc[w["disagree"]].latest.species_code == "bobfly1"
+    assert (
+        tc[w["flagged"]].latest.verdict is ReviewVerdict.NOT_AN_ANIMAL and tc[w["guide_flag"]].latest is None
+    )
+    assert tc[w["guide_flag"]].cloud_top is None
+    assert store.tour_timeline(str(uuid.uuid4())) is None and store.tour_timeline("x") is None
+    tours = store.tours()
+    assert [t.uuid for t in tours] == [w["tour_b"], w["tour"]]  # newest first
+    assert (tours[0].device, tours[0].detections) == ("guide-b", 1)
+    assert [t.uuid for t in store.tours(limit=1, offset=1)] == [w["tour"]]
+    # the overview
+    ov = store.console_overview()
+    assert ov.tours_per_day == {"2026-03-14": 1, "2026-03-15": 1}
+    sp = {s.code: s for s in ov.species}
+    assert (sp["rutjac1"].detections, sp["rutjac1"].confirmed, sp["rutjac1"].rejected) == (2, 1, 1)
+    assert (sp["grekis"].detections, sp["grekis"].confirmed, sp["grekis"].rejected) == (2, 0, 1)
+    assert (sp["bobfly1"].confirmed, sp["bobfly1"].rejected) == (0, 1)
+    assert [(r.day, r.compared, r.disagreements) for r in ov.disagreement_per_day] == [("2026-03-14", 2, 1)]
+    assert ov.disagreement_per_day[0].rate == 0.5
+    assert [d.name for d in ov.devices] == ["guide-a", "guide-b"] and ov.review_pending == 3
+    assert ov.counts["clips"] == 6 and ov.counts["detections"] == 5
+    # a species page: detections per day, best clips (pinned first), confusions both ways
+    store.pin_clip(w["guide_flag"], True)
+    page = store.species_page("rutjac1")
+    assert page.detections == 2 and [
+        (d.day, d.detections, d.confirmed, d.rejected) for d in page.per_day
+    ] == [("2026-03-14", 2, 1, 1)]
+    assert [b.clip.uuid for b in page.best_clips] == [w["guide_flag"], w["uncertain"]]
+    assert page.best_clips[1].edge_confidence == 0.7 and page.best_clips[1].cloud_probability == 0.9
+    assert [(c.code, c.guide) for c in page.confused_with] == [("grekis", 1)]
+    grekis = store.species_page("grekis")
+    assert [(c.code, c.reviewer) for c in grekis.confused_with] == [("bobfly1", 1)]
+    assert [(c.code, c.guide) for c in grekis.mistaken_for] == [("rutjac1", 1)]
+    bob = store.species_page("bobfly1")
+    assert [(c.code, c.reviewer) for c in bob.mistaken_for] == [("grekis", 1)]
+    assert [(c.code, c.reviewer) for c in bob.confused_with] == [("", 1)]  # not an animal
+    assert w["disagree"] in {b.clip.uuid for b in bob.best_clips}  # relabelled to it
+    assert store.species_page("nobody").detections == 0
+    # export: a date range, in (start time, uuid) order, paged by key
+    rows = store.export_detections(T0, T0 + timedelta(days=2))
+    assert len(rows) == 5 and [r.key for r in rows] == sorted(r.key for r in rows)
+    first = rows[0]
+    assert (first.guide, first.device, first.latitude, first.clip_path) == (
+        "Ana",
+        "guide-a",
+        6.8,
+        "/clips/uncertain.ogg",
+    )
+    assert first.judgement.status is DetectionStatus.CONFIRMED
+    assert [
+        r.key for r in store.export_detections(T0, T0 + timedelta(days=2), after=rows[1].key, limit=2)
+    ] == [r.key for r in rows[2:4]]
+    assert len(store.export_detections(T0, T0 + timedelta(hours=1))) == 4
+    assert store.export_detections(T0 - timedelta(days=9), T0) == []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -10,7 +9,6 @@ import sys
 import pytest
 
 from silencio.cli import build_parser, configure_logging, iter_commands, main
-from tests.process_tree import Descendants
 
 
 def test_every_command_has_help_text():
@@ -121,30 +119,3 @@ def test_usage_errors(argv):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2
-
-
-def test_demo_quick_runs_the_whole_loop_and_reuses(capsys, tmp_path, monkeypatch):
-    monkeypatch.setenv("SILENCIO_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    with Descendants() as started:  # every process the demo starts, however deep, stays ours to see
-        assert main(["demo", "--quick", "--species", "5", "--workers", "1", "--no-tui"]) == 0
-        # no service left running: nothing the demo started still runs (orphans included)
-        left = [p for p in started.leftover(timeout=15) if "bentos" in p.args or "bentoml" in p.args]
-        assert left == [], [(p.pid, p.args[:100]) for p in left]
-    out = capsys.readouterr().out
-    for step in range(1, 11):
-        assert f"[{step}/10]" in out
-    assert "MLflow run" in out and "onnx-fp32" in out and "ground truth of SYN00" in out
-    assert "service stopped" in out and "model update: installed" in out
-    work = next((tmp_path / "home" / "demo").iterdir())
-    summary = json.loads((work / "demo_summary.json").read_text())
-    assert summary["tour"]["truth"] and "ensemble_soundscape_roc_auc" in summary
-    assert (work / "ensemble" / "report" / "report.md").exists()
-    assert (tmp_path / "home" / "mlflow" / "mlflow.db").exists()
-    from edge.store import open_store
-
-    st = open_store(summary["edge_db"])
-    assert st.pending().detections == 0  # everything synced
-    assert main(["demo", "--quick", "--species", "5", "--workers", "1", "--no-tui"]) == 0
-    out = capsys.readouterr().out
-    assert "reusing" in out and "files reused" in out and "[10/10]" in out
