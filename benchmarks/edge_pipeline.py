@@ -85,6 +85,7 @@ if prof is not None:
     buf = io.StringIO()
     pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(40)
     Path({profile!r}).write_text(buf.getvalue())
+    prof.dump_stats(str(Path({profile!r}).with_suffix(".prof")))
 agent.end_tour()
 st = agent.sampler.stats
 print(json.dumps({{"seconds": res.seconds, "wall": dt, "cpu": dc, "main_cpu": dm, "windows": res.windows,
@@ -148,6 +149,47 @@ def run_backend(
         raise RuntimeError(f"backend {pkg or 'BirdNET'} failed:\n{out.stderr[-3000:]}")
     result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
+
+
+#: the stages of the agent's thread, as (file suffix, function) of the profile; time not under any of
+#: them (the loop itself, events, queueing) is "the rest"
+STAGES = (
+    ("decode + resample (soundfile, soxr)", "shared_features/audio.py", "iter_audio_chunks"),
+    ("level meter", "edge/capture.py", "update_level"),
+    ("streaming log-mel", "shared_features/streaming.py", "push"),
+    ("model", "edge/detector.py", "_score"),
+    ("events (merge windows)", "edge/detector.py", "events"),
+    ("store (SQLite)", "edge/store.py", "*"),
+    ("clip sampler on this thread", "edge/sampler.py", "*"),
+    ("speech gate on this thread", "edge/speech.py", "*"),
+)
+
+
+def breakdown(prof: Path, windows: int) -> list[tuple[str, float]]:
+    """CPU ms per window of each of :data:`STAGES` in a saved agent-thread profile, the rest, and the
+    whole run. A stage's time is the cumulative time of its function (for ``*``: of the module's
+    functions entered from outside the module, so nested calls are not counted twice)."""
+    import pstats
+
+    st = pstats.Stats(str(prof))
+    raw = st.stats  # type: ignore[attr-defined]
+    total = max(ct for (f, _, name), (_, _, _, ct, _) in raw.items() if name == "run" and "edge/agent" in f)
+    rows: list[tuple[str, float]] = []
+    for label, suffix, func in STAGES:
+        t = 0.0
+        for (f, _, name), (_, _, _, _, callers) in raw.items():
+            if not f.endswith(suffix) or (func != "*" and name != func):
+                continue
+            # a whole module: only the calls from outside it (nested calls are not counted twice)
+            t += sum(
+                c[3]
+                for (cf, _, cn), c in callers.items()
+                if not (cf.endswith(suffix) and (func == "*" or cn == name))
+            )
+        rows.append((label, 1e3 * t / windows))
+    rows.append(("the rest (agent loop, Python glue)", 1e3 * total / windows - sum(t for _, t in rows)))
+    rows.append(("agent thread, total", 1e3 * total / windows))
+    return rows
 
 
 def main() -> None:
@@ -237,6 +279,19 @@ def main() -> None:
         "(decode, features, model, store, display callbacks). Clip worker: speech gate + OGG encoding + "
         "durable write + row, per clip it handled (kept or suppressed as speech)."
     )
+    if args.profile:
+        names = [n for n, _ in runs]
+        slugs = ["BirdNET" if not pkg else Path(pkg).name for _, pkg in runs]
+        parts = {
+            n: dict(breakdown(args.profile / f"{s}.prof", int(best[n]["windows"])))
+            for n, s in zip(names, slugs)
+        }  # type: ignore[call-overload]
+        stages = list(next(iter(parts.values())))
+        print(
+            "\nWhere the agent thread's CPU goes, ms per 5 s window (cProfile on the thread's CPU clock, "
+            "first round; profiling adds its own overhead to Python-heavy stages):\n"
+        )
+        print(table(["stage", *names], [[st, *(parts[n][st] for n in names)] for st in stages]))
     try:
         import os
 
