@@ -151,41 +151,45 @@ def run_backend(
     return result
 
 
-#: the stages of the agent's thread, as (file suffix, function) of the profile; time not under any of
-#: them (the loop itself, events, queueing) is "the rest"
+#: the stages of the agent's thread, as (label, file suffix, function or ``*`` for the whole module);
+#: time not under any of them (the loop itself, queueing, Python glue) is "the rest"
 STAGES = (
     ("decode + resample (soundfile, soxr)", "shared_features/audio.py", "iter_audio_chunks"),
     ("level meter", "edge/capture.py", "update_level"),
     ("streaming log-mel", "shared_features/streaming.py", "push"),
     ("model", "edge/detector.py", "_score"),
     ("events (merge windows)", "edge/detector.py", "events"),
-    ("store (SQLite)", "edge/store.py", "*"),
-    ("clip sampler on this thread", "edge/sampler.py", "*"),
-    ("speech gate on this thread", "edge/speech.py", "*"),
+    ("store (SQLite) for detections", "edge/store.py", "*"),
+    (
+        "clips on this thread (choice; speech gate, encoding, write where not on the worker)",
+        "edge/sampler.py",
+        "*",
+    ),
+    ("speech gate called directly", "edge/speech.py", "*"),
 )
+
+
+def _in_stage(key: tuple[str, int, str], suffix: str, func: str) -> bool:
+    return key[0].endswith(suffix) and (func == "*" or key[2] == func)
 
 
 def breakdown(prof: Path, windows: int) -> list[tuple[str, float]]:
     """CPU ms per window of each of :data:`STAGES` in a saved agent-thread profile, the rest, and the
-    whole run. A stage's time is the cumulative time of its function (for ``*``: of the module's
-    functions entered from outside the module, so nested calls are not counted twice)."""
+    whole run. A stage's time is the cumulative time of its functions over the calls that do not come
+    from inside a stage (a stage's nested calls count once: the speech gate or the store under the
+    sampler count as the sampler's)."""
     import pstats
 
-    st = pstats.Stats(str(prof))
-    raw = st.stats  # type: ignore[attr-defined]
+    raw = pstats.Stats(str(prof)).stats  # type: ignore[attr-defined]
     total = max(ct for (f, _, name), (_, _, _, ct, _) in raw.items() if name == "run" and "edge/agent" in f)
     rows: list[tuple[str, float]] = []
     for label, suffix, func in STAGES:
         t = 0.0
-        for (f, _, name), (_, _, _, _, callers) in raw.items():
-            if not f.endswith(suffix) or (func != "*" and name != func):
-                continue
-            # a whole module: only the calls from outside it (nested calls are not counted twice)
-            t += sum(
-                c[3]
-                for (cf, _, cn), c in callers.items()
-                if not (cf.endswith(suffix) and (func == "*" or cn == name))
-            )
+        for key, (_, _, _, _, callers) in raw.items():
+            if _in_stage(key, suffix, func):
+                t += sum(
+                    c[3] for ck, c in callers.items() if not any(_in_stage(ck, s, fn) for _, s, fn in STAGES)
+                )
         rows.append((label, 1e3 * t / windows))
     rows.append(("the rest (agent loop, Python glue)", 1e3 * total / windows - sum(t for _, t in rows)))
     rows.append(("agent thread, total", 1e3 * total / windows))
