@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,22 +31,33 @@ from edge.errors import StorageFullError
 from edge.records import (
     ClipReason,
     Detection,
+    DetectionExtension,
     EdgeScore,
     GuideVerdict,
     NewDetection,
     NewRecording,
     NewTour,
     SpeciesCount,
+    WindowEvents,
 )
 from edge.sampler import ClipSource, Sampler
 from edge.settings import EdgeSettings
 from edge.speech import SileroSpeechGate, SpeechGate
 from edge.status import DeviceReport, device_report
-from edge.store import Store, open_store
+from edge.store import Store, new_uuid, open_store
 from edge.thresholds import settings_thresholds
 
 log = logging.getLogger(__name__)
 EDGE_TOP_K = 3
+
+
+def blas_threads(n: int) -> Any:
+    """Hold numpy's BLAS (the log-mel's filterbank product) to ``n`` threads while the agent runs:
+    its default, one thread per core, spins against the model's own threads and, on a busy 2-core
+    machine, made the streaming features ~10x slower (benchmarks/edge_pipeline.py)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=max(1, n), user_api="blas")
 
 
 def iso(t: datetime) -> str:
@@ -150,6 +161,7 @@ class Agent:
         return self.tour_uuid
 
     def end_tour(self) -> None:
+        self.sampler.drain()
         for ev in self.detector.close_all():
             self._close(ev)
         self._retry_held()
@@ -175,10 +187,16 @@ class Agent:
         source that yields no audio leaves no tour behind."""
         self.source = source
         out = RunSummary()
-        for seg in source.segments():
-            self._run_segment(seg, out, max_seconds, location)
-            if self._stop or (max_seconds is not None and out.seconds >= max_seconds):
-                break
+        with blas_threads(self.settings.threads):
+            try:
+                for seg in source.segments():
+                    self._run_segment(seg, out, max_seconds, location)
+                    if self._stop or (max_seconds is not None and out.seconds >= max_seconds):
+                        break
+            except BaseException:
+                self.sampler.drain(raise_errors=False)
+                raise
+        self.sampler.drain()  # the clips of the last windows are written when run() returns
         out.held = len(self._held)
         return out
 
@@ -272,12 +290,16 @@ class Agent:
             self.sampler.pause("the database is full")
             log.error("detection of %s held in memory, not stored yet: %s", new.species_code, exc)
             return False
+        self._shown(ev, new, out)
+        return True
+
+    def _shown(self, ev: Event, new: NewDetection, out: RunSummary | None) -> None:
+        """A committed detection: count it and tell the display."""
         if out is not None:
             out.detections += 1
             out.species.add(new.species_code)
         if self.on_detection is not None:
             self.on_detection(ev, {"tour": new.tour_uuid, "start_time": new.start_time})
-        return True
 
     def _retry_held(self, out: RunSummary | None = None) -> None:
         while self._held:
@@ -299,11 +321,34 @@ class Agent:
             except StorageFullError as exc:  # closed at the next start (close_open_detections)
                 log.error("detection %s stays open for now: %s", ev.uuid, exc)
 
-    def _handle(self, r: WindowResult, out: RunSummary) -> None:
-        out.windows += 1
-        if self._held:
-            self._retry_held(out)
-        active, closed = self.detector.events(r)
+    def _apply_window(self, active: list[Event], closed: list[Event], out: RunSummary) -> None:
+        """The window's new, extended and closed events in one transaction (none when nothing
+        changed); the new ones are shown only once it is committed."""
+        starting: list[tuple[Event, NewDetection]] = []
+        extended: list[DetectionExtension] = []
+        for ev in active:
+            if ev.uuid is None:
+                starting.append((ev, replace(self._new_detection(ev), uuid=new_uuid())))
+            else:
+                end = min(ev.end, self._seen_s)
+                extended.append(DetectionExtension(ev.uuid, self._time(end), end, ev.confidence, ev.band))
+        changes = WindowEvents(
+            tuple(d for _, d in starting), tuple(extended), tuple(ev.uuid for ev in closed if ev.uuid)
+        )
+        if not changes:
+            return
+        try:
+            self.store.commit_window(changes)
+        except StorageFullError as exc:
+            log.error("the store refused a window's changes (%s): holding what it cannot take", exc)
+            self._apply_one_by_one(active, closed, out)
+            return
+        for ev, new in starting:
+            ev.uuid = new.uuid
+            self._shown(ev, new, out)
+
+    def _apply_one_by_one(self, active: list[Event], closed: list[Event], out: RunSummary) -> None:
+        """While the store is full: each change on its own, new detections held until it takes them."""
         for ev in closed:
             self._close(ev)
         for ev in active:
@@ -320,13 +365,23 @@ class Agent:
                     self.store.extend_detection(ev.uuid, self._time(end), end, ev.confidence, ev.band)
                 except StorageFullError as exc:
                     log.error("detection %s not extended: %s", ev.uuid, exc)
+
+    def _handle(self, r: WindowResult, out: RunSummary) -> None:
+        out.windows += 1
+        if self._held:
+            self._retry_held(out)
+        active, closed = self.detector.events(r)
+        if self._held:  # the store is full: one operation at a time, holding what it refuses
+            self._apply_one_by_one(active, closed, out)
+        else:
+            self._apply_window(active, closed, out)
         started = [e for e in active if e.new and e.uuid]
         reason = self.sampler.reason(r.probs, self.detector.thr, new_event=bool(started))
         if reason is not None:  # the clip goes with the event that starts here, else the strongest one
             top = max(started or [e for e in active if e.uuid], key=lambda e: e.confidence, default=None)
             order = np.argsort(-r.probs)[:EDGE_TOP_K]
             labels = self.scorer.labels
-            self.sampler.save(
+            self.sampler.submit(  # gated, encoded and written by the sampler's worker
                 r.samples,
                 self.detector.cfg.sample_rate,
                 reason,

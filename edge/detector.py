@@ -12,7 +12,6 @@ species' threshold).
 from __future__ import annotations
 
 import logging
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -97,8 +96,9 @@ def load_scorer(model_path: Path | None, taxonomy: Path | None, threads: int = 1
 @dataclass
 class WindowResult:
     window: Window
-    probs: np.ndarray  # [n_species]
-    samples: np.ndarray  # [window_samples]
+    probs: np.ndarray  # [n_species] float32
+    samples: np.ndarray  # [window_samples] float32, this result's own copy
+    feats: np.ndarray  # [n_mels, n_frames] float32, the log-mel the model saw
 
 
 @dataclass
@@ -136,43 +136,37 @@ class Detector:
     def reset(self) -> None:
         """A new segment: fresh features, no open events."""
         self.stream = StreamingLogMel(self.cfg)
-        self.ring: deque[np.ndarray] = deque()
-        self.ring_start = 0  # absolute sample index of the ring's first sample
-        self.ring_len = 0
+        self.ring = _Ring(int(self.keep_seconds * self.cfg.sample_rate), self.cfg.window_samples)
         self.open: dict[str, Event] = {}
 
     def audio(self, start_s: float, end_s: float) -> np.ndarray | None:
-        """Samples of the current segment between two offsets, if still in the ring buffer."""
+        """Samples of the current segment between two offsets (a copy), if still held."""
         sr = self.cfg.sample_rate
-        a, b = int(start_s * sr), int(end_s * sr)
-        if a < self.ring_start or b > self.ring_start + self.ring_len:
-            return None
-        buf = np.concatenate(list(self.ring)) if self.ring else np.zeros(0, np.float32)
-        return buf[a - self.ring_start : b - self.ring_start]
-
-    def _keep(self, chunk: np.ndarray) -> None:
-        self.ring.append(chunk)
-        self.ring_len += chunk.size
-        limit = int(self.keep_seconds * self.cfg.sample_rate)
-        while self.ring and self.ring_len - self.ring[0].size >= limit:
-            self.ring_len -= self.ring[0].size
-            self.ring_start += self.ring[0].size
-            self.ring.popleft()
+        view = self.ring.get(int(start_s * sr), int(end_s * sr))
+        return None if view is None else view.copy()
 
     def push(self, chunk: np.ndarray) -> list[WindowResult]:
-        self._keep(np.asarray(chunk, np.float32))
-        return [self._score(w, f) for w, f in self.stream.push(chunk)]
+        x = np.asarray(chunk, np.float32).reshape(-1)
+        step = self.ring.keep // 2  # a longer chunk goes in parts, so each window is still held
+        out: list[WindowResult] = []
+        for i in range(0, max(x.size, 1), step):
+            part = x[i : i + step]
+            self.ring.append(part)
+            out += [self._score(w, f) for w, f in self.stream.push(part)]
+        return out
 
     def flush(self) -> list[WindowResult]:
         return [self._score(w, f) for w, f in self.stream.flush()]
 
     def _score(self, w: Window, feats: np.ndarray) -> WindowResult:
-        samples = self.audio(w.start, w.end)
-        if samples is None or samples.size < self.cfg.window_samples:  # the zero-padded final window
-            got = samples if samples is not None else np.zeros(0, np.float32)
-            samples = np.pad(got, (0, self.cfg.window_samples - got.size))
+        sr = self.cfg.sample_rate
+        a = int(w.start * sr)
+        samples = np.zeros(self.cfg.window_samples, np.float32)  # the final window stays zero-padded
+        got = self.ring.get(a, min(a + self.cfg.window_samples, self.ring.end))
+        if got is not None:
+            samples[: got.size] = got
         probs = self.scorer.score(samples, feats if self.scorer.needs_features else None)
-        return WindowResult(w, np.asarray(probs, np.float32), samples)
+        return WindowResult(w, np.asarray(probs, np.float32), samples, feats)
 
     def events(self, r: WindowResult) -> tuple[list[Event], list[Event]]:
         """Update the open events with one window: (started or extended events, closed events)."""
@@ -209,3 +203,41 @@ class Detector:
             "threshold": self.threshold,
             "stride_s": self.stride_seconds,
         }
+
+
+class _Ring:
+    """The last ``keep`` samples of a segment in one contiguous buffer: appending copies the chunk
+    in once, reading a window is a view (no per-window concatenation of the whole history). The
+    buffer has room for ``keep`` plus ``slack`` samples; when full, the newest ``keep`` move to its
+    front (one copy per ``slack`` samples appended)."""
+
+    def __init__(self, keep: int, window: int) -> None:
+        self.keep = max(keep, window)
+        slack = max(4 * window, self.keep // 4)
+        self.buf = np.zeros(self.keep + slack, np.float32)
+        self.n = 0  # samples in buf
+        self.start = 0  # absolute index of buf[0]
+
+    @property
+    def end(self) -> int:
+        return self.start + self.n
+
+    def append(self, x: np.ndarray) -> None:
+        if x.size > self.keep:  # a chunk longer than what is kept: only its end matters
+            self.start += self.n + x.size - self.keep
+            self.n = 0
+            x = x[-self.keep :]
+        if self.n + x.size > self.buf.size:
+            drop = self.n + x.size - self.keep  # keep the newest `keep` samples after this chunk
+            drop = min(drop, self.n)
+            self.buf[: self.n - drop] = self.buf[drop : self.n]
+            self.n -= drop
+            self.start += drop
+        self.buf[self.n : self.n + x.size] = x
+        self.n += x.size
+
+    def get(self, a: int, b: int) -> np.ndarray | None:
+        """``[b - a] float32`` view of absolute samples ``a:b``, or None if not all are held."""
+        if a < self.start or b > self.end or b < a:
+            return None
+        return self.buf[a - self.start : b - self.start]

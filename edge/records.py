@@ -115,6 +115,32 @@ class NewDetection:
 
 
 @dataclass(frozen=True)
+class DetectionExtension:
+    """An open event that kept going: its new end and its confidence so far (the store keeps the
+    maximum); a closed event is never extended."""
+
+    uuid: str
+    end_time: str
+    offset_end: float
+    confidence: float
+    band: str
+
+
+@dataclass(frozen=True)
+class WindowEvents:
+    """One analysis window's changes to detection events, committed together
+    (:meth:`edge.store.Store.commit_window`): events that start (inserted, each with its UUID set by
+    the caller), events that go on, and events that ended."""
+
+    new: tuple[NewDetection, ...] = ()
+    extended: tuple[DetectionExtension, ...] = ()
+    closed: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.new or self.extended or self.closed)
+
+
+@dataclass(frozen=True)
 class EdgeScore:
     code: str
     probability: float

@@ -18,6 +18,13 @@ flags. Before a clip is written:
 A full disk while writing the clip (``ENOSPC``) or its row (:class:`StorageFullError`) pauses audio
 the same way; the partial file is removed. Clips are stored compressed (OGG Vorbis, or FLAC) under
 ``clips/<tour>/``.
+
+Off the detection path: the agent hands a window's clip to :meth:`Sampler.submit`, which returns at
+once; one worker thread runs the speech gate, the encoder and the writes (the VAD and the encoder
+are native code that releases the GIL). The agent commits and shows detections without waiting for
+them and :meth:`Sampler.drain` waits for what is queued (the agent calls it when a run ends). At
+most ``queue_clips`` clips wait: beyond that :meth:`submit` blocks until the worker catches up
+(backpressure, no clip dropped). A clip the guide flags is saved at once (:meth:`Sampler.save`).
 """
 
 from __future__ import annotations
@@ -27,8 +34,10 @@ import hashlib
 import io
 import logging
 import os
+import queue
 import random
 import shutil
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,12 +100,19 @@ class Sampler:
     min_free_bytes: int = 200_000_000
     detection_rate: float = 0.5
     stats: SamplerStats = field(default_factory=SamplerStats)
+    #: clips waiting for the worker at most; :meth:`submit` blocks beyond that
+    queue_clips: int = 8
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
         if self.fmt.upper() not in ("OGG", "FLAC"):
             raise ValueError(f"clip format must be OGG or FLAC, got {self.fmt}")
         self.paused: AudioPause | None = self.store.audio_pause()
+        self._lock = threading.RLock()  # budgets, pause state, files and rows: one clip at a time
+        self._gate_lock = threading.Lock()  # one speech detector, not reentrant
+        self._jobs: queue.Queue[_Job] = queue.Queue(maxsize=max(1, self.queue_clips))
+        self._worker: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def reason(self, probs: np.ndarray, thr: np.ndarray, new_event: bool = False) -> ClipReason | None:
         """Why to keep this window, if at all. ``new_event``: a detection event starts in it — such
@@ -131,24 +147,26 @@ class Sampler:
 
     def pause(self, reason: str) -> None:
         """Stop writing audio (detections go on); recorded for status and sync."""
-        if self.paused is not None and self.paused.reason == reason:
-            return
-        self.paused = AudioPause(reason, now())
-        log.warning("audio paused: %s (detections are still stored)", reason)
-        try:
-            self.store.set_audio_pause(self.paused)
-        except StorageFullError:
-            log.debug("audio pause not stored: the database is full")
+        with self._lock:
+            if self.paused is not None and self.paused.reason == reason:
+                return
+            self.paused = AudioPause(reason, now())
+            log.warning("audio paused: %s (detections are still stored)", reason)
+            try:
+                self.store.set_audio_pause(self.paused)
+            except StorageFullError:
+                log.debug("audio pause not stored: the database is full")
 
     def _resume(self) -> None:
-        if self.paused is None:
-            return
-        log.info("audio resumed (%s no longer holds)", self.paused.reason)
-        self.paused = None
-        try:
-            self.store.set_audio_pause(None)
-        except StorageFullError:
-            log.debug("audio resume not stored: the database is full")
+        with self._lock:
+            if self.paused is None:
+                return
+            log.info("audio resumed (%s no longer holds)", self.paused.reason)
+            self.paused = None
+            try:
+                self.store.set_audio_pause(None)
+            except StorageFullError:
+                log.debug("audio resume not stored: the database is full")
 
     def _room_on_disk(self, size: int) -> bool:
         free = free_bytes(self.clip_dir)
@@ -187,16 +205,59 @@ class Sampler:
                 return True
         return fits()
 
+    # ------------------------------------------------------------------ the worker
+    def submit(self, samples: np.ndarray, sr: int, reason: ClipReason, where: ClipSource) -> None:
+        """Queue one clip for the worker (gate, encode, store) and return at once; blocks only while
+        ``queue_clips`` clips are already waiting. ``samples`` are copied. A failure of an earlier
+        clip (other than a full disk or budget, which are handled and counted) is raised here."""
+        self._raise_error()
+        if self._worker is None or not self._worker.is_alive():
+            self._worker = threading.Thread(target=self._work, name="clip-writer", daemon=True)
+            self._worker.start()
+        self._jobs.put(_Job(np.array(samples, np.float32), sr, reason, where))
+
+    def drain(self, raise_errors: bool = True) -> None:
+        """Wait until every submitted clip is written, skipped or suppressed."""
+        self._jobs.join()
+        if raise_errors:
+            self._raise_error()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if self._error is None:  # after a failure the queue empties without writing
+                    self.save(job.samples, job.sr, job.reason, job.where)
+            except Exception as exc:  # noqa: BLE001 - kept and raised on the agent's thread
+                log.error("the clip writer failed: %s", exc)
+                self._error = exc
+            finally:
+                self._jobs.task_done()
+
     # ------------------------------------------------------------------ saving
     def save(self, samples: np.ndarray, sr: int, reason: ClipReason, where: ClipSource) -> str | None:
-        """Gate, encode and store one clip; returns its UUID, or None when it was not kept (speech,
-        low space, no budget — each counted)."""
-        if self.gate.has_speech(samples, sr):
-            self.stats.speech_suppressed += 1
-            self._count(Counter.SPEECH_SUPPRESSED)
+        """Gate, encode and store one clip now; returns its UUID, or None when it was not kept
+        (speech, low space, no budget — each counted). Thread-safe."""
+        with self._gate_lock:
+            speech = self.gate.has_speech(samples, sr)
+        if speech:
+            with self._lock:
+                self.stats.speech_suppressed += 1
+                self._count(Counter.SPEECH_SUPPRESSED)
             log.info("speech in a %s window: its audio is not kept", reason)
             return None
         data = self.encode(samples, sr)
+        with self._lock:
+            return self._store(data, samples, sr, reason, where)
+
+    def _store(
+        self, data: bytes, samples: np.ndarray, sr: int, reason: ClipReason, where: ClipSource
+    ) -> str | None:
         if not self._room_on_disk(len(data)):
             self.stats.skipped_space += 1
             self._count(Counter.CLIPS_SKIPPED_SPACE)
@@ -243,6 +304,14 @@ class Sampler:
         setattr(self.stats, str(reason), getattr(self.stats, str(reason)) + 1)
         self.stats.bytes_written += len(data)
         return u
+
+
+@dataclass(frozen=True)
+class _Job:
+    samples: np.ndarray  # [n] float32, the sampler's own copy
+    sr: int
+    reason: ClipReason
+    where: ClipSource
 
 
 def _write_durably(path: Path, data: bytes) -> None:

@@ -48,20 +48,32 @@ class SileroSpeechGate:
         self.threshold = threshold
         self.min_frames = max(1, int(round(min_seconds * VAD_RATE / self.frame)))
 
-    def scores(self, samples: np.ndarray, sr: int) -> np.ndarray:
-        """Speech probability per 32 ms frame: ``[frames] float32``."""
+    def _frames(self, samples: np.ndarray, sr: int) -> tuple[memoryview, int]:
+        """The window at 16 kHz as one writable float32 buffer (the VAD reads frames of it in place)
+        and its number of whole frames."""
         import soxr
 
         x = np.asarray(samples, np.float32)
         if sr != VAD_RATE:
-            x = soxr.resample(x, sr, VAD_RATE).astype(np.float32)
+            x = soxr.resample(x, sr, VAD_RATE)
+        x = np.array(x, np.float32)  # contiguous, writable, ours
+        return memoryview(x.data), x.size // self.frame
+
+    def scores(self, samples: np.ndarray, sr: int) -> np.ndarray:
+        """Speech probability per 32 ms frame: ``[frames] float32``."""
+        buf, n = self._frames(samples, sr)
         self.vad.reset()
-        n = x.size // self.frame
-        out = np.empty(n, np.float32)
-        for i in range(n):
-            frame = np.array(x[i * self.frame : (i + 1) * self.frame], np.float32)  # writable copy
-            out[i] = self.vad.process(memoryview(frame.data))
-        return out
+        f = self.frame
+        return np.array([self.vad.process(buf[i * f : (i + 1) * f]) for i in range(n)], np.float32)
 
     def has_speech(self, samples: np.ndarray, sr: int) -> bool:
-        return int((self.scores(samples, sr) >= self.threshold).sum()) >= self.min_frames
+        """As ``(scores >= threshold).sum() >= min_frames``, stopping as soon as that holds."""
+        buf, n = self._frames(samples, sr)
+        self.vad.reset()
+        f, hits = self.frame, 0
+        for i in range(n):
+            if self.vad.process(buf[i * f : (i + 1) * f]) >= self.threshold:
+                hits += 1
+                if hits >= self.min_frames:
+                    return True
+        return False

@@ -7,7 +7,9 @@ the one SQL implementation belong together; every line of SQL of the edge is in 
 
 Rules that make "never lose a detection" hold:
 
-* a detection is committed (its own transaction) **before** anything shows it;
+* a detection is committed **before** anything shows it: on its own (:meth:`Store.add_detection`)
+  or with the rest of its window's changes in one transaction (:meth:`Store.commit_window`, the
+  agent's per-window path: one commit per window that changed something, none otherwise);
 * an event that keeps going is *extended* in place (``end_time``, ``confidence``) and *closed* when
   the species stops calling; only closed detections are synced, and a restart closes the events a
   crash left open;
@@ -63,6 +65,7 @@ from edge.records import (
     TourSummary,
     UpdateRefusal,
     VerifiedClip,
+    WindowEvents,
     cloud_scores_from_json,
     edge_scores_from_json,
     scores_to_json,
@@ -98,6 +101,7 @@ class Store(Protocol):
         self, detection_uuid: str, end_time: str, offset_end: float, confidence: float, band: str
     ) -> None: ...
     def close_detection(self, detection_uuid: str) -> None: ...
+    def commit_window(self, changes: WindowEvents) -> None: ...
     def close_open_detections(self) -> int: ...
     def detection(self, detection_uuid: str) -> Detection | None: ...
     def detections(self, tour_uuid: str | None = None) -> list[Detection]: ...
@@ -289,6 +293,26 @@ _STATE_REFUSAL = "update_refused"
 def _is_full(exc: BaseException) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     return code == sqlite3.SQLITE_FULL or "full" in str(exc).lower()
+
+
+def _detection_row(d: NewDetection, u: str) -> dict[str, Any]:
+    return {
+        "uuid": u,
+        "tour_uuid": d.tour_uuid,
+        "recording_uuid": d.recording_uuid,
+        "species_code": d.species_code,
+        "scientific_name": d.scientific_name,
+        "common_name": d.common_name,
+        "taxon_class": d.taxon_class,
+        "start_time": d.start_time,
+        "end_time": d.end_time,
+        "offset_start": d.offset_start,
+        "offset_end": d.offset_end,
+        "confidence": d.confidence,
+        "band": d.band,
+        "model_version": d.model_version,
+        "created_at": now(),
+    }
 
 
 def _tour(r: dict[str, Any]) -> Tour:
@@ -509,25 +533,7 @@ class EdgeStore(SQLiteStore):
         """Commit a new detection event (before anything shows it); returns its UUID."""
         u = d.uuid or new_uuid()
         with self.tx() as db:
-            db.table("detections").insert(
-                {
-                    "uuid": u,
-                    "tour_uuid": d.tour_uuid,
-                    "recording_uuid": d.recording_uuid,
-                    "species_code": d.species_code,
-                    "scientific_name": d.scientific_name,
-                    "common_name": d.common_name,
-                    "taxon_class": d.taxon_class,
-                    "start_time": d.start_time,
-                    "end_time": d.end_time,
-                    "offset_start": d.offset_start,
-                    "offset_end": d.offset_end,
-                    "confidence": d.confidence,
-                    "band": d.band,
-                    "model_version": d.model_version,
-                    "created_at": now(),
-                }
-            )
+            db.table("detections").insert(_detection_row(d, u))
         return u
 
     def extend_detection(
@@ -543,6 +549,34 @@ class EdgeStore(SQLiteStore):
     def close_detection(self, detection_uuid: str) -> None:
         with self.tx() as db:
             db.execute("UPDATE detections SET closed = 1 WHERE uuid = ?", [detection_uuid])
+
+    def commit_window(self, changes: WindowEvents) -> None:
+        """One window's new, extended and closed events in one transaction (all or nothing); every
+        new detection must carry its UUID. Nothing to do: no transaction at all."""
+        if not changes:
+            return
+        if any(d.uuid is None for d in changes.new):
+            raise ValueError("commit_window: every new detection needs its uuid")
+        with self.tx() as db:
+            conn = db.conn
+            if changes.new:
+                rows = [_detection_row(d, str(d.uuid)) for d in changes.new]
+                cols = list(rows[0])
+                conn.executemany(
+                    f"INSERT INTO detections ({', '.join(cols)}) VALUES ({', '.join(':' + c for c in cols)})",
+                    rows,
+                )
+            if changes.extended:
+                conn.executemany(
+                    "UPDATE detections SET end_time = :end_time, offset_end = :offset_end, "
+                    "confidence = max(confidence, :confidence), band = :band "
+                    "WHERE uuid = :uuid AND closed = 0",
+                    [vars(e) for e in changes.extended],
+                )
+            if changes.closed:
+                conn.executemany(
+                    "UPDATE detections SET closed = 1 WHERE uuid = ?", [[u] for u in changes.closed]
+                )
 
     def close_open_detections(self) -> int:
         """After a crash or a stop: every open event ends where it was last extended."""

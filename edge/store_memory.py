@@ -37,6 +37,7 @@ from edge.records import (
     TourSummary,
     UpdateRefusal,
     VerifiedClip,
+    WindowEvents,
 )
 from edge.store import _earliest, _latest, _top_code, _ts, new_uuid
 from shared_features.sqlite import now
@@ -132,35 +133,41 @@ class MemoryStore:
     def add_detection(self, d: NewDetection) -> str:
         u = d.uuid or new_uuid()
         with self._lock:
-            self._need(self._tours, d.tour_uuid, "tour")
-            if d.recording_uuid is not None:
-                self._need(self._recordings, d.recording_uuid, "recording")
-            if u in self._detections:
-                raise ValueError(f"detection {u} exists")
-            self._detections[u] = Detection(
-                uuid=u,
-                tour_uuid=d.tour_uuid,
-                recording_uuid=d.recording_uuid,
-                species_code=d.species_code,
-                scientific_name=d.scientific_name,
-                common_name=d.common_name,
-                taxon_class=d.taxon_class,
-                start_time=d.start_time,
-                end_time=d.end_time,
-                offset_start=float(d.offset_start),
-                offset_end=float(d.offset_end),
-                confidence=float(d.confidence),
-                band=d.band,
-                model_version=d.model_version,
-                status=DetectionStatus.PENDING,
-                guide_verdict=None,
-                closed=False,
-                cloud_species=(),
-                synced_at=None,
-                sync_error=None,
-                created_at=now(),
-            )
+            self._check_new(d, u)
+            self._insert(d, u)
         return u
+
+    def _check_new(self, d: NewDetection, u: str) -> None:
+        self._need(self._tours, d.tour_uuid, "tour")
+        if d.recording_uuid is not None:
+            self._need(self._recordings, d.recording_uuid, "recording")
+        if u in self._detections:
+            raise ValueError(f"detection {u} exists")
+
+    def _insert(self, d: NewDetection, u: str) -> None:
+        self._detections[u] = Detection(
+            uuid=u,
+            tour_uuid=d.tour_uuid,
+            recording_uuid=d.recording_uuid,
+            species_code=d.species_code,
+            scientific_name=d.scientific_name,
+            common_name=d.common_name,
+            taxon_class=d.taxon_class,
+            start_time=d.start_time,
+            end_time=d.end_time,
+            offset_start=float(d.offset_start),
+            offset_end=float(d.offset_end),
+            confidence=float(d.confidence),
+            band=d.band,
+            model_version=d.model_version,
+            status=DetectionStatus.PENDING,
+            guide_verdict=None,
+            closed=False,
+            cloud_species=(),
+            synced_at=None,
+            sync_error=None,
+            created_at=now(),
+        )
 
     def extend_detection(
         self, detection_uuid: str, end_time: str, offset_end: float, confidence: float, band: str
@@ -181,6 +188,24 @@ class MemoryStore:
             d = self._detections.get(detection_uuid)
             if d is not None:
                 self._detections[detection_uuid] = replace(d, closed=True)
+
+    def commit_window(self, changes: WindowEvents) -> None:
+        if not changes:
+            return
+        if any(d.uuid is None for d in changes.new):
+            raise ValueError("commit_window: every new detection needs its uuid")
+        with self._lock:  # all or nothing: check every insert before applying any change
+            uuids = [str(d.uuid) for d in changes.new]
+            if len(set(uuids)) != len(uuids):
+                raise ValueError(f"commit_window: duplicate detection uuids in {uuids}")
+            for d, u in zip(changes.new, uuids, strict=True):
+                self._check_new(d, u)
+            for d, u in zip(changes.new, uuids, strict=True):
+                self._insert(d, u)
+            for e in changes.extended:
+                self.extend_detection(e.uuid, e.end_time, e.offset_end, e.confidence, e.band)
+            for u in changes.closed:
+                self.close_detection(u)
 
     def close_open_detections(self) -> int:
         with self._lock:

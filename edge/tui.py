@@ -295,9 +295,7 @@ class SilencioApp(App[int]):
         agent = self.agent
 
         def on_window(r: WindowResult, active: list[Event]) -> None:
-            from shared_features import log_mel
-
-            mel = log_mel(r.samples[None], agent.detector.cfg)[0]
+            mel = r.feats  # the features the model saw (computed once, on the agent's path)
             calling = [
                 (
                     e.species.code,

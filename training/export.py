@@ -9,9 +9,12 @@ and ``package_version``.
 
 * **ONNX fp32** is refused when ONNX Runtime and PyTorch disagree by more than ``tolerance``
   (1e-4) on the check windows.
-* **ONNX int8** is static QDQ quantisation (per-channel int8 weights, uint8 activations)
-  calibrated on real windows; it is compared with fp32 on held-out real windows (top-1 agreement,
-  macro ROC-AUC drop against their labels) and refused below :class:`PublishThresholds`.
+* **ONNX int8** is static QDQ quantisation calibrated on real windows, following an
+  :class:`Int8Recipe` (default :data:`DEFAULT_INT8`: per-channel int8 weights, uint8 activations,
+  99.99th-percentile calibration, the squeeze-excitation blocks and the classifier head kept in
+  float — the recipe with the smallest ROC-AUC drop in ``benchmarks/edge_int8.py``, README
+  "Edge performance"); it is compared with fp32 on held-out real windows (top-1 agreement, macro ROC-AUC drop
+  against their labels) and refused below :class:`PublishThresholds`.
 * **TFLite** comes from ``scripts/export_tflite.sh`` (litert-torch in its own environment).
 
 Each export is wrapped as an ``edge`` model package (:mod:`shared_features.package`) with its
@@ -40,12 +43,15 @@ from training.package import write_package
 
 log = logging.getLogger(__name__)
 __all__ = [
+    "DEFAULT_INT8",
     "ExportError",
+    "Int8Recipe",
     "PublishThresholds",
     "calibration_windows",
     "export_edge",
     "export_edge_formats",
     "export_onnx",
+    "float_nodes",
     "quantize_int8",
     "sha256_file",
 ]
@@ -126,9 +132,74 @@ def export_onnx(
     }
 
 
-def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray) -> Path:
-    """Static QDQ int8 quantisation of an fp32 ONNX model (per-channel int8 weights, uint8
-    activations, min-max calibration on ``calibration`` ``[n, n_mels, n_frames]`` real windows)."""
+#: the parts of a network an :class:`Int8Recipe` can keep in float
+FLOAT_PARTS = ("se", "first", "head")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class Int8Recipe:
+    """How the int8 export is quantised (ONNX Runtime static quantisation, QDQ format).
+
+    ``keep_float``: parts left in float32 — ``se``: the squeeze-excitation blocks (nodes under a
+    module named ``se``: their global mean, two 1x1 convolutions and the gate multiply a whole
+    channel at once, so one rounding step moves every frame of it); ``first``: the first
+    convolution (it reads the log-mel directly); ``head``: everything after the last global pooling
+    (the head convolution and the classifier). ``per_channel``: one weight scale per output
+    channel. ``calibration``: how activation ranges are found on the calibration windows —
+    ``minmax``, ``entropy`` (KL) or ``percentile`` (``percentile`` of the absolute values).
+    ``entropy`` is offered but gives min-max's ranges: ONNX Runtime's static path searches the KL
+    threshold over 128 histogram bins for 128 quantised levels (it takes no option to change them),
+    so the full range is its only candidate (``benchmarks/edge_int8.py`` shows identical figures)."""
+
+    keep_float: tuple[str, ...] = ()
+    per_channel: bool = True
+    calibration: str = "minmax"
+    percentile: float = 99.999
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.keep_float) - set(FLOAT_PARTS))
+        if bad:
+            raise ExportError(f"keep_float: unknown parts {bad}; known: {list(FLOAT_PARTS)}")
+        if self.calibration not in CALIBRATION_METHODS:
+            raise ExportError(f"calibration {self.calibration!r} not in {list(CALIBRATION_METHODS)}")
+
+    def describe(self) -> str:
+        keep = "+".join(self.keep_float) if self.keep_float else "nothing"
+        return (
+            f"{'per-channel' if self.per_channel else 'per-tensor'}, {self.calibration}"
+            f"{f' {self.percentile}' if self.calibration == 'percentile' else ''}, float: {keep}"
+        )
+
+
+#: the export's default (benchmarks/edge_int8.py on two demo students, README "Edge performance"):
+#: SE blocks and head in float, percentile calibration — the smallest ROC-AUC drop of the recipes
+#: tried; its calibration costs ~8x min-max's CPU (one window per calibration batch)
+DEFAULT_INT8 = Int8Recipe(keep_float=("se", "head"), calibration="percentile", percentile=99.99)
+
+
+def float_nodes(model: Any, parts: tuple[str, ...]) -> list[str]:
+    """Names of the nodes of an ONNX graph (in topological order, as exported) that ``parts`` keep
+    in float; see :class:`Int8Recipe`."""
+    nodes = list(model.graph.node)
+    keep: list[str] = []
+    if "se" in parts:
+        keep += [n.name for n in nodes if "/se/" in n.name]
+    if "first" in parts:
+        first = next((n for n in nodes if n.op_type == "Conv"), None)
+        if first is not None:
+            keep.append(first.name)
+    if "head" in parts:
+        pools = [i for i, n in enumerate(nodes) if n.op_type == "GlobalAveragePool"]
+        if pools:
+            keep += [n.name for n in nodes[pools[-1] :]]
+    return list(dict.fromkeys(keep))
+
+
+def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, recipe: Int8Recipe | None = None) -> Path:
+    """Static QDQ int8 quantisation of an fp32 ONNX model (int8 weights, uint8 activations),
+    calibrated on ``calibration`` ``[n, n_mels, n_frames]`` real windows, following ``recipe``
+    (default :data:`DEFAULT_INT8`)."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -139,29 +210,44 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray) -> Path:
         quantize_static,
     )
 
+    recipe = recipe or DEFAULT_INT8
     calib = np.asarray(calibration, np.float32)
     if len(calib) == 0:
         raise ExportError("int8 calibration needs real windows; got none")
 
+    # the histogram calibrators (entropy, percentile) need batches of one shape: one window each
+    step = 8 if recipe.calibration == "minmax" else 1
+
     class Reader(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
-            self.batches = iter([{"features": calib[i : i + 8]} for i in range(0, len(calib), 8)])
+            self.batches = iter([{"features": calib[i : i + step]} for i in range(0, len(calib), step)])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
 
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[recipe.calibration]
+    extra: dict[str, Any] = {}
+    if recipe.calibration == "percentile":
+        extra["CalibPercentile"] = recipe.percentile
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        exclude = float_nodes(onnx.load(str(pre)), recipe.keep_float)
         quantize_static(
             str(pre),
             str(out),
             Reader(),
             quant_format=QuantFormat.QDQ,
-            per_channel=True,
+            per_channel=recipe.per_channel,
             weight_type=QuantType.QInt8,
             activation_type=QuantType.QUInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method=method,
+            nodes_to_exclude=exclude,
+            extra_options=extra,
         )
     # quantisation drops custom metadata: carry it over from the fp32 model
     src, q = onnx.load(str(fp32)), onnx.load(str(out))
@@ -170,6 +256,7 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray) -> Path:
         new = q.metadata_props.add()
         new.key, new.value = prop.key, prop.value
     onnx.save(q, str(out))
+    log.info("int8 (%s): %d nodes kept in float", recipe.describe(), len(exclude))
     return Path(out)
 
 
@@ -218,6 +305,7 @@ def export_edge(
     thresholds: PublishThresholds = PublishThresholds(),
     tolerance: float = 1e-4,
     extra: dict[str, Any] | None = None,
+    int8: Int8Recipe | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Every format of ``formats`` or none: :func:`export_edge_formats` with all of them required."""
     manifests, _ = export_edge_formats(
@@ -234,6 +322,7 @@ def export_edge(
         thresholds=thresholds,
         tolerance=tolerance,
         extra=extra,
+        int8=int8,
     )
     return manifests
 
@@ -253,14 +342,17 @@ def export_edge_formats(
     thresholds: PublishThresholds = PublishThresholds(),
     tolerance: float = 1e-4,
     extra: dict[str, Any] | None = None,
+    int8: Int8Recipe | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Export ``ckpt`` as edge packages ``out_root/<format>/``; returns format → manifest.
 
     ``parity``: windows for the fp32 parity check; ``calibration``: windows for int8 calibration;
     ``check`` / ``check_targets``: held-out windows (and labels) on which each export is compared
-    with fp32. A ``required`` format that fails its thresholds raises :class:`ExportError` and
-    nothing is published; another is refused (format → reason in the second return value) and
-    leaves nothing under its directory. Returns (format → manifest, format → refusal)."""
+    with fp32; ``int8``: the quantisation recipe (default :data:`DEFAULT_INT8`). A ``required``
+    format that fails its thresholds raises :class:`ExportError` and nothing is published; another
+    is refused (format → reason in the second return value) and leaves nothing under its directory.
+    Returns (format → manifest, format → refusal)."""
+    int8 = int8 or DEFAULT_INT8
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
     unknown = set(formats) - {"onnx-fp32", "onnx-int8"}
@@ -275,7 +367,7 @@ def export_edge_formats(
         ref = _onnx_probs(fp32, check)
         files = {"onnx-fp32": fp32}
         if "onnx-int8" in formats:
-            files["onnx-int8"] = quantize_int8(fp32, Path(tmp) / "model.int8.onnx", calibration)
+            files["onnx-int8"] = quantize_int8(fp32, Path(tmp) / "model.int8.onnx", calibration, int8)
         validations: dict[str, dict[str, Any]] = {}
         for fmt in formats:  # check every format before publishing any
             validation: dict[str, Any] = {"parity": info["parity"]}
@@ -283,6 +375,8 @@ def export_edge_formats(
                 cmp = compare(ref, _onnx_probs(files[fmt], check), check_targets)
                 validation["vs_fp32"] = cmp
                 validation["thresholds"] = asdict(thresholds)
+                if fmt == "onnx-int8":
+                    validation["int8_recipe"] = {**asdict(int8), "keep_float": list(int8.keep_float)}
                 bad = cmp["top1_agreement"] < thresholds.min_top1_agreement or (
                     cmp.get("roc_auc_drop", 0.0) > thresholds.max_roc_auc_drop
                 )

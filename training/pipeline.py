@@ -46,7 +46,7 @@ from shared_features import LabelSpace
 from training.data import DataSource
 from training.distill import DistillConfig
 from training.errors import TrainingError
-from training.export import PublishThresholds
+from training.export import DEFAULT_INT8, Int8Recipe, PublishThresholds
 from training.gate import (
     EdgeModel,
     FeedbackSet,
@@ -498,18 +498,21 @@ def export_edge_packages(
     tracking: Tracking | None = None,
     reuse: bool = False,
     register_as: str | None = "silencio-edge",
+    int8: Int8Recipe | None = None,
 ) -> EdgeExport:
     """Edge packages ``out/<format>/`` of ``checkpoint``: fp32 parity-checked against PyTorch,
     int8 calibrated on ``data_dir``'s training windows (+ unlabelled soundscapes) and compared with
     fp32 on its validation windows. A ``required`` format that fails raises
     :class:`~training.export.ExportError`; another is refused with its reason. The chosen package
-    (int8 when published, else fp32) is registered ``register_as@candidate``."""
+    (int8 when published, else fp32) is registered ``register_as@candidate``. ``int8``: the
+    quantisation recipe (default :data:`~training.export.DEFAULT_INT8`)."""
     from shared_features import DEFAULT, log_mel
     from training.bundle import windows_of
     from training.data import from_audio
     from training.export import calibration_windows, export_edge_formats
 
     thresholds = thresholds or PublishThresholds()
+    int8 = int8 or DEFAULT_INT8
     config = {
         "checkpoint": str(Path(checkpoint).resolve()),
         "checkpoint_sha256": file_sha(Path(checkpoint)),
@@ -519,6 +522,7 @@ def export_edge_packages(
         "name": name,
         "version": version,
         "thresholds": asdict(thresholds),
+        "int8": {**asdict(int8), "keep_float": list(int8.keep_float)},
         "seed": seed,
     }
     if reuse:
@@ -545,6 +549,7 @@ def export_edge_packages(
             formats=formats,
             required=required,
             thresholds=thresholds,
+            int8=int8,
         )
         if not mans:
             raise TrainingError(f"no edge package published: {'; '.join(refused.values())}")

@@ -157,3 +157,114 @@ def test_windows_where_detections_start_are_sampled_for_the_cloud(tmp_path, labe
     assert {c.detection_uuid for c in clips} == {d.uuid for d in dets}
     assert all(c.reason == "random" and c.source_offset == d.offset_start for c, d in zip(clips, dets))
     assert EdgeSettings().detection_clip_rate == 0.5  # the default: half of them, at random
+
+
+class _Calls:
+    """The store, counting the operations called on it."""
+
+    def __init__(self, inner):
+        self._inner, self.calls = inner, []
+
+    def __getattr__(self, name):
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*a, **kw):
+            self.calls.append(name)
+            return attr(*a, **kw)
+
+        return call
+
+
+_DETECTION_WRITES = {"add_detection", "extend_detection", "close_detection", "commit_window"}
+
+
+def test_one_store_transaction_per_window_that_changed_and_none_otherwise(tmp_path, labels, edge_settings):
+    from edge.store import open_store
+
+    store = _Calls(open_store(edge_settings.db_path))
+    agent = Agent(edge_settings, scorer=FakeScorer(labels), store=store, seed=0)
+    agent.start_tour()
+    store.calls.clear()
+    quiet = agent.run(FileSource(_file(tmp_path, np.zeros(60 * 32_000, np.float32), "quiet.wav")))
+    assert quiet.windows >= 20 and quiet.detections == 0
+    assert not _DETECTION_WRITES & set(store.calls)  # no detection, no clip: no SQL per window
+    assert set(store.calls) <= {"add_recording", "finish_recording"}
+    store.calls.clear()
+    loud = agent.run(FileSource(_file(tmp_path, tone_then_silence(20, 10), "call.wav")))
+    agent.end_tour()
+    assert loud.detections == 1
+    # the event's start, its extensions and its end: one commit per window that changed it
+    assert store.calls.count("commit_window") <= loud.windows
+    assert not {"add_detection", "extend_detection"} & set(store.calls)
+    (d,) = [d for d in agent.store.detections() if d.recording_uuid and d.offset_start == 0.0]
+    assert d.closed and d.offset_end >= 20.0
+
+
+def test_clips_are_written_off_the_detection_path(tmp_path, labels, edge_settings):
+    import threading
+
+    shown = threading.Event()
+
+    class WaitingGate:
+        """Hears no speech, but only after the detection was shown: on the detection path it would
+        wait forever (here: fail after 30 s)."""
+
+        threads: set[str] = set()
+        waited: list[bool] = []
+
+        def has_speech(self, samples, sr):
+            self.threads.add(threading.current_thread().name)
+            self.waited.append(shown.wait(30))
+            return False
+
+    s = edge_settings.model_copy(update={"detection_clip_rate": 1.0})
+    gate = WaitingGate()
+    agent = Agent(
+        s, scorer=FakeScorer(labels), speech_gate=gate, on_detection=lambda ev, i: shown.set(), seed=0
+    )
+    agent.sampler.queue_clips = 1
+    agent.start_tour()
+    res = agent.run(FileSource(_file(tmp_path, tone_then_silence(12, 10))))
+    # run() returns once every clip is written: nothing is left in the queue
+    assert res.detections == 1 and gate.waited and all(gate.waited)
+    assert gate.threads == {"clip-writer"}
+    (clip,) = [c for c in agent.store.clips() if c.detection_uuid]
+    assert clip.detection_uuid == agent.store.detections()[0].uuid
+
+
+def test_a_failing_clip_writer_fails_the_run_after_the_detections_commit(tmp_path, labels, edge_settings):
+    import pytest
+
+    class BrokenGate:
+        def has_speech(self, samples, sr):
+            raise RuntimeError("VAD exploded")
+
+    s = edge_settings.model_copy(update={"detection_clip_rate": 1.0})
+    agent = Agent(s, scorer=FakeScorer(labels), speech_gate=BrokenGate(), seed=0)
+    tour = agent.start_tour()
+    with pytest.raises(RuntimeError, match="VAD exploded"):
+        agent.run(FileSource(_file(tmp_path, tone_then_silence(12, 10))))
+    assert len(agent.store.detections(tour)) == 1 and not agent.store.clips()
+
+
+def test_window_samples_are_the_recordings_whatever_the_chunking(labels):
+    from edge.detector import Detector
+
+    x = np.random.default_rng(3).standard_normal(int(151.3 * 32_000)).astype(np.float32)
+    for chunk in (4_000, 16_000, 3_000_000):  # 0.125 s, 0.5 s, and one piece longer than the ring
+        det = Detector(FakeScorer(labels), keep_seconds=60.0)
+        results = []
+        for i in range(0, x.size, chunk):
+            results += det.push(x[i : i + chunk])
+        results += det.flush()
+        assert len(results) == 60
+        for r in results:
+            a = round(r.window.start * 32_000)
+            want = x[a : a + 160_000]
+            np.testing.assert_array_equal(r.samples[: want.size], want)
+            assert not r.samples[want.size :].any() and r.feats.shape == (128, 316)
+        # the last minute is still held; older audio is not
+        assert np.array_equal(det.audio(100.0, 105.0), x[3_200_000:3_360_000])
+        assert det.audio(10.0, 15.0) is None

@@ -56,6 +56,11 @@ def test_speech_gate_hears_the_guide_and_not_the_forest(speech, mini):
         assert not gate.has_speech(scape[k * 32_000 : (k + 5) * 32_000], 32_000), f"speech heard at {k} s"
     mix, _, _ = _mix(scape[:320_000], speech, 2.0)
     assert gate.has_speech(mix[64_000:224_000], 32_000)
+    # has_speech stops at the first min_frames speech frames: the same verdict as scoring every frame
+    for a in range(0, 160_001, 32_000):
+        w = mix[a : a + 160_000]
+        full = int((gate.scores(w, 32_000) >= gate.threshold).sum()) >= gate.min_frames
+        assert gate.has_speech(w, 32_000) == full
 
 
 def test_speech_windows_keep_detections_not_audio(speech, mini, tmp_path, monkeypatch, capsys):

@@ -319,3 +319,36 @@ def test_update_refusal_is_kept_until_cleared(store):
     assert store.update_refusal() == r
     store.set_update_refusal(None)
     assert store.update_refusal() is None
+
+
+def test_commit_window_applies_a_windows_changes_together(store):
+    from dataclasses import replace
+
+    from edge.records import DetectionExtension, WindowEvents
+    from edge.store import new_uuid
+
+    tour, rec = _tour_with_recording(store)
+    going = _det(store, tour, rec, 0.0, closed=False)
+    ending = _det(store, tour, rec, 2.5, code="trokin", closed=False)
+    base = NewDetection(tour, "grekis", _at(5), _at(10), 5.0, 10.0, 0.8, "medium", "m1", rec)
+    news = (replace(base, uuid=new_uuid()), replace(base, species_code="trokin", uuid=new_uuid()))
+    store.commit_window(
+        WindowEvents(news, (DetectionExtension(going, _at(10.0), 10.0, 0.97, "high"),), (ending,))
+    )
+    assert [store.detection(d.uuid).species_code for d in news] == ["grekis", "trokin"]
+    assert not store.detection(news[0].uuid).closed
+    g = store.detection(going)
+    assert (g.offset_end, g.confidence, g.band, g.closed) == (10.0, 0.97, "high", False)
+    assert store.detection(ending).closed
+    store.commit_window(WindowEvents())  # nothing changed: nothing to do
+    with pytest.raises(ValueError):  # the caller names every new detection
+        store.commit_window(WindowEvents((base,)))
+    # all or nothing: a new detection of an unknown tour fails the whole window
+    bad = replace(base, tour_uuid="no-such-tour", uuid=new_uuid())
+    late = replace(base, uuid=new_uuid())
+    with pytest.raises(Exception):  # noqa: B017 - sqlite3.IntegrityError or ValueError
+        store.commit_window(
+            WindowEvents((late, bad), (DetectionExtension(going, _at(20.0), 20.0, 0.99, "high"),), (going,))
+        )
+    assert store.detection(late.uuid) is None and store.detection(bad.uuid) is None
+    assert store.detection(going).offset_end == 10.0 and not store.detection(going).closed

@@ -101,6 +101,8 @@ def test_tui_feed_keys_and_flag_flow(tmp_path, labels, edge_settings):
             assert ol.option_count >= 1 and ol.get_option_at_index(0).id == target.code
             await pilot.press("enter")
             await _until(pilot, lambda: db.detection(second).guide_verdict == "wrong_species")
+            # the verdict is committed first, the flagged clip (gated, encoded) right after it
+            await _until(pilot, lambda: any(c.detection_uuid == second for c in db.clips()))
             clip = [c for c in db.clips() if c.detection_uuid == second]
             assert clip and clip[0].reason == "flagged" and clip[0].synced_at is None
             # s without a cloud: a clear notice, nothing crashes

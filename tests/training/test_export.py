@@ -160,3 +160,80 @@ def test_package_loader_refuses_corrupt_foreign_and_mismatched(tmp_path, mini, t
         load_package(tmp_path / "edge")
     with pytest.raises(PackageError, match="samples"):
         load_package(src).predict(np.zeros((1, 1000), np.float32))
+
+
+@pytest.fixture(scope="module")
+def tiny_student(tmp_path_factory, mini):
+    labels = LabelSpace.from_taxonomy_csv(mini / "taxonomy.csv")
+    torch.manual_seed(0)
+    model = build_model(member_config("student", **TINY["student"]), len(labels)).eval()
+    tmp = tmp_path_factory.mktemp("student")
+    ckpt = save_checkpoint(tmp / "s.pt", model, labels)
+    feats, ys = _real_windows(mini)
+    fp32 = tmp / "s.onnx"
+    export_onnx(ckpt, fp32, feats[:2])
+    return ckpt, fp32, feats, ys
+
+
+def _float_weights(path) -> dict[str, bool]:
+    """Conv/Gemm node name → whether its weight is a float initializer (not fed by a DequantizeLinear)."""
+    m = onnx.load(str(path))
+    floats = {i.name for i in m.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    return {n.name: n.input[1] in floats for n in m.graph.node if n.op_type in ("Conv", "Gemm")}
+
+
+def test_int8_recipe_keeps_the_named_parts_in_float(tmp_path, tiny_student):
+    from training.export import Int8Recipe, float_nodes, quantize_int8
+
+    _, fp32, feats, _ = tiny_student
+    graph = onnx.load(str(fp32))
+    se = float_nodes(graph, ("se",))
+    head = float_nodes(graph, ("head",))
+    first = float_nodes(graph, ("first",))
+    assert se and all("/se/" in n for n in se)
+    assert any(n.endswith("classifier/Gemm") for n in head) and any("conv_head" in n for n in head)
+    assert first == [next(n.name for n in graph.graph.node if n.op_type == "Conv")]
+    all_int8 = _float_weights(quantize_int8(fp32, tmp_path / "a.onnx", feats[:8], Int8Recipe()))
+    assert not any(all_int8.values())  # every convolution and the classifier quantised
+    mixed_path = quantize_int8(fp32, tmp_path / "b.onnx", feats[:8], Int8Recipe(keep_float=("se", "head")))
+    mixed = _float_weights(mixed_path)
+    kept = {n for n, is_float in mixed.items() if is_float}
+    assert kept == {n for n in mixed if n in se or n in head}
+    assert (tmp_path / "a.onnx").stat().st_size < mixed_path.stat().st_size < fp32.stat().st_size
+    # the mixed graph still carries the contracts and scores like fp32 within int8 rounding
+    meta = {p.key for p in onnx.load(str(mixed_path)).metadata_props}
+    assert {"feature_fingerprint", "labels"} <= meta
+    sess = ort.InferenceSession(str(mixed_path), providers=["CPUExecutionProvider"])
+    ref = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+    got, want = (s.run(None, {"features": feats[:4]})[0] for s in (sess, ref))
+    assert got.shape == want.shape and np.abs(got - want).max() < 0.2
+
+
+def test_int8_recipe_is_validated_and_recorded_in_the_package(tmp_path, tiny_student):
+    from training.export import DEFAULT_INT8, Int8Recipe
+
+    with pytest.raises(ExportError, match="unknown parts"):
+        Int8Recipe(keep_float=("stem",))
+    with pytest.raises(ExportError, match="calibration"):
+        Int8Recipe(calibration="mean")
+    ckpt, _, feats, ys = tiny_student
+    recipe = Int8Recipe(keep_float=("first",), calibration="percentile", percentile=99.99)
+    mans = export_edge(
+        ckpt,
+        tmp_path / "edge",
+        parity=feats[:2],
+        calibration=feats[:8],
+        check=feats[8:20],
+        check_targets=ys[8:20],
+        thresholds=PublishThresholds(min_top1_agreement=0.0, max_roc_auc_drop=1.0),
+        int8=recipe,
+    )
+    got = mans["onnx-int8"]["validation"]["int8_recipe"]
+    assert got == {
+        "keep_float": ["first"],
+        "per_channel": True,
+        "calibration": "percentile",
+        "percentile": 99.99,
+    }
+    assert "int8_recipe" not in mans["onnx-fp32"]["validation"]
+    assert isinstance(DEFAULT_INT8, Int8Recipe)

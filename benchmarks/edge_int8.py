@@ -1,0 +1,127 @@
+"""int8 recipes for the edge student, side by side with its fp32 export, on one dataset in one run.
+
+    .venv/bin/python benchmarks/edge_int8.py CHECKPOINT --data DATASET [--recipes all] [--repeat 50]
+
+``CHECKPOINT``: a trained student (``silencio train distill`` / the demo's ``student.pt``);
+``DATASET``: the dataset it was trained on (the demo's synthetic one, or a BirdCLEF download). The
+windows are those of ``silencio export edge``: int8 calibration on training windows plus
+unlabelled soundscapes (:func:`training.export.calibration_windows`), agreement and ROC-AUC on
+the validation split, and — when the dataset has their truth — on the held-out labelled
+soundscapes (never trained on). For every recipe (:class:`training.export.Int8Recipe`): top-1
+agreement with fp32 and macro ROC-AUC on both window sets, file size, and the model's latency on
+one 5 s window (1 thread, best of ``--repeat``), and whether ``export_edge`` would publish it
+(:class:`training.export.PublishThresholds`, judged on the validation windows as the export does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+from benchmarks._table import best_of, table  # noqa: E402
+
+RECIPES = {
+    "baseline (all int8, minmax)": {},
+    "SE in float": {"keep_float": ("se",)},
+    "first+head in float": {"keep_float": ("first", "head")},
+    "head in float": {"keep_float": ("head",)},
+    "SE+head in float": {"keep_float": ("se", "head")},
+    "SE+first+head in float": {"keep_float": ("se", "first", "head")},
+    "per-tensor weights": {"per_channel": False},
+    "entropy calibration": {"calibration": "entropy"},
+    "percentile 99.99 calibration": {"calibration": "percentile", "percentile": 99.99},
+    "SE+head float, percentile 99.99": {
+        "keep_float": ("se", "head"),
+        "calibration": "percentile",
+        "percentile": 99.99,
+    },
+}
+
+
+def _probs(path: Path, feats: np.ndarray) -> np.ndarray:
+    from shared_features.package import onnx_runner
+
+    run = onnx_runner(path, threads=1)
+    return np.concatenate([run(feats[i : i + 32]) for i in range(0, len(feats), 32)])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--recipes", default="all", help="comma-separated names of RECIPES, or all")
+    ap.add_argument("--repeat", type=int, default=50)
+    args = ap.parse_args()
+
+    from threadpoolctl import threadpool_limits
+
+    from shared_features import DEFAULT, log_mel
+    from training.bundle import windows_of
+    from training.data import from_audio
+    from training.dataset import read_solution_csv
+    from training.export import Int8Recipe, PublishThresholds, calibration_windows, export_onnx, quantize_int8
+    from training.metrics import birdclef_roc_auc
+
+    d = from_audio(args.data, DEFAULT, soundscapes=True)
+    xt, _ = windows_of(d.train)
+    xv, yv = windows_of(d.val)
+    calib = log_mel(calibration_windows(args.data, xt))
+    fv = log_mel(xv)
+    sets = {"validation": (fv, yv >= 0.5)}
+    if d.soundscapes is not None:
+        _, _, ys = read_solution_csv(d.soundscapes.truth_csv, d.labels)
+        sets["held-out soundscapes"] = (d.soundscapes.features, ys >= 0.5)
+    names = list(RECIPES) if args.recipes == "all" else [n.strip() for n in args.recipes.split(",")]
+    limits = PublishThresholds()
+    with tempfile.TemporaryDirectory() as tmp, threadpool_limits(1):
+        fp32 = Path(tmp) / "fp32.onnx"
+        export_onnx(args.checkpoint, fp32, fv[:8])
+        ref = {k: _probs(fp32, f) for k, (f, _) in sets.items()}
+        one = fv[:1]
+
+        def row(name: str, path: Path) -> list[object]:
+            from shared_features.package import onnx_runner
+
+            run = onnx_runner(path, threads=1)
+            lat = best_of(lambda: run(one), args.repeat, warmup=3)
+            cells: list[object] = [name]
+            agree_val = 1.0
+            for k, (f, y) in sets.items():
+                p = ref[k] if path == fp32 else _probs(path, f)
+                agree = float((p.argmax(1) == ref[k].argmax(1)).mean())
+                agree_val = agree if k == "validation" else agree_val
+                cells += [agree, birdclef_roc_auc(y, p)]
+            auc_drop = float(cells[2]) - birdclef_roc_auc(sets["validation"][1], ref["validation"])
+            ok = path == fp32 or (
+                agree_val >= limits.min_top1_agreement and -auc_drop <= limits.max_roc_auc_drop
+            )
+            return [*cells, path.stat().st_size / 1e6, lat * 1e3, "yes" if ok else "no"]
+
+        rows = [row("fp32 (reference)", fp32)]
+        for name in names:
+            recipe = Int8Recipe(**RECIPES[name])  # type: ignore[arg-type]
+            out = Path(tmp) / f"{len(rows)}.onnx"
+            quantize_int8(fp32, out, calib, recipe)
+            rows.append(row(f"int8: {name}", out))
+    header = ["export"]
+    for k in sets:
+        header += [f"top-1 agreement ({k})", f"ROC-AUC ({k})"]
+    header += ["MB", "ms / window (1 thread)", "published?"]
+    print(
+        f"student {args.checkpoint}; dataset {args.data}: {len(fv)} validation windows, "
+        f"{len(sets.get('held-out soundscapes', ([],))[0])} held-out soundscape windows, "
+        f"{len(calib)} calibration windows; publish thresholds: top-1 agreement ≥ "
+        f"{limits.min_top1_agreement}, ROC-AUC drop ≤ {limits.max_roc_auc_drop} (validation)\n"
+    )
+    print(table(header, rows))
+
+
+if __name__ == "__main__":
+    main()
