@@ -127,6 +127,7 @@ class Agent:
             seed,
             int(s.min_free_mb * 1e6),
             s.detection_clip_rate,
+            uncertain_gap_s=s.uncertain_clip_gap_s,
         )
         self.on_detection = on_detection
         self.on_window = on_window
@@ -376,7 +377,7 @@ class Agent:
         else:
             self._apply_window(active, closed, out)
         started = [e for e in active if e.new and e.uuid]
-        reason = self.sampler.reason(r.probs, self.detector.thr, new_event=bool(started))
+        reason = self.sampler.reason(r.probs, self.detector.thr, new_event=bool(started), at=r.window.start)
         if reason is not None:  # the clip goes with the event that starts here, else the strongest one
             top = max(started or [e for e in active if e.uuid], key=lambda e: e.confidence, default=None)
             order = np.argsort(-r.probs)[:EDGE_TOP_K]

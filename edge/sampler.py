@@ -4,8 +4,11 @@ watermark, and the speech gate.
 About ``random_rate`` of the windows at random, and ``detection_rate`` of the windows where a
 detection event starts (a stratified random sample: the cloud confirms detections only through
 their clips); *uncertain* windows (the top score within
-``margin`` of its threshold, or two or more species between 0.3 and 0.7); and everything the guide
-flags. Before a clip is written:
+``margin`` of its threshold, or two or more species between 0.3 and 0.7), at most one per top
+species every ``uncertain_gap_s`` seconds of audio (a long stretch of one ambiguous caller or noise
+would otherwise keep every window: 117 of 239 windows in 10 minutes of real audio with the demo's
+student, each costing the speech gate and the encoder ~28 ms and the tour's budget ~50 kB); and
+everything the guide flags. Before a clip is written:
 
 1. the speech gate listens: a window with human speech keeps its detection but not its audio
    (counted as ``speech_suppressed``) — speech never leaves the device and is never stored;
@@ -102,6 +105,8 @@ class Sampler:
     stats: SamplerStats = field(default_factory=SamplerStats)
     #: clips waiting for the worker at most; :meth:`submit` blocks beyond that
     queue_clips: int = 8
+    #: seconds of audio between two uncertain clips of the same top species (0: every one)
+    uncertain_gap_s: float = 30.0
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -113,17 +118,24 @@ class Sampler:
         self._jobs: queue.Queue[_Job] = queue.Queue(maxsize=max(1, self.queue_clips))
         self._worker: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._last_uncertain: dict[int, float] = {}  # top species index -> audio time of its last uncertain clip
 
-    def reason(self, probs: np.ndarray, thr: np.ndarray, new_event: bool = False) -> ClipReason | None:
+    def reason(
+        self, probs: np.ndarray, thr: np.ndarray, new_event: bool = False, at: float | None = None
+    ) -> ClipReason | None:
         """Why to keep this window, if at all. ``new_event``: a detection event starts in it — such
         windows are drawn at ``detection_rate`` (a stratified random sample, so that the cloud can
-        confirm the detections themselves), all others at ``random_rate``."""
+        confirm the detections themselves), all others at ``random_rate``. ``at``: the window's start
+        in seconds of audio (for ``uncertain_gap_s``; None: no gap is kept)."""
         top = int(np.argmax(probs))
         t = float(thr[top])
-        if abs(float(probs[top]) - t) <= self.margin * min(1.0, t / 0.5):  # margin scales with low thresholds
-            return ClipReason.UNCERTAIN
-        if int(((probs >= 0.3) & (probs <= 0.7)).sum()) >= 2:
-            return ClipReason.UNCERTAIN
+        near = abs(float(probs[top]) - t) <= self.margin * min(1.0, t / 0.5)  # margin scales with low thresholds
+        if near or int(((probs >= 0.3) & (probs <= 0.7)).sum()) >= 2:
+            last = self._last_uncertain.get(top)
+            if at is None or last is None or at - last >= self.uncertain_gap_s or at < last:
+                if at is not None:
+                    self._last_uncertain[top] = at
+                return ClipReason.UNCERTAIN
         rate = max(self.random_rate, self.detection_rate) if new_event else self.random_rate
         if self.rng.random() < rate:
             return ClipReason.RANDOM

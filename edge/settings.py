@@ -37,6 +37,8 @@ class EdgeSettings(BaseSettings):
     #: share of the windows where a detection event starts that are kept (for the cloud to confirm)
     detection_clip_rate: float = Field(default=0.5, ge=0, le=1)
     uncertain_margin: float = 0.1
+    #: seconds of audio between two uncertain clips of the same top species (0: keep every one)
+    uncertain_clip_gap_s: float = Field(default=30.0, ge=0)
     tour_clip_budget_mb: float = 50.0
     total_clip_budget_mb: float = 500.0
     clip_format: str = "OGG"  # OGG (Vorbis) or FLAC

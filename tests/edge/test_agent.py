@@ -58,9 +58,28 @@ def test_per_species_threshold_and_bands(tmp_path, labels, edge_settings):
     assert band_of(0.9) == "high" and band_of(0.7) == "medium" and band_of(0.3) == "low"
 
 
+def test_one_uncertain_clip_per_species_every_gap(tmp_path, labels, edge_settings):
+    """A long stretch where one species stays near its threshold keeps one uncertain clip every
+    uncertain_clip_gap_s seconds of audio, not one per window."""
+    s = edge_settings.model_copy(update={"threshold": 0.25, "uncertain_clip_gap_s": 20.0})
+    agent = Agent(s, scorer=FakeScorer(labels), seed=0)
+    agent.start_tour()
+    noise = (0.01 * np.random.default_rng(1).standard_normal(60 * 32_000)).astype(np.float32)
+    summary = agent.run(FileSource(_file(tmp_path, noise)))
+    clips = agent.store.clips()
+    assert summary.windows > 20  # every one of them uncertain
+    assert sorted(c.source_offset for c in clips) == [0.0, 20.0, 40.0]
+    assert agent.sampler.stats.uncertain == 3
+
+
 def test_uncertain_windows_are_sampled_within_budget_with_eviction(tmp_path, labels, edge_settings):
     s = edge_settings.model_copy(
-        update={"threshold": 0.25, "tour_clip_budget_mb": 0.06, "total_clip_budget_mb": 0.2}
+        update={
+            "threshold": 0.25,
+            "tour_clip_budget_mb": 0.06,
+            "total_clip_budget_mb": 0.2,
+            "uncertain_clip_gap_s": 0.0,  # every uncertain window is a candidate: the budgets decide
+        }
     )
     agent = Agent(s, scorer=FakeScorer(labels), seed=0)
     tour = agent.start_tour()
