@@ -118,7 +118,8 @@ class Sampler:
         self._jobs: queue.Queue[_Job] = queue.Queue(maxsize=max(1, self.queue_clips))
         self._worker: threading.Thread | None = None
         self._error: BaseException | None = None
-        self._last_uncertain: dict[int, float] = {}  # top species index -> audio time of its last uncertain clip
+        # top species index -> audio time of its last uncertain clip
+        self._last_uncertain: dict[int, float] = {}
 
     def reason(
         self, probs: np.ndarray, thr: np.ndarray, new_event: bool = False, at: float | None = None
@@ -129,7 +130,8 @@ class Sampler:
         in seconds of audio (for ``uncertain_gap_s``; None: no gap is kept)."""
         top = int(np.argmax(probs))
         t = float(thr[top])
-        near = abs(float(probs[top]) - t) <= self.margin * min(1.0, t / 0.5)  # margin scales with low thresholds
+        # the margin scales with low thresholds
+        near = abs(float(probs[top]) - t) <= self.margin * min(1.0, t / 0.5)
         if near or int(((probs >= 0.3) & (probs <= 0.7)).sum()) >= 2:
             last = self._last_uncertain.get(top)
             if at is None or last is None or at - last >= self.uncertain_gap_s or at < last:
