@@ -24,7 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,21 +144,34 @@ def tflite_runner(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray
         interp.invoke()
         return np.array(interp.get_tensor(out["index"]), np.float32)
 
+    lock = threading.Lock()  # an interpreter is not thread-safe
+
     def run(feats: np.ndarray) -> np.ndarray:
-        if dynamic:
-            return invoke(feats)
-        return np.concatenate([invoke(f[None]) for f in feats])  # a batch-1 graph: one window at a time
+        with lock:
+            if dynamic:
+                return invoke(feats)
+            return np.concatenate([invoke(f[None]) for f in feats])  # a batch-1 graph: one window at a time
 
     return run
 
 
 class ModelPackage:
-    """A loaded, verified package. :meth:`predict` scores ``[n, window_samples]`` windows."""
+    """A loaded, verified package. :meth:`predict` scores ``[n, window_samples]`` windows.
 
-    def __init__(self, root: Path, manifest: dict[str, Any], threads: int = 1) -> None:
+    ``threads``: the CPU threads scoring may use. With more than one thread and more than one
+    member (or a BirdNET member) the package scores **concurrently**: every runtime runs
+    single-threaded and a pool of ``threads`` workers runs the members' batches and BirdNET's
+    chunks side by side (one BirdNET interpreter per worker) — on a CPU this scores more windows
+    per second than each member in turn with ``threads`` intra-op threads, because BirdNET and the
+    CNNs scale poorly over threads; the scores are the same (``tests/shared_features/
+    test_package_scoring.py``). ``concurrent`` forces either way. Thread-safe."""
+
+    def __init__(
+        self, root: Path, manifest: dict[str, Any], threads: int = 1, concurrent: bool | None = None
+    ) -> None:
         self.root = Path(root)
         self.manifest = manifest
-        self.threads = threads
+        self.threads = max(1, int(threads))
         self.labels = LabelSpace.from_dict(manifest["labels"])
         self.members = [MemberSpec.from_dict(m) for m in manifest["members"]]
         self.feature_cfg = get_preset(manifest.get("feature_preset", "default"))
@@ -164,10 +179,16 @@ class ModelPackage:
         self._runners: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
         self._birdnet: Any = None
         self._head: Any = None
+        self._lock = threading.Lock()  # lazy loading of runners, BirdNET and the head
+        self._pool: ThreadPoolExecutor | None = None
+        multi = len(self.members) > 1 or any(m.runtime in ("birdnet", "birdnet-head") for m in self.members)
+        self.concurrent = (self.threads > 1 and multi) if concurrent is None else bool(concurrent)
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, root: str | Path, *, threads: int = 1, verify: bool = True) -> ModelPackage:
+    def load(
+        cls, root: str | Path, *, threads: int = 1, verify: bool = True, concurrent: bool | None = None
+    ) -> ModelPackage:
         root = Path(root)
         mf = root / "package.json"
         if not mf.is_file():
@@ -188,7 +209,7 @@ class ModelPackage:
         for key in ("name", "version", "labels", "labels_sha256", "members"):
             if key not in manifest:
                 raise PackageError(f"{mf}: missing {key!r}")
-        pkg = cls(root, manifest, threads)
+        pkg = cls(root, manifest, threads, concurrent)
         if pkg.labels.digest() != manifest["labels_sha256"]:
             raise PackageError(f"{mf}: label space does not match its digest {manifest['labels_sha256']}")
         if not pkg.members:
@@ -256,41 +277,84 @@ class ModelPackage:
         return f"{self.name} {self.version} [{self.kind}]: {parts}"
 
     # ------------------------------------------------------------------ scoring
+    @property
+    def _runtime_threads(self) -> int:
+        """Threads of one runtime: 1 when the pool runs members side by side."""
+        return 1 if self.concurrent else self.threads
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix=f"score-{self.name}")
+            return self._pool
+
+    def close(self) -> None:
+        """Stop the scoring pool's threads (a later :meth:`predict` starts a new pool)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
     def _runner(self, m: MemberSpec) -> Callable[[np.ndarray], np.ndarray]:
-        if m.name not in self._runners:
-            assert m.file is not None
-            path = self.root / m.file
-            if m.runtime == "onnx":
-                run = onnx_runner(path, self.threads)
-                fp = getattr(run, "meta", {}).get("feature_fingerprint")
-                if fp is not None and fp != m.feature_fingerprint:
-                    raise FingerprintMismatchError(f"{path}: ONNX metadata fingerprint {fp} ≠ package's")
-                self._runners[m.name] = run
-            else:
-                self._runners[m.name] = tflite_runner(path, self.threads)
-        return self._runners[m.name]
+        with self._lock:
+            if m.name not in self._runners:
+                assert m.file is not None
+                path = self.root / m.file
+                if m.runtime == "onnx":
+                    run = onnx_runner(path, self._runtime_threads)
+                    fp = getattr(run, "meta", {}).get("feature_fingerprint")
+                    if fp is not None and fp != m.feature_fingerprint:
+                        raise FingerprintMismatchError(f"{path}: ONNX metadata fingerprint {fp} ≠ package's")
+                    self._runners[m.name] = run
+                else:
+                    self._runners[m.name] = tflite_runner(path, self._runtime_threads)
+            return self._runners[m.name]
+
+    def _birdnet_model(self) -> Any:
+        with self._lock:
+            if self._birdnet is None:
+                from shared_features.birdnet import BirdNET
+
+                needs_emb = any(m.runtime == "birdnet-head" for m in self.members)
+                self._birdnet = BirdNET(
+                    self.labels,
+                    num_threads=self._runtime_threads,
+                    embeddings=needs_emb,
+                    interpreters=self.threads if self.concurrent else 1,
+                )
+            return self._birdnet
 
     def _birdnet_out(self, windows: np.ndarray) -> Any:
-        if self._birdnet is None:
-            from shared_features.birdnet import BirdNET
-
-            needs_emb = any(m.runtime == "birdnet-head" for m in self.members)
-            self._birdnet = BirdNET(self.labels, num_threads=self.threads, embeddings=needs_emb)
-        return self._birdnet.predict_windows(windows, self.feature_cfg)
+        pool = self._executor() if self.concurrent else None
+        return self._birdnet_model().predict_windows(windows, self.feature_cfg, pool=pool)
 
     def _head_predict(self, m: MemberSpec, emb: np.ndarray) -> np.ndarray:
-        if self._head is None:
-            from shared_features.birdnet import EmbeddingHead
+        with self._lock:
+            if self._head is None:
+                from shared_features.birdnet import EmbeddingHead
 
-            assert m.file is not None
-            self._head = EmbeddingHead.load(self.root / m.file)
-            if self._head.labels != self.labels:
-                raise PackageError(f"member {m.name}: head label space differs from the package's")
+                assert m.file is not None
+                head = EmbeddingHead.load(self.root / m.file)
+                if head.labels != self.labels:
+                    raise PackageError(f"member {m.name}: head label space differs from the package's")
+                self._head = head
         out: np.ndarray = self._head.predict(emb)
         return out
 
+    def _features(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        """Log-mel ``[n, n_mels, n_frames]`` per feature preset the feature members use."""
+        feats: dict[str, np.ndarray] = {}
+        for m in self.members:
+            if m.runtime in ("onnx", "tflite") and m.feature_preset not in feats:
+                feats[m.feature_preset] = log_mel(windows, get_preset(m.feature_preset))
+        return feats
+
     def predict(self, windows: np.ndarray, batch: int = 16) -> Scores:
-        """``[n, window_samples]`` float32 at the package's sample rate → :class:`Scores`."""
+        """``[n, window_samples]`` float32 at the package's sample rate → :class:`Scores`.
+
+        Concurrent scoring (see the class) splits each feature member's windows into batches of at
+        most ``batch`` — fewer when that leaves a worker idle — and BirdNET's chunks over its
+        interpreters; it must not be called from the package's own pool."""
         windows = np.atleast_2d(np.asarray(windows, np.float32))
         if windows.shape[1] != self.feature_cfg.window_samples:
             raise PackageError(
@@ -298,21 +362,36 @@ class ModelPackage:
                 f"{self.feature_cfg.window_samples} ({self.feature_cfg.window_seconds} s at "
                 f"{self.feature_cfg.sample_rate} Hz)"
             )
-        feats: dict[str, np.ndarray] = {}
+        n = len(windows)
+        feats = self._features(windows)
+        uses_birdnet = any(m.runtime in ("birdnet", "birdnet-head") for m in self.members)
+        raw: dict[str, np.ndarray] = {}
         bn: Any = None
+        if self.concurrent:
+            pool = self._executor()
+            step = max(1, min(batch, -(-n // self.threads)))
+            pending: dict[str, list[Future[np.ndarray]]] = {}
+            for m in self.members:  # CNN batches first: the pool works on them while BirdNET resamples
+                if m.runtime in ("onnx", "tflite"):
+                    run, f = self._runner(m), feats[m.feature_preset]
+                    pending[m.name] = [pool.submit(run, f[i : i + step]) for i in range(0, n, step)]
+            bn = self._birdnet_out(windows) if uses_birdnet else None
+            for name, futs in pending.items():
+                raw[name] = np.concatenate([fu.result() for fu in futs])
+        else:
+            for m in self.members:
+                if m.runtime in ("onnx", "tflite"):
+                    run, f = self._runner(m), feats[m.feature_preset]
+                    raw[m.name] = np.concatenate([run(f[i : i + batch]) for i in range(0, n, batch)])
+            bn = self._birdnet_out(windows) if uses_birdnet else None
         out: dict[str, np.ndarray] = {}
         for m in self.members:
-            if m.runtime in ("onnx", "tflite"):
-                if m.feature_preset not in feats:
-                    cfg = get_preset(m.feature_preset)
-                    feats[m.feature_preset] = log_mel(windows, cfg)
-                f = feats[m.feature_preset]
-                run = self._runner(m)
-                p = np.concatenate([run(f[i : i + batch]) for i in range(0, len(f), batch)])
+            if m.runtime == "birdnet":
+                p = bn.probs
+            elif m.runtime == "birdnet-head":
+                p = self._head_predict(m, bn.embeddings)
             else:
-                if bn is None:
-                    bn = self._birdnet_out(windows)
-                p = bn.probs if m.runtime == "birdnet" else self._head_predict(m, bn.embeddings)
+                p = raw[m.name]
             out[m.name] = np.where(self._known[m.name], p, 0.0).astype(np.float32)
         probs = combine(
             [out[m.name] for m in self.members], [self._known[m.name] for m in self.members], self.weights
@@ -328,5 +407,7 @@ class ModelPackage:
         return np.concatenate([run(feats[i : i + batch]) for i in range(0, len(feats), batch)])
 
 
-def load_package(root: str | Path, *, threads: int = 1, verify: bool = True) -> ModelPackage:
-    return ModelPackage.load(root, threads=threads, verify=verify)
+def load_package(
+    root: str | Path, *, threads: int = 1, verify: bool = True, concurrent: bool | None = None
+) -> ModelPackage:
+    return ModelPackage.load(root, threads=threads, verify=verify, concurrent=concurrent)
