@@ -242,9 +242,28 @@ v1 = Starlette(
 
 
 # ---------------------------------------------------------------------------------- services
+#: Most windows the Scorer scores in one call (a request with more is split by the batcher).
+SCORER_MAX_BATCH = 64
+#: BentoML's dispatcher *cancels* (503) a queued request whose expected latency exceeds this; it is
+#: a load-shedding deadline, not a batching delay (the dispatcher waits only while waiting pays).
+#: At 100 ms, any queue behind a ~100 ms ensemble call was shed, so batches never formed.
+SCORER_MAX_LATENCY_MS = 30_000
+#: Concurrent ``/identify`` requests Silencio runs (BentoML's default for sync APIs is 1, which
+#: sent the Scorer one request at a time: nothing to batch).
+IDENTIFY_THREADS = 32
+
+_BATCH_WINDOWS = bentoml.metrics.Histogram(
+    name="silencio_scorer_batch_windows",
+    documentation="Windows per ensemble call formed by the Scorer's adaptive batcher",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+
+
 @bentoml.service(name="silencio_scorer", traffic={"timeout": 120})
 class Scorer:
-    """The ensemble behind an adaptive-batching API."""
+    """The ensemble behind an adaptive-batching API: concurrent requests' windows are scored in one
+    :meth:`~shared_features.package.ModelPackage.predict` call, which runs the members and
+    BirdNET's chunks concurrently on ``threads`` CPU threads (``SILENCIO_CLOUD_THREADS``)."""
 
     def __init__(self) -> None:
         s = CloudSettings()
@@ -252,13 +271,16 @@ class Scorer:
 
         self.identifier = Identifier.load(s.model, s.home, s.taxonomy_path, s.threads)
 
-    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=64, max_latency_ms=100)
+    @bentoml.api(
+        batchable=True, batch_dim=0, max_batch_size=SCORER_MAX_BATCH, max_latency_ms=SCORER_MAX_LATENCY_MS
+    )
     def score(self, windows: np.ndarray) -> np.ndarray:
+        _BATCH_WINDOWS.observe(len(windows))
         return self.identifier.package.predict(np.asarray(windows, np.float32)).probs
 
 
 @bentoml.asgi_app(v1, path="/v1")
-@bentoml.service(name="silencio", traffic={"timeout": 120})
+@bentoml.service(name="silencio", traffic={"timeout": 120}, threads=IDENTIFY_THREADS)
 class Silencio:
     scorer = bentoml.depends(Scorer)
 
