@@ -30,6 +30,12 @@ def register(sub: Any) -> None:
     e.add_argument("--min-agreement", type=float, default=0.90, help="minimum top-1 agreement with fp32")
     e.add_argument("--max-auc-drop", type=float, default=0.02, help="maximum macro ROC-AUC drop vs fp32")
     e.add_argument("--seed", type=int, default=0, help="split seed")
+    e.add_argument(
+        "--check-windows",
+        type=int,
+        default=4096,
+        help="validation windows the exports are checked on (a seeded sample when there are more)",
+    )
     e.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     e.add_argument("--experiment", default="silencio-edge", help="MLflow experiment name")
     e.set_defaults(func=cmd_edge)
@@ -43,7 +49,13 @@ def calibration_windows(data_dir: Path, train_windows: Any, seed: int = 0, n: in
     from training.distill import FileWindows, unlabelled_soundscapes
 
     rng = np.random.default_rng(seed)
-    calib = train_windows[rng.permutation(len(train_windows))[:n]]
+    pick = rng.permutation(len(train_windows))[:n]
+    if isinstance(train_windows, np.ndarray):
+        calib = train_windows[pick]
+    else:  # a window set: decode only the picked windows
+        from training.bundle import waveforms
+
+        calib = waveforms(train_windows, [int(k) for k in pick])
     unl = FileWindows(unlabelled_soundscapes(data_dir))
     if len(unl):
         pick = rng.permutation(len(unl))[:n]
@@ -56,7 +68,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
 
     from shared_features import DEFAULT, log_mel
     from shared_features.paths import home
-    from training.bundle import windows_of
+    from training.bundle import waveforms
     from training.data import from_audio
     from training.export import PublishThresholds, export_edge
     from training.tracking import MLflowTracker, NullTracker
@@ -64,11 +76,18 @@ def cmd_edge(args: argparse.Namespace) -> int:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or home() / "packages" / f"edge-{stamp}"
     data = from_audio(args.data, DEFAULT, seed=args.seed, soundscapes=False)
-    xt, _ = windows_of(data.train)
-    xv, yv = windows_of(data.val)
-    calib = calibration_windows(args.data, xt, args.seed)
+    calib = calibration_windows(args.data, data.train, args.seed)
     feats_cal = np.concatenate([log_mel(calib[i : i + 32], DEFAULT) for i in range(0, len(calib), 32)])
-    feats_val = np.concatenate([log_mel(xv[i : i + 32], DEFAULT) for i in range(0, len(xv), 32)])
+    # the check set: every validation window, or a seeded sample of --check-windows of them; decoded
+    # 32 at a time, only their features kept (a whole split's audio does not fit in memory at scale)
+    n_val = len(data.val)
+    keep = np.arange(n_val)
+    if n_val > args.check_windows:
+        keep = np.sort(np.random.default_rng(args.seed).permutation(n_val)[: args.check_windows])
+    feats_val = np.concatenate(
+        [log_mel(waveforms(data.val, keep[i : i + 32].tolist()), DEFAULT) for i in range(0, len(keep), 32)]
+    )
+    yv = np.asarray(data.val.target_matrix(), np.float32)[keep]
     tracker = NullTracker() if args.no_mlflow else MLflowTracker(args.experiment, run_name="edge-export")
     try:
         mans = export_edge(
