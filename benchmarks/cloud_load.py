@@ -33,6 +33,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -82,7 +83,7 @@ def batch_stats(url: str) -> tuple[float, float]:
     return total["sum"], total["count"]
 
 
-async def run_clients(url: str, n: int, seconds: float, payloads: list[bytes]) -> dict[str, float]:
+async def run_clients(url: str, n: int, seconds: float, payloads: list[bytes]) -> dict[str, Any]:
     import httpx
 
     lat: list[float] = []
@@ -109,16 +110,24 @@ async def run_clients(url: str, n: int, seconds: float, payloads: list[bytes]) -
 
     t0 = time.perf_counter()
     await asyncio.gather(*(client(k) for k in range(n)))
-    wall = time.perf_counter() - t0
+    return {"clients": n, "lat": lat, "errors": errors, "wall": time.perf_counter() - t0}
+
+
+def summary(parts: list[dict[str, Any]]) -> dict[str, float]:
+    """One level's figures over its rounds: latencies pooled, throughput = requests / wall time."""
+    lat = [x for p in parts for x in p["lat"]]
     a = np.array(lat) * 1e3 if lat else np.array([np.nan])
+    calls = sum(p["calls"] for p in parts)
     return {
-        "clients": n,
+        "clients": parts[0]["clients"],
         "requests": len(lat),
-        "errors": errors,
+        "errors": sum(p["errors"] for p in parts),
         "p50": float(np.percentile(a, 50)),
         "p95": float(np.percentile(a, 95)),
         "p99": float(np.percentile(a, 99)),
-        "throughput": len(lat) / wall,
+        "throughput": len(lat) / sum(p["wall"] for p in parts),
+        "batch": sum(p["windows"] for p in parts) / calls if calls else float("nan"),
+        "load": float(np.mean([p["load"] for p in parts])),
     }
 
 
@@ -178,15 +187,14 @@ def _stop(proc: subprocess.Popen) -> None:  # type: ignore[type-arg]
     proc.wait()
 
 
-def measure(url: str, levels: list[int], seconds: float, payloads: list[bytes]) -> list[dict[str, float]]:
+def measure(url: str, levels: list[int], seconds: float, payloads: list[bytes]) -> list[dict[str, Any]]:
     asyncio.run(run_clients(url, 2, 3.0, payloads))  # warm-up (and the batcher's calibration)
     rows = []
     for n in levels:
         s0, c0 = batch_stats(url)
         r = asyncio.run(run_clients(url, n, seconds, payloads))
         s1, c1 = batch_stats(url)
-        r["batch"] = (s1 - s0) / (c1 - c0) if c1 > c0 else float("nan")
-        r["calls"] = c1 - c0
+        r.update(windows=s1 - s0, calls=c1 - c0, load=os.getloadavg()[0])
         rows.append(r)
     return rows
 
@@ -202,27 +210,34 @@ def main() -> None:
     ap.add_argument(
         "--baseline-ref", help="with --start: also serve this git commit's code, first, as the baseline"
     )
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="with --baseline-ref: alternate baseline / this tree this often"
+    )
     args = ap.parse_args()
     levels = [int(x) for x in args.clients.split(",")]
     payloads = clips()
-    runs: list[tuple[str, list[dict[str, float]]]] = []
     if args.baseline_ref and not args.start:
         raise SystemExit("--baseline-ref needs --start")
+    parts: dict[str, list[list[dict[str, Any]]]] = {}
     with tempfile.TemporaryDirectory(prefix="silencio_load_") as tmp:
         if args.start:
             sources = [("this tree", REPO)]
             if args.baseline_ref:
                 old = source_of(args.baseline_ref, Path(tmp) / "baseline")
                 sources.insert(0, (f"baseline {args.baseline_ref}", old))
-            for k, (name, src) in enumerate(sources):
-                with serve(args.port, args.model, src, Path(tmp) / f"home{k}") as url:
-                    runs.append((name, measure(url, levels, args.seconds, payloads)))
+            for r in range(args.rounds):  # alternating, so that the machine's load falls on both alike
+                for k, (name, src) in enumerate(sources):
+                    with serve(args.port, args.model, src, Path(tmp) / f"home{k}-{r}") as url:
+                        parts.setdefault(name, []).append(measure(url, levels, args.seconds, payloads))
         else:
-            runs.append((args.url, measure(args.url, levels, args.seconds, payloads)))
+            parts[args.url] = [measure(args.url, levels, args.seconds, payloads)]
+    runs = [
+        (name, [summary([rnd[i] for rnd in rs]) for i in range(len(levels))]) for name, rs in parts.items()
+    ]
     model = args.model or ("BirdNET only" if args.start else "the server's")
     print(
-        f"model {model}; {len(payloads)} real 5 s clips (WAV, 32 kHz); {args.seconds:.0f} s per level; "
-        f"{os.cpu_count()} CPUs\n"
+        f"model {model}; {len(payloads)} real 5 s clips (WAV, 32 kHz); {args.seconds:.0f} s per level and "
+        f"round, {args.rounds} round(s); {os.cpu_count()} CPUs\n"
     )
     base = runs[0][1]
     rows = []
@@ -241,11 +256,16 @@ def main() -> None:
                     r["batch"],
                     r["throughput"] / b["throughput"],
                     r["p95"] / b["p95"],
+                    r["load"],
                 ]
             )
     head = ["server", "clients", "requests", "errors", "p50 ms", "p95 ms", "p99 ms", "clips/s"]
-    head += ["windows/call", f"clips/s × {runs[0][0]}", f"p95 × {runs[0][0]}"]
+    head += ["windows/call", f"clips/s × {runs[0][0]}", f"p95 × {runs[0][0]}", "load avg"]
     print(table(head, rows))
+    print(
+        "\nwindows/call: the mean windows per ensemble call the Scorer's batcher formed; load avg: the "
+        "machine's 1-minute load average during the level (other processes included)."
+    )
 
 
 if __name__ == "__main__":
