@@ -87,10 +87,10 @@ class BirdNET:
 
     ``interpreters`` independent LiteRT interpreters (``num_threads`` threads each) let
     :meth:`predict_windows` / :meth:`chunk_logits` run from several threads at once, and let one
-    call spread its chunks over them (``pool``): on a CPU, one single-threaded interpreter per core
-    scores ~1.6–1.9× the chunks per second of one interpreter using all cores, because BirdNET's
-    layers scale poorly over threads. XNNPACK's results do not depend on the batch a chunk is in,
-    so the scores are identical however the chunks are split. Thread-safe."""
+    call spread its chunks over them (``pool``): one single-threaded interpreter per core instead
+    of one interpreter using every core, because BirdNET's layers gain little from intra-op
+    threads (``benchmarks/cloud_profile.py`` measures both). XNNPACK's results do not depend on the
+    batch a chunk is in, so the scores are identical however the chunks are split. Thread-safe."""
 
     name = "birdnet-v2.4"
 
