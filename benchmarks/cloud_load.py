@@ -128,6 +128,7 @@ def summary(parts: list[dict[str, Any]]) -> dict[str, float]:
         "throughput": len(lat) / sum(p["wall"] for p in parts),
         "batch": sum(p["windows"] for p in parts) / calls if calls else float("nan"),
         "load": float(np.mean([p["load"] for p in parts])),
+        "cpu_ms": 1e3 * sum(p["cpu"] for p in parts) / max(1, len(lat)),
     }
 
 
@@ -140,16 +141,20 @@ def source_of(ref: str, dest: Path) -> Path:
 
 
 @contextlib.contextmanager
-def serve(port: int, model: str | None, src: Path, home: Path) -> Iterator[str]:
+def serve(port: int, model: str | None, src: Path, home: Path) -> Iterator[tuple[str, int]]:
     """``silencio cloud serve`` from the source tree ``src`` (first on PYTHONPATH); stopped, with
     every process it started, on exit."""
     import httpx
 
     env = {**os.environ, "PYTHONPATH": str(src), "SILENCIO_HOME": str(home)}
     cmd = [sys.executable, "-m", "silencio", "cloud", "serve", "--port", str(port)]
-    cmd += ["--model", model] if model else ["--taxonomy", str(DATA / "birdclef2025_mini" / "taxonomy.csv")]
-    proc = subprocess.Popen(
-        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    cmd += (
+        ["--model", str(Path(model).resolve())]
+        if model
+        else ["--taxonomy", str(DATA / "birdclef2025_mini" / "taxonomy.csv")]
+    )
+    proc = subprocess.Popen(  # cwd: `python -m` puts the working directory before PYTHONPATH
+        cmd, cwd=src, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -164,7 +169,7 @@ def serve(port: int, model: str | None, src: Path, home: Path) -> Iterator[str]:
             time.sleep(1)
         else:
             raise SystemExit("server did not become ready")
-        yield url
+        yield url, proc.pid
     finally:
         _stop(proc)
 
@@ -187,14 +192,34 @@ def _stop(proc: subprocess.Popen) -> None:  # type: ignore[type-arg]
     proc.wait()
 
 
-def measure(url: str, levels: list[int], seconds: float, payloads: list[bytes]) -> list[dict[str, Any]]:
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of the server's process tree so far (nan when not ours)."""
+    if pid is None:
+        return float("nan")
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def measure(
+    url: str, levels: list[int], seconds: float, payloads: list[bytes], pid: int | None = None
+) -> list[dict[str, Any]]:
     asyncio.run(run_clients(url, 2, 3.0, payloads))  # warm-up (and the batcher's calibration)
     rows = []
     for n in levels:
         s0, c0 = batch_stats(url)
+        u0 = cpu_seconds(pid)
         r = asyncio.run(run_clients(url, n, seconds, payloads))
         s1, c1 = batch_stats(url)
-        r.update(windows=s1 - s0, calls=c1 - c0, load=os.getloadavg()[0])
+        r.update(windows=s1 - s0, calls=c1 - c0, load=os.getloadavg()[0], cpu=cpu_seconds(pid) - u0)
         rows.append(r)
     return rows
 
@@ -227,8 +252,8 @@ def main() -> None:
                 sources.insert(0, (f"baseline {args.baseline_ref}", old))
             for r in range(args.rounds):  # alternating, so that the machine's load falls on both alike
                 for k, (name, src) in enumerate(sources):
-                    with serve(args.port, args.model, src, Path(tmp) / f"home{k}-{r}") as url:
-                        parts.setdefault(name, []).append(measure(url, levels, args.seconds, payloads))
+                    with serve(args.port, args.model, src, Path(tmp) / f"home{k}-{r}") as (url, pid):
+                        parts.setdefault(name, []).append(measure(url, levels, args.seconds, payloads, pid))
         else:
             parts[args.url] = [measure(args.url, levels, args.seconds, payloads)]
     runs = [
@@ -256,15 +281,20 @@ def main() -> None:
                     r["batch"],
                     r["throughput"] / b["throughput"],
                     r["p95"] / b["p95"],
+                    r["cpu_ms"],
+                    b["cpu_ms"] / r["cpu_ms"],
                     r["load"],
                 ]
             )
     head = ["server", "clients", "requests", "errors", "p50 ms", "p95 ms", "p99 ms", "clips/s"]
-    head += ["windows/call", f"clips/s × {runs[0][0]}", f"p95 × {runs[0][0]}", "load avg"]
+    head += ["windows/call", f"clips/s × {runs[0][0]}", f"p95 × {runs[0][0]}", "server CPU ms/clip"]
+    head += [f"clips per CPU-s × {runs[0][0]}", "load avg"]
     print(table(head, rows))
     print(
-        "\nwindows/call: the mean windows per ensemble call the Scorer's batcher formed; load avg: the "
-        "machine's 1-minute load average during the level (other processes included)."
+        "\nwindows/call: the mean windows per ensemble call the Scorer's batcher formed; server CPU ms/clip: "
+        "user + system CPU time of the server's processes per answered clip (independent of what else "
+        "the machine runs); load avg: the machine's 1-minute load average during the level (other "
+        "processes included)."
     )
 
 
