@@ -293,7 +293,20 @@ class Silencio:
             log.error("no model loaded: %s", exc)
 
     def _score(self, windows: np.ndarray) -> np.ndarray:
-        return np.asarray(self.scorer.score(windows), np.float32)
+        """The Scorer's probabilities. BentoML 1.4's client closes its session every 100 calls even
+        with calls in flight on it ("Connector is closed", "Server disconnected"; bentoml/BentoML
+        PR #5698, open): with concurrent requests some calls fail that way. Scoring is a pure
+        function, so such a call is sent again (twice at most)."""
+        import aiohttp  # BentoML's client
+
+        for attempt in range(3):
+            try:
+                return np.asarray(self.scorer.score(windows), np.float32)
+            except aiohttp.ClientConnectionError as exc:
+                if attempt == 2:
+                    raise
+                log.warning("Scorer call lost its connection (%s); scoring again", exc)
+        raise AssertionError("unreachable")
 
     @bentoml.api
     def identify(
