@@ -63,8 +63,8 @@ JSON=()
 if [ -n "$OUTDIR" ]; then JSON=(--json "$OUTDIR/gpu_serving.json"); fi
 if [ "$TINY" = 1 ]; then
   say "GPU_ALL_TINY=1: tiny sizes on the CPU — a smoke run of the script, not GPU figures"
-  TRAIN=(--device cpu --batch 4 --steps 2 --workers 1 --species 4 --clips 2 --timm-name mobilenetv3_small_050)
-  SERVE=(--device cpu --tiny --seconds 1.5 --max-batch 8 --dtype fp32)
+  TRAIN=(--device cpu --batch 4 --steps 1 --workers 1 --species 4 --clips 2 --timm-name mobilenetv3_small_050)
+  SERVE=(--device cpu --tiny --seconds 1 --max-batch 8 --dtype fp32)
   LIMIT=300
 else
   TRAIN=(--batch 256 --steps 30 --workers 8 --species 24 --clips 24)
