@@ -26,7 +26,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -341,20 +341,28 @@ class ModelPackage:
         out: np.ndarray = self._head.predict(emb)
         return out
 
-    def _features(self, windows: np.ndarray) -> dict[str, np.ndarray]:
-        """Log-mel ``[n, n_mels, n_frames]`` per feature preset the feature members use."""
+    def _feature_members(self, windows: np.ndarray, batch: int) -> dict[str, np.ndarray]:
+        """Every feature member's ``[n, C]`` on ``windows``: the log-mel once per feature preset,
+        then each member in batches of ``batch``."""
         feats: dict[str, np.ndarray] = {}
+        out: dict[str, np.ndarray] = {}
+        n = len(windows)
         for m in self.members:
-            if m.runtime in ("onnx", "tflite") and m.feature_preset not in feats:
+            if m.runtime not in ("onnx", "tflite"):
+                continue
+            if m.feature_preset not in feats:
                 feats[m.feature_preset] = log_mel(windows, get_preset(m.feature_preset))
-        return feats
+            run, f = self._runner(m), feats[m.feature_preset]
+            out[m.name] = np.concatenate([run(f[i : i + batch]) for i in range(0, n, batch)])
+        return out
 
     def predict(self, windows: np.ndarray, batch: int = 16) -> Scores:
         """``[n, window_samples]`` float32 at the package's sample rate → :class:`Scores`.
 
-        Concurrent scoring (see the class) splits each feature member's windows into batches of at
-        most ``batch`` — fewer when that leaves a worker idle — and BirdNET's chunks over its
-        interpreters; it must not be called from the package's own pool."""
+        Concurrent scoring (see the class) gives the pool one task per slice of at most ``batch``
+        windows — fewer when that leaves a worker idle — computing the slice's log-mel and running
+        every feature member on it, and spreads BirdNET's chunks over its interpreters; it must not
+        be called from the package's own pool."""
         windows = np.atleast_2d(np.asarray(windows, np.float32))
         if windows.shape[1] != self.feature_cfg.window_samples:
             raise PackageError(
@@ -363,26 +371,24 @@ class ModelPackage:
                 f"{self.feature_cfg.sample_rate} Hz)"
             )
         n = len(windows)
-        feats = self._features(windows)
         uses_birdnet = any(m.runtime in ("birdnet", "birdnet-head") for m in self.members)
+        uses_features = any(m.runtime in ("onnx", "tflite") for m in self.members)
         raw: dict[str, np.ndarray] = {}
         bn: Any = None
         if self.concurrent:
             pool = self._executor()
             step = max(1, min(batch, -(-n // self.threads)))
-            pending: dict[str, list[Future[np.ndarray]]] = {}
-            for m in self.members:  # CNN batches first: the pool works on them while BirdNET resamples
-                if m.runtime in ("onnx", "tflite"):
-                    run, f = self._runner(m), feats[m.feature_preset]
-                    pending[m.name] = [pool.submit(run, f[i : i + step]) for i in range(0, n, step)]
+            # feature slices first: the pool works on them while this thread resamples for BirdNET
+            parts = (
+                [pool.submit(self._feature_members, windows[i : i + step], step) for i in range(0, n, step)]
+                if uses_features
+                else []
+            )
             bn = self._birdnet_out(windows) if uses_birdnet else None
-            for name, futs in pending.items():
-                raw[name] = np.concatenate([fu.result() for fu in futs])
+            done = [fu.result() for fu in parts]
+            raw = {k: np.concatenate([d[k] for d in done]) for k in (done[0] if done else {})}
         else:
-            for m in self.members:
-                if m.runtime in ("onnx", "tflite"):
-                    run, f = self._runner(m), feats[m.feature_preset]
-                    raw[m.name] = np.concatenate([run(f[i : i + batch]) for i in range(0, n, batch)])
+            raw = self._feature_members(windows, batch)
             bn = self._birdnet_out(windows) if uses_birdnet else None
         out: dict[str, np.ndarray] = {}
         for m in self.members:
