@@ -34,13 +34,14 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -267,7 +268,7 @@ class StageResult:
     peak_rss_mb: float
     disk_mb: float
     windows: int
-    note: str = ""
+    note: str = ""  # "" when the stage succeeded, else why it failed
 
 
 def _tree_rss(pid: int) -> float:
@@ -287,11 +288,14 @@ def _tree_rss(pid: int) -> float:
     return total / 1e6
 
 
-def run_stage(name: str, cmd: list[str], env: dict[str, str], log: Path, outputs: list[Path]) -> StageResult:
-    """Run ``cmd``; wall, CPU (user+sys of it and its children), peak RSS of its process tree."""
+def run_stage(
+    name: str, cmd: list[str], env: dict[str, str], log: Path, outputs: list[Path], src: Path
+) -> StageResult:
+    """Run ``cmd`` in ``src``; wall, CPU (user+sys of it and its children), peak RSS of its process
+    tree; a failure is recorded (exit status, killed by which signal), not raised."""
     t0 = time.perf_counter()
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=src, env=env, stdout=fh, stderr=subprocess.STDOUT)
         peak = 0.0
         stop = threading.Event()
 
@@ -308,10 +312,16 @@ def run_stage(name: str, cmd: list[str], env: dict[str, str], log: Path, outputs
         stop.set()
         th.join()
     wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"stage {name} failed ({proc.returncode}): see {log}\n{log.read_text()[-3000:]}")
+    note = ""
+    if proc.returncode < 0:
+        sig = signal.Signals(-proc.returncode).name
+        note = f"FAILED: killed by {sig}" + (" (out of memory?)" if sig == "SIGKILL" else "")
+    elif proc.returncode > 0:
+        note = f"FAILED: exit status {proc.returncode}"
+    if note:
+        print(f"    {note}; see {log}", flush=True)
     disk = sum(_du(p) for p in outputs) / 1e6
-    return StageResult(name, wall, ru.ru_utime + ru.ru_stime, peak, disk, 0)
+    return StageResult(name, wall, ru.ru_utime + ru.ru_stime, peak, disk, 0, note)
 
 
 def _du(p: Path) -> int:
@@ -323,10 +333,11 @@ def _du(p: Path) -> int:
 def rehearse(files: int, args: argparse.Namespace) -> tuple[dict[str, object], list[StageResult]]:
     work = Path(args.work) / f"files{files}"
     data, cache, home = work / "data", work / "cache", work / "home"
+    src = Path(args.src).resolve() if args.src else REPO
     env = {
         **os.environ,
         "SILENCIO_HOME": str(home),
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]),
     }
     if args.reuse and (work / "dataset.json").exists():  # the dataset (and outputs) of a --keep run
         info = json.loads((work / "dataset.json").read_text())
@@ -451,7 +462,9 @@ def rehearse(files: int, args: argparse.Namespace) -> tuple[dict[str, object], l
             [work / "edge"],
         ),
     ]
-    results = []
+    # results of earlier runs on this dataset (--reuse), replaced stage by stage by this run's
+    store = work / f"results{'-' + args.tag if args.tag else ''}.json"
+    saved = {d["name"]: StageResult(**d) for d in json.loads(store.read_text())} if store.exists() else {}
     for name, cmd, outs in stages:
         if args.stages and not any(name.startswith(s) for s in args.stages.split(",")):
             continue
@@ -459,8 +472,13 @@ def rehearse(files: int, args: argparse.Namespace) -> tuple[dict[str, object], l
         for o in outs:  # a stage's outputs are its own: rerunning it starts afresh
             shutil.rmtree(o, ignore_errors=True)
         slug = "".join(c if c.isalnum() else "_" for c in name.split("(")[0].strip())
-        r = run_stage(name, cmd, env, work / f"{slug}.log", outs)
-        results.append(r)
+        r = run_stage(name, cmd, env, work / f"{slug}{'-' + args.tag if args.tag else ''}.log", outs, src)
+        saved[name] = r
+        store.write_text(json.dumps([asdict(x) for x in saved.values()], indent=2))
+        if r.note:
+            break  # the next stages need this one's output
+    order = [n for n, _, _ in stages]
+    results = sorted(saved.values(), key=lambda r: order.index(r.name) if r.name in order else len(order))
     man = json.loads((cache / "manifest.json").read_text()) if (cache / "manifest.json").exists() else {}
     info["windows"] = int(man.get("n_windows", 0))
     if not args.keep:
@@ -489,6 +507,8 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/silencio_scale")
     ap.add_argument("--keep", action="store_true", help="keep the datasets and outputs")
     ap.add_argument("--reuse", action="store_true", help="reuse the datasets (and outputs) of a --keep run")
+    ap.add_argument("--src", help="run the stages from this source tree (another commit's code, say)")
+    ap.add_argument("--tag", default="", help="keep this run's results apart (results-TAG.json)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     sizes = [int(x) for x in args.files.split(",")]
@@ -504,18 +524,12 @@ def main() -> None:
             f"{info['audio_hours']:.1f} h of audio, {info['windows']} windows, {info['data_mb']:.0f} MB OGG; "
             f"synthesised in {info['synth_seconds']:.0f} s)\n"
         )
+        w = max(1, int(info["windows"]))
         print(
             table(
-                ["stage", "wall s", "CPU s", "peak RSS MB", "disk MB", "wall ms / window"],
+                ["stage", "wall s", "CPU s", "peak RSS MB", "disk MB", "CPU ms / window", "status"],
                 [
-                    [
-                        r.name,
-                        r.wall,
-                        r.cpu,
-                        r.peak_rss_mb,
-                        r.disk_mb,
-                        1e3 * r.wall / max(1, int(info["windows"])),
-                    ]
+                    [r.name, r.wall, r.cpu, r.peak_rss_mb, r.disk_mb, 1e3 * r.cpu / w, r.note or "ok"]
                     for r in res
                 ],
             )
@@ -533,8 +547,13 @@ def main() -> None:
             per = (b - a) / (n1 - n0)
             return max(b, a + per * (REAL_FILES - n0))
 
-        rows = []
-        for a, b in zip(r0, r1):
+        rows: list[list[object]] = []
+        big = {r.name: r for r in r1}
+        for a in r0:
+            b = big.get(a.name)
+            if b is None or a.note or b.note:
+                rows.append([a.name, *["—"] * 8, (a.note or (b.note if b else "not run")) or ""])
+                continue
             rows.append(
                 [
                     a.name,
@@ -546,6 +565,7 @@ def main() -> None:
                     at_real(a.wall, b.wall) / 60,
                     at_real(a.peak_rss_mb, b.peak_rss_mb),
                     b.disk_mb * REAL_FILES / n1 / 1e3,
+                    "",
                 ]
             )
         print(
@@ -558,8 +578,9 @@ def main() -> None:
                     "disk ×",
                     "CPU min",
                     "wall min (2 CPUs)",
-                    "peak RSS MB",
+                    "peak RSS MB (linear)",
                     "disk GB",
+                    "",
                 ],
                 rows,
             )
@@ -567,7 +588,9 @@ def main() -> None:
         print(
             "\n(CPU and wall minutes, peak RSS and disk at the real size. Wall time on a shared 2-core "
             "machine depends on its load; CPU time does not. A peak RSS that grows with the data "
-            "(× well above 1) means a stage holds the data in memory.)"
+            "(× well above 1) means a stage holds data in memory; the linear extrapolation is an upper "
+            "bound for stages whose growth is a bounded cache — training from audio keeps up to 2 GB "
+            "of decoded recordings, training.data.AudioWindows.)"
         )
 
 

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 PACKAGE_FORMAT = "silencio-model-package"
 PACKAGE_VERSION = 2
 RUNTIMES = ("onnx", "tflite", "birdnet", "birdnet-head")
+#: Windows whose log-mel is computed at once (bounded memory; the result does not depend on it).
+_MEL_SLICE = 16
 KINDS = ("ensemble", "edge")
 
 
@@ -350,8 +352,11 @@ class ModelPackage:
         for m in self.members:
             if m.runtime not in ("onnx", "tflite"):
                 continue
-            if m.feature_preset not in feats:
-                feats[m.feature_preset] = log_mel(windows, get_preset(m.feature_preset))
+            if m.feature_preset not in feats:  # in slices: a batch's STFT frames take ~5 MB a window
+                cfg = get_preset(m.feature_preset)
+                feats[m.feature_preset] = np.concatenate(
+                    [log_mel(windows[i : i + _MEL_SLICE], cfg) for i in range(0, max(n, 1), _MEL_SLICE)]
+                )
             run, f = self._runner(m), feats[m.feature_preset]
             out[m.name] = np.concatenate([run(f[i : i + batch]) for i in range(0, n, batch)])
         return out
