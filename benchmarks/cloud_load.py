@@ -212,7 +212,10 @@ def cpu_seconds(pid: int | None) -> float:
 def measure(
     url: str, levels: list[int], seconds: float, payloads: list[bytes], pid: int | None = None
 ) -> list[dict[str, Any]]:
-    asyncio.run(run_clients(url, 2, 3.0, payloads))  # warm-up (and the batcher's calibration)
+    # warm-up: the batcher's calibration, and the first calls at every batch size the levels will
+    # form (new shapes cost the runtimes one-time allocations)
+    asyncio.run(run_clients(url, 2, 3.0, payloads))
+    asyncio.run(run_clients(url, max(levels), 8.0, payloads))
     rows = []
     for n in levels:
         s0, c0 = batch_stats(url)
