@@ -71,15 +71,26 @@ def clips() -> list[bytes]:
 
 
 def batch_stats(url: str) -> tuple[float, float]:
-    """(sum, count) of the Scorer's adaptive batch sizes so far, from ``/metrics``."""
+    """(windows, calls) the Scorer has scored so far, from ``/metrics``: its own
+    ``silencio_scorer_batch_windows`` histogram (observed inside the scoring call), else — on code
+    that predates it — BentoML's ``adaptive_batch_size`` (requests per dispatched batch; it also
+    counts empty and calibration batches, so it is only a fallback)."""
     import httpx
 
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    total = {"sum": 0.0, "count": 0.0}
+    ours = {"sum": 0.0, "count": 0.0}
+    bento = {"sum": 0.0, "count": 0.0}
+    found = False
     for line in text.splitlines():
+        m = re.match(r"^silencio_scorer_batch_windows_(sum|count)(?:\{[^}]*\})? ([0-9.e+-]+)$", line)
+        if m:
+            found = True
+            ours[m.group(1)] += float(m.group(2))
+            continue
         m = re.match(r"^\w*adaptive_batch_size_(sum|count)\{([^}]*)\} ([0-9.e+-]+)$", line)
         if m and "silencio_scorer" in m.group(2):
-            total[m.group(1)] += float(m.group(3))
+            bento[m.group(1)] += float(m.group(3))
+    total = ours if found else bento
     return total["sum"], total["count"]
 
 
