@@ -2,44 +2,65 @@
 
 * ``Scorer`` — the model, behind a **batchable** API (adaptive batching of concurrent requests'
   windows into one ensemble call).
-* ``Silencio`` — the public API: ``POST /identify`` (BentoML-native, multipart, in the OpenAPI
-  document at ``/docs``), and the device / admin API under ``/v1`` (a Starlette app mounted in the
-  service, so that every failure has its exact status: 400, 401, 404, 413, 415, 422, 503 — never a
-  500 for bad input). BentoML adds ``/healthz``, ``/livez``, ``/readyz`` and Prometheus ``/metrics``
-  (its own metrics plus detections ingested, clips confirmed, and the edge/cloud disagreement rate).
+* ``Silencio`` — the public API: ``POST /identify`` (BentoML-native, multipart), and the device /
+  admin API under ``/v1`` (a Starlette app mounted in the service, so that every failure has its
+  exact status: 400, 401, 404, 413, 415, 422, 503 — never a 500 for bad input). BentoML adds
+  ``/healthz``, ``/livez``, ``/readyz`` and Prometheus ``/metrics`` (its own metrics plus
+  detections ingested, clips confirmed, and the edge/cloud disagreement rate).
 
-Run: ``silencio cloud serve`` (= ``bentoml serve bentos.service:Silencio``); settings come from
+The whole API is one OpenAPI document, ``/docs.json`` (page: ``/docs``; :mod:`bentos.openapi`);
+every error is ``{"error": message, "status": code}`` (:mod:`bentos.http`). Readiness
+(``/readyz``, ``/v1/ready``) answers 503 until the model is loaded. A model that cannot be loaded
+stops the server with one line instead of a restart loop, and workers end with their parent
+(:mod:`bentos.server`).
+
+Run: ``silencio cloud serve`` (= ``python -m bentos.server``); settings come from
 ``SILENCIO_CLOUD_*`` environment variables (see ``cloud/settings.py``).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import bentoml
 import numpy as np
-from bentoml.exceptions import BentoMLException
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from cloud.errors import CloudError, PayloadTooLarge, UnsupportedMediaType
+from bentos.http import (
+    ApiBoundary,
+    client_error,
+    install_log_filter,
+    query_bool,
+    query_number,
+    server_error,
+)
+from bentos.openapi import document, page
+from bentos.server import configure_logging, die_with_parent, fatal, in_worker, quiet_native_info
+from cloud.console import ConsoleDeps
+from cloud.console import make_app as console_app
+from cloud.errors import (
+    CloudError,
+    NotReady,
+    PayloadTooLarge,
+    Unauthorized,
+    Unprocessable,
+    UnsupportedMediaType,
+)
+from cloud.ratelimit import client_address
+from cloud.schemas import ModelInfo, ReadyStatus
 from cloud.service import Cloud
 from cloud.settings import CloudSettings
+from shared_features.config import DEFAULT
 
 log = logging.getLogger(__name__)
-
-
-class _HTTPError(BentoMLException):
-    """A :class:`cloud.errors.CloudError` on a BentoML-native endpoint."""
-
-    def __init__(self, exc: CloudError) -> None:
-        super().__init__(str(exc))
-        self.error_code = HTTPStatus(exc.status)
+if in_worker():
+    configure_logging()  # BentoML configured the worker's logging just before importing this module
 
 
 # ---------------------------------------------------------------------------------- metrics
@@ -73,9 +94,15 @@ def _event(name: str, value: float) -> None:
 
 
 # ---------------------------------------------------------------------------------- the device API
-def _cloud() -> Cloud:
+def _service() -> Silencio:
     svc = bentoml.get_current_service()
-    return svc.cloud  # type: ignore[no-any-return,union-attr]
+    if svc is None:
+        raise NotReady("the service is starting")
+    return svc  # type: ignore[no-any-return]
+
+
+def _cloud() -> Cloud:
+    return _service().cloud  # type: ignore[no-any-return,attr-defined]
 
 
 def _token(request: Request) -> str | None:
@@ -96,6 +123,25 @@ async def _body(request: Request, limit: float) -> bytes:
     return b"".join(chunks)
 
 
+def _bounded(request: Request, limit: float) -> Request:
+    """The request, whose body refuses (413) to grow past ``limit`` bytes while it is read — also a
+    chunked body without ``Content-Length``, and a multipart file part (Starlette spools those to
+    disk without a limit of its own)."""
+    receive = request.receive
+    seen = 0
+
+    async def bounded() -> Any:
+        nonlocal seen
+        message = await receive()
+        if message.get("type") == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise PayloadTooLarge(f"request body exceeds the {int(limit)} byte limit")
+        return message
+
+    return Request(request.scope, bounded)
+
+
 def _json_body_check(request: Request) -> None:
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
     if ctype not in ("application/json", ""):
@@ -103,13 +149,29 @@ def _json_body_check(request: Request) -> None:
 
 
 def _handler(fn: Any) -> Any:
+    """A device-API endpoint: its answer as JSON; a :class:`CloudError` as the error shape (one log
+    line); anything else a 500 whose traceback goes to the log, not to the client. A request that
+    presents a token is first checked against the wrong-token limit of its client address (429
+    with ``Retry-After`` while blocked), and a refused token counts against it
+    (:mod:`cloud.ratelimit`)."""
+
     async def run(request: Request) -> Response:
+        client = None
         try:
+            if _token(request) is not None:
+                c = _cloud()
+                peer = request.client.host if request.client else None
+                client = client_address(peer, request.headers.get("x-forwarded-for"), c.trusted_proxies)
+                c.auth_limiter.check(client)
             out = await fn(request)
+        except Unauthorized as exc:
+            if client is not None:
+                _cloud().auth_limiter.failed(client)
+            return client_error(request, exc)
         except CloudError as exc:
-            return JSONResponse({"error": str(exc), "status": exc.status}, status_code=exc.status)
-        except ValueError as exc:  # query parameters that are not numbers, and the like
-            return JSONResponse({"error": str(exc), "status": 400}, status_code=400)
+            return client_error(request, exc)
+        except Exception as exc:  # noqa: BLE001 - the boundary: a bug answers 500 and is logged
+            return server_error(request, exc)
         return out if isinstance(out, Response) else JSONResponse(out)
 
     return run
@@ -132,25 +194,41 @@ async def _clips(request: Request) -> Any:
     ctype = request.headers.get("content-type", "")
     if not ctype.startswith("multipart/form-data"):
         raise UnsupportedMediaType(
-            f"clip uploads are multipart/form-data (meta + audio), got {ctype or 'none'}"
+            f"clip uploads are multipart/form-data (meta + audio), got {ctype.split(';')[0] or 'none'}"
         )
-    async with request.form(max_files=1, max_fields=2, max_part_size=int(limit)) as form:
+    async with _form(_bounded(request, limit), max_files=1, max_fields=2, max_part_size=64 * 1024) as form:
         meta, audio = form.get("meta"), form.get("audio")
         if meta is None or audio is None or isinstance(audio, str):
-            from cloud.errors import Unprocessable
-
             raise Unprocessable("multipart needs a 'meta' JSON field and an 'audio' file")
-        data = await audio.read()  # type: ignore[union-attr]
-    return await _in_thread(
-        c.upload_clip, _token(request), meta if isinstance(meta, str) else await meta.read(), data
-    )
+        data = await audio.read()
+        meta_json = meta if isinstance(meta, str) else await meta.read()
+    return await _in_thread(c.upload_clip, _token(request), meta_json, data)
+
+
+def _form(request: Request, **limits: Any) -> Any:
+    """``request.form(…)`` whose parser errors (a malformed body, too many parts) are a 422."""
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def form() -> Any:
+        try:
+            parsed = await request.form(**limits)
+        except CloudError:
+            raise  # the body grew past its limit (_bounded)
+        except Exception as exc:  # noqa: BLE001 - Starlette's multipart parser raises several kinds
+            raise Unprocessable(f"malformed multipart body: {str(exc).splitlines()[0][:200]}") from None
+        try:
+            yield parsed
+        finally:
+            await parsed.close()
+
+    return form()
 
 
 async def _confirmations(request: Request) -> Any:
-    q = request.query_params
-    return await _in_thread(
-        _cloud().confirmations, _token(request), int(q.get("since", 0)), int(q.get("limit", 200))
-    )
+    since = query_number(request, "since", 0, 0, 2**63 - 1, integer=True)
+    limit = query_number(request, "limit", 200, 1, 1000, integer=True)
+    return await _in_thread(_cloud().confirmations, _token(request), since, limit)
 
 
 async def _feedback(request: Request) -> Any:
@@ -181,27 +259,23 @@ async def _identify_v1(request: Request) -> Any:
     parameters ``threshold``, ``top_k``, ``stride``, ``members``."""
     c = _cloud()
     limit = c.settings.max_upload_mb * 1e6
+    options = {
+        "threshold": query_number(request, "threshold", 0.5, 0.0, 1.0),
+        "top_k": query_number(request, "top_k", 5, 1, 50, integer=True),
+        "stride": query_number(request, "stride", None, 0.5, DEFAULT.window_seconds),
+        "members": query_bool(request, "members"),
+    }
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
-        async with request.form(max_files=1, max_part_size=int(limit)) as form:
+        async with _form(_bounded(request, limit + 256 * 1024), max_files=1, max_part_size=64 * 1024) as form:
             f = form.get("audio")
             if f is None or isinstance(f, str):
-                from cloud.errors import Unprocessable
-
                 raise Unprocessable("multipart needs an 'audio' file field")
-            data, name = await f.read(), f.filename or "upload"  # type: ignore[union-attr]
+            data = await f.read()
     else:
-        data, name = await _body(request, limit), "body"
-    q = request.query_params
-    return await _in_thread(
-        c.identify,
-        data,
-        threshold=float(q.get("threshold", 0.5)),
-        top_k=int(q.get("top_k", 5)),
-        stride=float(q["stride"]) if "stride" in q else None,
-        members=q.get("members", "false").lower() in ("1", "true", "yes"),
-        name=name,
-    )
+        data = await _body(request, limit)
+    await _service().wait_ready()
+    return await _in_thread(c.identify, data, name="audio", **options)
 
 
 async def _schema(request: Request) -> Any:
@@ -215,7 +289,11 @@ async def _schema(request: Request) -> Any:
 
 
 async def _ready(request: Request) -> Any:
-    return await _in_thread(_cloud().ready)
+    svc = _service()
+    if not await svc.__is_ready__():
+        raise NotReady("the model is loading")
+    info = ModelInfo.model_validate(svc.cloud.identifier.model_info())
+    return ReadyStatus(ready=True, model=info).model_dump(mode="json")
 
 
 async def _in_thread(fn: Any, *args: Any, **kw: Any) -> Any:
@@ -242,11 +320,23 @@ v1 = Starlette(
 
 
 # ---------------------------------------------------------------------------------- services
+def _start_failed(what: str, exc: BaseException) -> None:
+    """A start-up error: in a served worker it stops the whole server (one line, no restart
+    loop); in-process (tests) it is raised."""
+    if not in_worker():
+        raise exc
+    log.debug("start-up failure", exc_info=exc)
+    detail = str(exc) if isinstance(exc, CloudError) else f"{type(exc).__name__}: {exc}"
+    fatal(f"{what}: {detail}")
+
+
 #: Most windows the Scorer scores in one call (a request with more is split by the batcher).
 SCORER_MAX_BATCH = 64
-#: BentoML's dispatcher *cancels* (503) a queued request whose expected latency exceeds this; it is
-#: a load-shedding deadline, not a batching delay (the dispatcher waits only while waiting pays).
-#: At 100 ms, any queue behind a ~100 ms ensemble call was shed, so batches never formed.
+#: BentoML's dispatcher *cancels* (503, "process is overloaded") a queued request whose expected
+#: latency exceeds this; it is a load-shedding deadline, not a batching delay (the dispatcher waits
+#: only while waiting pays). At 100 ms, any queue behind a ~100 ms ensemble call was shed, so batches
+#: never formed and most clip confirmations under concurrent syncs were refused on a 2-core machine
+#: (tests/cloud/test_store_replicas.py); 30 s stays under the 120 s timeout.
 SCORER_MAX_LATENCY_MS = 30_000
 #: Concurrent ``/identify`` requests Silencio runs (BentoML's default for sync APIs is 1, which
 #: sent the Scorer one request at a time: nothing to batch).
@@ -258,25 +348,36 @@ _BATCH_WINDOWS = bentoml.metrics.Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
 
+# BentoML's client of a dependency replaces its HTTP session every 100 requests (and every 300 s) and
+# closes the old one with requests still in flight on it: each of those failed with "Server
+# disconnected" (a 500) whenever more than one request was scoring — 25 of 240 requests with 32
+# clients (tests/reliability/test_load.py) — and the Scorer had computed them for nothing (~30 % of
+# the CPU at 32 clients, benchmarks/cloud_load.py). The scorer runs beside the API worker on this
+# machine: its session never needs replacing.
+_ONE_SESSION = {"max_requests": 2**31 - 1, "max_age": 10.0 * 365 * 24 * 3600}
 
-@bentoml.service(
-    name="silencio_scorer",
-    traffic={"timeout": 120},
-    # BentoML's client renews its session every 100 calls by default, breaking the calls in flight on
-    # it (the Scorer computes them for nothing; Silencio sends them again): at 32 concurrent
-    # requests that wasted ~30 % of the CPU. Once a day is enough.
-    runner_connection={"max_requests": 1_000_000_000, "max_age": 86_400.0},
-)
+
+@bentoml.service(name="silencio_scorer", traffic={"timeout": 120}, runner_connection=_ONE_SESSION)
 class Scorer:
     """The ensemble behind an adaptive-batching API: concurrent requests' windows are scored in one
     :meth:`~shared_features.package.ModelPackage.predict` call, which runs the members and
-    BirdNET's chunks concurrently on ``threads`` CPU threads (``SILENCIO_CLOUD_THREADS``)."""
+    BirdNET's chunks concurrently on ``threads`` CPU threads (``SILENCIO_CLOUD_THREADS``). Loaded and
+    warmed up (one window scored, so every member's runtime is built) before the worker serves: its
+    ``/readyz`` and therefore the service's answer 503 until then."""
 
     def __init__(self) -> None:
-        s = CloudSettings()
-        from cloud.inference import Identifier
+        die_with_parent()
+        self.ready = False
+        try:
+            s = CloudSettings()
+            from cloud.inference import Identifier
 
-        self.identifier = Identifier.load(s.model, s.home, s.taxonomy_path, s.threads)
+            self.identifier = Identifier.load(s.model, s.home, s.taxonomy_path, s.threads)
+            with quiet_native_info():
+                self.identifier.package.predict(np.zeros((1, DEFAULT.window_samples), np.float32))
+        except Exception as exc:  # noqa: BLE001 - whatever stops the model from loading is fatal
+            _start_failed("the model could not be loaded", exc)
+        self.ready = True
 
     @bentoml.api(
         batchable=True, batch_dim=0, max_batch_size=SCORER_MAX_BATCH, max_latency_ms=SCORER_MAX_LATENCY_MS
@@ -286,24 +387,36 @@ class Scorer:
         return self.identifier.package.predict(np.asarray(windows, np.float32)).probs
 
 
+#: the ecologists' console (cloud/console/): HTML pages behind a login, on the service's own store
+console = console_app(lambda: ConsoleDeps.from_cloud(_cloud()))
+
+
+@bentoml.asgi_app(console, path="/console")
 @bentoml.asgi_app(v1, path="/v1")
-@bentoml.service(name="silencio", traffic={"timeout": 120}, threads=IDENTIFY_THREADS)
+@bentoml.service(
+    name="silencio", traffic={"timeout": 120}, threads=IDENTIFY_THREADS, runner_probe={"enabled": False}
+)
 class Silencio:
     scorer = bentoml.depends(Scorer)
 
     def __init__(self) -> None:
-        self.cloud = Cloud(CloudSettings(), on_event=_event)
+        die_with_parent()
+        install_log_filter()
         try:
-            ident = self.cloud.identifier
+            settings = CloudSettings()
+            from cloud.inference import Identifier
+
+            ident = Identifier.load(settings.model, settings.home, settings.taxonomy_path, settings.threads)
             ident.score = self._score
-        except CloudError as exc:  # the device API works without a model; identify answers 503
-            log.error("no model loaded: %s", exc)
+            self.cloud = Cloud(settings, identifier=ident, on_event=_event)
+        except Exception as exc:  # noqa: BLE001 - a model or store that cannot be opened is fatal
+            _start_failed("the service could not start", exc)
 
     def _score(self, windows: np.ndarray) -> np.ndarray:
-        """The Scorer's probabilities. BentoML 1.4's client closes its session every 100 calls even
-        with calls in flight on it ("Connector is closed", "Server disconnected"; bentoml/BentoML
-        PR #5698, open): with concurrent requests some calls fail that way. Scoring is a pure
-        function, so such a call is sent again (twice at most)."""
+        """The Scorer's probabilities. A call that lost its connection ("Connector is closed",
+        "Server disconnected": BentoML 1.4's session renewal, bentoml/BentoML PR #5698, which
+        ``_ONE_SESSION`` all but removes; a kept-alive connection the Scorer closed) is sent again,
+        twice at most: scoring is a pure function."""
         import aiohttp  # BentoML's client
 
         for attempt in range(3):
@@ -314,6 +427,33 @@ class Silencio:
                     raise
                 log.warning("Scorer call lost its connection (%s); scoring again", exc)
         raise AssertionError("unreachable")
+
+    async def __is_ready__(self) -> bool:
+        """Ready once the scorer has loaded the model: BentoML's ``/readyz`` and ``/v1/ready`` ask
+        this (BentoML's own probe of the scorer is off: it waits 5 s, this one 1 s, then 503)."""
+        if getattr(self, "_scorer_ready", False):
+            return True
+        dep = self.scorer
+        probe = getattr(type(dep), "is_ready", None)
+        if probe is not None and inspect.iscoroutinefunction(probe):  # a scorer in another process
+            try:
+                ready = bool(await dep.is_ready(1))
+            except Exception:  # noqa: BLE001 - any failure to reach the scorer means: not ready
+                ready = False
+        else:
+            ready = bool(getattr(dep, "ready", False))
+        self._scorer_ready = ready
+        return ready
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        """Requests that need the model wait for it (while the server starts), then 503."""
+        import anyio
+
+        with anyio.move_on_after(timeout):
+            while not await self.__is_ready__():
+                await anyio.sleep(0.5)
+            return
+        raise NotReady("the model is still loading; retry shortly")
 
     @bentoml.api
     def identify(
@@ -328,8 +468,21 @@ class Silencio:
         above ``threshold`` (code, scientific and common name, taxon class, probability), a clip
         summary, and optionally every member's scores."""
         try:
-            return self.cloud.identify(
-                audio, threshold=threshold, top_k=top_k, stride=stride, members=members, name=audio.name
+            data = audio.read_bytes()  # bytes, so that no message names the server's temporary file
+            return self.cloud.identify(  # type: ignore[no-any-return]
+                data, threshold=threshold, top_k=top_k, stride=stride, members=members, name="audio"
             )
         except CloudError as exc:
-            raise _HTTPError(exc) from None
+            return client_error("POST /identify", exc)  # type: ignore[return-value]
+
+
+def _upload_limit() -> float:
+    svc = bentoml.get_current_service()
+    cloud = getattr(svc, "cloud", None)
+    settings = cloud.settings if cloud is not None else CloudSettings()
+    return float(settings.max_upload_mb * 1e6)
+
+
+Silencio.add_asgi_middleware(
+    ApiBoundary, docs=document, page=page, upload_limit=_upload_limit, passthrough=("/console",)
+)

@@ -22,8 +22,26 @@ class Unauthorized(CloudError):
     status = 401
 
 
+class Forbidden(CloudError):
+    """A device acting on another device's data (its tour, detection, clip or feedback UUID)."""
+
+    status = 403
+
+
 class NotFound(CloudError):
     status = 404
+
+
+class Conflict(CloudError):
+    status = 409
+
+
+class DeviceExists(Conflict, ValueError):
+    """``add_device`` with a name that is taken."""
+
+
+class UserExists(Conflict, ValueError):
+    """``add_user`` with a name that is taken (console users)."""
 
 
 class PayloadTooLarge(CloudError):
@@ -44,3 +62,26 @@ class NotReady(CloudError):
     """No model could be loaded (the message says why)."""
 
     status = 503
+
+
+class StoreError(CloudError):
+    """The store cannot be opened or used: an unsupported database URL, a server that does not
+    answer, migrations not applied (the message says which, never the password)."""
+
+    status = 503
+
+
+class TooManyRequests(CloudError):
+    """Too many requests with a wrong token from one client address: wait ``retry_after`` seconds."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class SigningError(CloudError):
+    """The release signing key cannot be created, read or used (the message says which file)."""
+
+    status = 500

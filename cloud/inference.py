@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from cloud.errors import BadRequest, NotReady, PayloadTooLarge, UnsupportedMediaType
+from cloud.errors import BadRequest, NotReady, PayloadTooLarge, Unprocessable, UnsupportedMediaType
 from shared_features import DEFAULT, LabelSpace, frame_windows, load_audio
 from shared_features.errors import (
     AudioDecodeError,
@@ -33,8 +34,13 @@ from shared_features.package import PACKAGE_FORMAT, PACKAGE_VERSION, ModelPackag
 
 log = logging.getLogger(__name__)
 
-#: Longest upload ``identify`` decodes (seconds of audio).
+#: Longest upload ``identify`` (and a clip upload) decodes (seconds of audio): refused from the
+#: header when it says so, else as soon as decoding passes it (``shared_features.audio``).
 MAX_IDENTIFY_SECONDS = 10 * 60.0
+#: Highest sample rate and most channels an upload may have: with 10 minutes, at most
+#: 57.6 M samples (230 MB of float32) are decoded for one request, whatever the file's size.
+MAX_UPLOAD_SAMPLE_RATE = 96_000
+MAX_UPLOAD_CHANNELS = 8
 
 
 def birdnet_only_package(root: Path, taxonomy: Path) -> Path:
@@ -99,6 +105,18 @@ def resolve_model(model: str | None, home: Path, taxonomy: Path | None) -> tuple
     return birdnet_only_package(home / "packages" / "birdnet-only", tax), True
 
 
+def _audio_message(exc: Exception, data: bytes | Path) -> str:
+    """An audio error as the client may read it: no server path or temporary file name, no Python
+    object representation (the decoders name the file or buffer they were given)."""
+    msg = str(exc)
+    if isinstance(data, Path):
+        msg = msg.replace(str(data), data.name)
+    msg = re.sub(r"Error opening <[^>]*>: ", "", msg)
+    msg = re.sub(r"<_io\.\w+ object at 0x[0-9a-fA-F]+>", "the upload", msg)
+    msg = re.sub(r"(?<![\w.])/(?:[\w.-]+/)+", "", msg)  # any other absolute path: its file name only
+    return msg.replace("<bytes>: ", "").strip()
+
+
 def species_entry(labels: LabelSpace, idx: int, p: float) -> dict[str, Any]:
     s = labels[idx]
     return {
@@ -158,15 +176,24 @@ class Identifier:
         return s.probs, s.members
 
     def decode(self, data: bytes | Path, name: str = "upload") -> np.ndarray:
-        """Audio bytes / file → ``[n] float32`` at 32 kHz, with the cloud's error codes."""
+        """Audio bytes / file → ``[n] float32`` at 32 kHz, with the cloud's error codes: not audio,
+        or a sample rate / channel count over the upload limits 415; longer than
+        :data:`MAX_IDENTIFY_SECONDS` (by its header or while decoding) 413; corrupt, empty, too
+        short, NaN samples 400."""
         try:
-            return load_audio(data, DEFAULT, max_duration=MAX_IDENTIFY_SECONDS)
+            return load_audio(
+                data,
+                DEFAULT,
+                max_duration=MAX_IDENTIFY_SECONDS,
+                max_sample_rate=MAX_UPLOAD_SAMPLE_RATE,
+                max_channels=MAX_UPLOAD_CHANNELS,
+            )
         except UnsupportedFormatError as exc:
-            raise UnsupportedMediaType(f"{name}: {exc}") from None
+            raise UnsupportedMediaType(f"{name}: {_audio_message(exc, data)}") from None
         except AudioTooLongError as exc:
-            raise PayloadTooLarge(f"{name}: {exc}") from None
+            raise PayloadTooLarge(f"{name}: {_audio_message(exc, data)}") from None
         except (AudioDecodeError, AudioError) as exc:
-            raise BadRequest(f"{name}: {exc}") from None
+            raise BadRequest(f"{name}: {_audio_message(exc, data)}") from None
 
     def identify(
         self,
@@ -179,11 +206,11 @@ class Identifier:
         name: str = "upload",
     ) -> dict[str, Any]:
         if not 0 <= threshold <= 1:
-            raise BadRequest(f"threshold must be in [0, 1], got {threshold}")
+            raise Unprocessable(f"threshold: must be in [0, 1], got {threshold}")
         if not 1 <= top_k <= 50:
-            raise BadRequest(f"top_k must be in 1..50, got {top_k}")
+            raise Unprocessable(f"top_k: must be in [1, 50], got {top_k}")
         if stride is not None and not 0.5 <= stride <= DEFAULT.window_seconds:
-            raise BadRequest(f"stride must be in [0.5, {DEFAULT.window_seconds}] s, got {stride}")
+            raise Unprocessable(f"stride: must be in [0.5, {DEFAULT.window_seconds:g}] s, got {stride}")
         audio = self.decode(data, name)
         cfg = DEFAULT if stride is None else DEFAULT.replace(window_stride_seconds=float(stride))
         windows, times = frame_windows(audio, cfg)

@@ -1,11 +1,14 @@
-"""Audio sources for the agent. Each yields *segments* — a continuous stream of ``[n] float32``
-mono chunks at 32 kHz with a name — so features never run across two recordings.
+"""Audio sources for the agent. Each yields :class:`Segment` objects — a continuous stream of
+``[n] float32`` mono chunks at 32 kHz with its name and, for a file, when the recording started —
+so features never run across two recordings.
 
 * :class:`MicrophoneSource` — a sounddevice input stream (device by name or index), a bounded
   queue as ring buffer (overflows counted and logged, never blocking the audio thread), a lost
   device retried with backoff without ending the session.
 * :class:`FileSource` — replays a recording in real time or as fast as possible (the simulated
-  microphone of demos and tests).
+  microphone of demos and tests). Its start time comes from ``start``, the file name or the file's
+  modification time (:func:`edge.recording.recording_start`); a recording that was cut short keeps
+  what decoded and says so in ``Segment.warning``.
 * :class:`DirectorySource` — watches a folder and processes each new recording once.
 """
 
@@ -16,17 +19,34 @@ import queue
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import soundfile as sf
 
 from edge.errors import CaptureError
+from edge.recording import container_problem, recording_start
+from edge.records import StartBasis
 from shared_features import DEFAULT, iter_audio_chunks
 from shared_features.audio import AUDIO_EXTENSIONS
+from shared_features.errors import AudioError
 
 log = logging.getLogger(__name__)
-Segment = tuple[str, Iterator[np.ndarray]]
+
+
+@dataclass
+class Segment:
+    """One continuous stream of audio. ``started_at`` None: the device clock when it begins (live
+    audio). ``warning`` is set by the source while decoding (e.g. a truncated file)."""
+
+    name: str
+    chunks: Iterator[np.ndarray] = field(default_factory=lambda: iter(()))
+    path: Path | None = None
+    started_at: datetime | None = None
+    start_basis: StartBasis = StartBasis.CLOCK
+    warning: str | None = None
 
 
 class AudioSource(Protocol):
@@ -53,21 +73,64 @@ class CaptureStats:
 
 
 class FileSource:
-    """One recording as one segment; ``realtime`` paces it like a live microphone."""
+    """One recording as one segment; ``realtime`` paces it like a live microphone. ``start``: when
+    the recording began (else from its file name or modification time, in time zone ``tz``)."""
 
-    def __init__(self, path: Path | str, *, realtime: bool = False, chunk_seconds: float = 0.5) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        realtime: bool = False,
+        chunk_seconds: float = 0.5,
+        start: datetime | None = None,
+        tz: str = "UTC",
+    ) -> None:
         self.path = Path(path)
         self.name = self.path.name
         self.realtime = realtime
         self.chunk_seconds = chunk_seconds
+        self.start = start
+        self.tz = tz
         self.stats = CaptureStats()
         self._stop = False
 
-    def _chunks(self) -> Iterator[np.ndarray]:
+    def segment(self) -> Segment:
+        started, basis = recording_start(self.path, self.start, self.tz)
+        seg = Segment(self.name, path=self.path, started_at=started, start_basis=basis)
+        seg.chunks = self._chunks(seg)
+        return seg
+
+    def _decoded(self, seg: Segment) -> Iterator[np.ndarray]:
+        """The file's audio; a decoding error after some audio ends the segment with a warning (what
+        decoded is kept), before any audio it is raised."""
+        total = 0
+        try:
+            # short reads: a decoding error mid-file loses at most one of them
+            for block in iter_audio_chunks(self.path, DEFAULT, chunk_seconds=2.0):
+                total += block.size
+                yield block
+        except AudioError as exc:  # corrupt or truncated mid-stream (or NaN samples)
+            if total == 0:
+                raise
+            seg.warning = (
+                f"decoding stopped at {total / DEFAULT.sample_rate:.1f} s ({exc}); kept what decoded"
+            )
+            log.warning("%s: %s", self.name, seg.warning)
+            return
+        if self._stop:
+            return
+        problem = container_problem(self.path)
+        if problem is None:
+            problem = _short_of_header(self.path, total / DEFAULT.sample_rate)
+        if problem is not None:
+            seg.warning = f"{problem}; analysed the {total / DEFAULT.sample_rate:.1f} s that decoded"
+            log.debug("%s: %s", self.name, seg.warning)
+
+    def _chunks(self, seg: Segment) -> Iterator[np.ndarray]:
         t0 = time.monotonic()
         played = 0.0
-        for block in iter_audio_chunks(self.path, DEFAULT, chunk_seconds=30.0):
-            step = int(self.chunk_seconds * DEFAULT.sample_rate)
+        step = int(self.chunk_seconds * DEFAULT.sample_rate)
+        for block in self._decoded(seg):
             for i in range(0, block.size, step):
                 if self._stop:
                     return
@@ -81,10 +144,24 @@ class FileSource:
                 yield x
 
     def segments(self) -> Iterator[Segment]:
-        yield self.name, self._chunks()
+        yield self.segment()
 
     def stop(self) -> None:
         self._stop = True
+
+
+def _short_of_header(path: Path, decoded_s: float) -> str | None:
+    """Formats whose header states the length (WAV, FLAC, AIFF): fewer seconds decoded than stated."""
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError):
+        return None
+    if info.format not in ("WAV", "FLAC", "AIFF") or not info.frames:
+        return None
+    stated = info.frames / info.samplerate
+    if decoded_s < stated - 0.05:
+        return f"the header states {stated:.1f} s, {decoded_s:.1f} s decoded (truncated)"
+    return None
 
 
 class DirectorySource:
@@ -98,8 +175,10 @@ class DirectorySource:
         poll_seconds: float = 1.0,
         idle_exit: float | None = None,
         seen: set[str] | None = None,
+        tz: str = "UTC",
     ) -> None:
         self.folder = Path(folder)
+        self.tz = tz
         self.name = str(self.folder)
         self.poll = poll_seconds
         self.idle_exit = idle_exit
@@ -130,9 +209,9 @@ class DirectorySource:
                     continue
                 self.seen.add(str(p))
                 new = True
-                src = FileSource(p)
+                src = FileSource(p, start=None, tz=self.tz)
                 src.stats = self.stats
-                yield p.name, src._chunks()
+                yield src.segment()
             if new:
                 idle_since = time.monotonic()
             elif self.idle_exit is not None and time.monotonic() - idle_since > self.idle_exit:
@@ -253,7 +332,7 @@ class MicrophoneSource:
                 delay = min(delay * 2, 10.0)
                 continue
             delay = 0.5
-            yield f"{self.name}-{self.stats.restarts}", self._chunks()
+            yield Segment(f"{self.name}-{self.stats.restarts}", self._chunks())
             self._close()
             if not self._stop:
                 self.stats.restarts += 1

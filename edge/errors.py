@@ -21,3 +21,12 @@ class SyncError(EdgeError):
 
 class UpdateError(EdgeError):
     """A model update that failed its checks (sha256, fingerprint, labels); the old model stays."""
+
+
+class StorageFullError(EdgeError):
+    """The disk (or the database's size limit) is full: the write was rolled back; what was committed
+    before stays. Audio stops first; detections are retried."""
+
+
+class InputError(EdgeError):
+    """An input path that cannot be analysed (missing, not audio, a folder without recordings)."""

@@ -1,11 +1,15 @@
-"""Store-and-forward sync with the cloud (wire format v1, ``cloud/schemas.py``).
+"""Store-and-forward sync with the cloud (wire format v2, ``cloud/schemas.py``).
 
-Order: tours and closed detections in small batches, guides' feedback, clips by priority (flagged,
-uncertain, random), then the cloud's confirmations (``since`` cursor) applied to local detections.
-Every request has explicit timeouts; transient failures (connection errors, timeouts, 429, 5xx) are
-retried with exponential backoff and jitter; a run that still fails leaves everything pending for
-the next run — nothing is marked synced before the cloud acknowledged its UUID, and re-sending is
-harmless (the cloud is idempotent on UUIDs). The transport is injectable (tests use a failing one).
+Order: tours and pending detections in small batches (with the device's status,
+``DeviceStatus``), guides' feedback, clips by priority (flagged, uncertain, random; each with the
+recording it was cut from and the edge's top species), then the cloud's confirmations (``since``
+cursor), each of which sets its detection's status (confirmed / disputed — the cloud's verdict,
+kept apart from the guide's). Every request has explicit timeouts; transient failures (connection
+errors, timeouts, 429, 5xx) are retried with exponential backoff and jitter; a run that still fails
+leaves everything pending for the next run — nothing is marked synced before the cloud
+acknowledged its UUID, and re-sending is harmless (the cloud is idempotent on UUIDs). The transport
+is injectable (tests use a failing one). All reads and writes go through the store's named
+operations.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from typing import Any
 import httpx
 
 from edge.errors import SyncError
-from edge.store import EdgeStore
-from shared_features.sqlite import now
+from edge.records import Clip, Confirmation, ConfirmationResult, Detection, SyncMarks, Tour
+from edge.status import device_report
+from edge.store import Store
 
 log = logging.getLogger(__name__)
 WIRE_VERSION = 2
@@ -38,7 +43,11 @@ class SyncReport:
     rejected: int = 0
     feedback: int = 0
     clips: int = 0
+    #: confirmations received, and how many of them changed a detection's status
     confirmations: int = 0
+    confirmations_applied: int = 0
+    confirmed: int = 0
+    disputed: int = 0
     errors: int = 0
     online: bool = True
 
@@ -49,7 +58,7 @@ class SyncReport:
 class SyncClient:
     def __init__(
         self,
-        store: EdgeStore,
+        store: Store,
         base_url: str,
         token: str,
         *,
@@ -59,12 +68,15 @@ class SyncClient:
         batch: int = 100,
         backoff: float = 0.5,
         sleep: Callable[[float], None] = time.sleep,
+        device: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
+        """``device``: the ``DeviceStatus`` to send with each batch (default: from the store)."""
         self.store = store
         self.batch = batch
         self.retries = retries
         self.backoff = backoff
         self.sleep = sleep
+        self.device = device or (lambda: device_report(store).wire())
         self.http = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers={"authorization": f"Bearer {token}"},
@@ -76,7 +88,7 @@ class SyncClient:
         self.http.close()
 
     # ------------------------------------------------------------------ transport
-    def _request(self, method: str, url: str, **kw: Any) -> httpx.Response:
+    def request(self, method: str, url: str, **kw: Any) -> httpx.Response:
         """A request with bounded retries; raises :class:`SyncError` when the cloud stays away."""
         last: str = ""
         for attempt in range(self.retries + 1):
@@ -98,135 +110,102 @@ class SyncClient:
 
     # ------------------------------------------------------------------ steps
     def push_detections(self, rep: SyncReport) -> None:
-        st = self.store
         while True:
-            dets = st.query(
-                "SELECT * FROM detections WHERE synced_at IS NULL AND closed = 1 AND sync_error IS NULL "
-                "ORDER BY start_time LIMIT ?",
-                [self.batch],
-            )
-            tours = st.query("SELECT * FROM tours WHERE synced_at IS NULL")
-            if not dets and not tours:
+            batch = self.store.unsynced_batch(self.batch)
+            if batch.empty:
                 return
-            payload = {
-                "wire_version": WIRE_VERSION,
-                "tours": [tour_payload(t) for t in tours],
-                "detections": [detection_payload(d) for d in dets],
-            }
-            r = self._request("POST", "/v1/sync", json=payload)
+            payload = batch_payload(batch.tours, batch.detections, self.device())
+            r = self.request("POST", "/v1/sync", json=payload)
             if r.status_code != 200:
                 raise SyncError(f"sync refused: HTTP {r.status_code} {r.text[:300]}")
             ack = r.json()
-            ok = set(ack["accepted"]) | set(ack["duplicates"])
-            stamp = now()
-            with st.tx() as db:
-                for t in tours:
-                    if t["uuid"] in ok:
-                        db.execute("UPDATE tours SET synced_at = ? WHERE uuid = ?", [stamp, t["uuid"]])
-                for d in dets:
-                    if d["uuid"] in ok:
-                        db.execute("UPDATE detections SET synced_at = ? WHERE uuid = ?", [stamp, d["uuid"]])
-                for rej in ack["rejected"]:
-                    db.execute(
-                        "UPDATE detections SET sync_error = ? WHERE uuid = ?", [rej["error"], rej["uuid"]]
-                    )
-            rep.tours += sum(1 for t in tours if t["uuid"] in set(ack["accepted"]))
-            rep.detections += sum(1 for d in dets if d["uuid"] in set(ack["accepted"]))
-            rep.duplicates += len(ack["duplicates"])
-            rep.rejected += len(ack["rejected"])
-            settled = ok | {rej["uuid"] for rej in ack["rejected"]}
-            if not dets or not any(d["uuid"] in settled for d in dets):
+            accepted = {str(u) for u in ack["accepted"]}
+            duplicates = {str(u) for u in ack["duplicates"]}
+            rejected = {str(x["uuid"]): str(x["error"]) for x in ack["rejected"]}
+            ok = accepted | duplicates
+            self.store.mark_synced(
+                SyncMarks(
+                    tours=[t.uuid for t in batch.tours if t.uuid in ok],
+                    detections=[d.uuid for d in batch.detections if d.uuid in ok],
+                    rejected=rejected,
+                )
+            )
+            rep.tours += sum(1 for t in batch.tours if t.uuid in accepted)
+            rep.detections += sum(1 for d in batch.detections if d.uuid in accepted)
+            rep.duplicates += len(duplicates)
+            rep.rejected += len(rejected)
+            settled = ok | set(rejected)
+            if not batch.detections or not any(d.uuid in settled for d in batch.detections):
                 return  # nothing more to send (or the cloud answered for none of them: next run)
 
     def push_feedback(self, rep: SyncReport) -> None:
-        for f in self.store.query("SELECT * FROM feedback WHERE synced_at IS NULL ORDER BY created_at"):
-            det = self.store.detection(f["detection_uuid"])
-            if det is None or det["synced_at"] is None:
-                continue  # its detection first
+        for f in self.store.feedback_to_send():
             body = {
                 "wire_version": WIRE_VERSION,
-                "uuid": f["uuid"],
-                "detection_uuid": f["detection_uuid"],
-                "kind": f["kind"],
-                "correct_code": f["correct_code"],
-                "note": f["note"],
-                "created_at": f["created_at"],
+                "uuid": f.uuid,
+                "detection_uuid": f.detection_uuid,
+                "kind": str(f.kind),
+                "correct_code": f.correct_code,
+                "note": f.note,
+                "created_at": f.created_at,
             }
-            r = self._request("POST", "/v1/feedback", json=body)
+            r = self.request("POST", "/v1/feedback", json=body)
             if r.status_code == 200:
-                with self.store.tx() as db:
-                    db.execute("UPDATE feedback SET synced_at = ? WHERE uuid = ?", [now(), f["uuid"]])
+                self.store.mark_feedback_synced(f.uuid)
                 rep.feedback += 1
             else:
                 rep.errors += 1
-                log.warning("feedback %s refused: HTTP %d %s", f["uuid"], r.status_code, r.text[:200])
+                log.warning("feedback %s refused: HTTP %d %s", f.uuid, r.status_code, r.text[:200])
 
     def push_clips(self, rep: SyncReport, limit: int | None = None) -> None:
-        clips = self.store.query(
-            "SELECT c.* FROM clips c LEFT JOIN detections d ON d.uuid = c.detection_uuid "
-            "WHERE c.synced_at IS NULL AND c.evicted_at IS NULL AND c.sync_error IS NULL "
-            "AND (c.detection_uuid IS NULL OR d.synced_at IS NOT NULL) "
-            "ORDER BY CASE c.reason WHEN 'flagged' THEN 0 WHEN 'uncertain' THEN 1 ELSE 2 END, c.recorded_at"
-        )
-        for c in clips[:limit]:
-            path = Path(c["path"])
+        for c in self.store.clips_to_send(limit):
+            path = Path(c.path)
             if not path.exists():
-                with self.store.tx() as db:
-                    db.execute("UPDATE clips SET sync_error = 'file missing' WHERE uuid = ?", [c["uuid"]])
+                self.store.mark_clip_failed(c.uuid, "file missing")
                 rep.errors += 1
                 continue
             data = path.read_bytes()
-            meta = clip_payload(c)
-            r = self._request(
+            r = self.request(
                 "POST",
                 "/v1/clips",
-                data={"meta": json.dumps(meta)},
+                data={"meta": json.dumps(clip_payload(c))},
                 files={"audio": (path.name, data, "audio/ogg")},
             )
             if r.status_code == 200:
+                self.store.mark_clip_synced(c.uuid)
                 conf = r.json().get("confirmation")
-                with self.store.tx() as db:
-                    db.execute("UPDATE clips SET synced_at = ? WHERE uuid = ?", [now(), c["uuid"]])
                 if conf:
-                    self.apply_confirmation(conf)
+                    self._apply(Confirmation.from_wire(conf), rep)
                 rep.clips += 1
             elif r.status_code in (400, 413, 415, 422):
-                with self.store.tx() as db:
-                    db.execute("UPDATE clips SET sync_error = ? WHERE uuid = ?", [r.text[:300], c["uuid"]])
+                self.store.mark_clip_failed(c.uuid, r.text[:300])
                 rep.errors += 1
             else:
                 rep.errors += 1
 
-    def apply_confirmation(self, conf: dict[str, Any]) -> bool:
-        du = conf.get("detection_uuid")
-        if not du or conf.get("agree") is None:
-            return False
-        with self.store.tx() as db:
-            guided = db.execute("SELECT 1 FROM feedback WHERE detection_uuid = ?", [du]).fetchone()
-            status = "confirmed" if conf["agree"] else "disputed"
-            if guided:  # the guide's own verdict stands; keep the cloud's species for display
-                db.execute(
-                    "UPDATE detections SET cloud_species = ? WHERE uuid = ?",
-                    [json.dumps(conf["species"]), du],
-                )
+    def _apply(self, conf: Confirmation, rep: SyncReport) -> ConfirmationResult:
+        res = self.store.apply_confirmation(conf)
+        if res is ConfirmationResult.APPLIED:
+            rep.confirmations_applied += 1
+            if conf.agree:
+                rep.confirmed += 1
             else:
-                db.execute(
-                    "UPDATE detections SET status = ?, cloud_species = ? WHERE uuid = ?",
-                    [status, json.dumps(conf["species"]), du],
-                )
-        return True
+                rep.disputed += 1
+        elif res is ConfirmationResult.UNKNOWN_DETECTION:
+            log.warning("confirmation for unknown detection %s ignored", conf.detection_uuid)
+        return res
 
     def pull_confirmations(self, rep: SyncReport) -> None:
         while True:
-            since = int(self.store.get_state("confirmations_since", "0") or 0)
-            r = self._request("GET", "/v1/confirmations", params={"since": since, "limit": 200})
+            since = self.store.sync_info().confirmations_cursor
+            r = self.request("GET", "/v1/confirmations", params={"since": since, "limit": 200})
             if r.status_code != 200:
                 raise SyncError(f"confirmations: HTTP {r.status_code} {r.text[:200]}")
             page = r.json()
             for conf in page["confirmations"]:
-                self.apply_confirmation(conf)
                 rep.confirmations += 1
-            self.store.set_state("confirmations_since", str(page["next"]))
+                self._apply(Confirmation.from_wire(conf), rep)
+            self.store.set_confirmations_cursor(int(page["next"]))
             if not page["confirmations"]:
                 return
 
@@ -239,47 +218,65 @@ class SyncClient:
             self.pull_confirmations(rep)
         except SyncError:
             rep.online = False
-            self.store.set_state("last_sync_error", now())
+            self.store.record_sync(ok=False)
             raise
-        self.store.set_state("last_sync", now())
+        self.store.record_sync(ok=True)
         return rep
 
 
 # ---------------------------------------------------------------------------------- payloads
-def tour_payload(t: dict[str, Any]) -> dict[str, Any]:
+def batch_payload(
+    tours: list[Tour], detections: list[Detection], device: dict[str, Any] | None
+) -> dict[str, Any]:
+    """``SyncBatch``."""
+    out: dict[str, Any] = {
+        "wire_version": WIRE_VERSION,
+        "tours": [tour_payload(t) for t in tours],
+        "detections": [detection_payload(d) for d in detections],
+    }
+    if device is not None:
+        out["device"] = device
+    return out
+
+
+def tour_payload(t: Tour) -> dict[str, Any]:
     return {
-        "uuid": t["uuid"],
-        "guide": t["guide"],
-        "location": t["location"],
-        "latitude": t["latitude"],
-        "longitude": t["longitude"],
-        "started_at": t["started_at"],
-        "ended_at": t["ended_at"],
+        "uuid": t.uuid,
+        "guide": t.guide,
+        "location": t.location,
+        "latitude": t.latitude,
+        "longitude": t.longitude,
+        "started_at": t.started_at,
+        "ended_at": t.ended_at,
     }
 
 
-def detection_payload(d: dict[str, Any]) -> dict[str, Any]:
+def detection_payload(d: Detection) -> dict[str, Any]:
     return {
-        "uuid": d["uuid"],
-        "tour_uuid": d["tour_uuid"],
-        "species_code": d["species_code"],
-        "start_time": d["start_time"],
-        "end_time": d["end_time"],
-        "confidence": round(float(d["confidence"]), 4),
-        "band": d["band"],
-        "model_version": d["model_version"],
+        "uuid": d.uuid,
+        "tour_uuid": d.tour_uuid,
+        "species_code": d.species_code,
+        "start_time": d.start_time,
+        "end_time": d.end_time,
+        "confidence": round(float(d.confidence), 4),
+        "band": d.band,
+        "model_version": d.model_version,
     }
 
 
-def clip_payload(c: dict[str, Any]) -> dict[str, Any]:
+def clip_payload(c: Clip) -> dict[str, Any]:
+    """``ClipMeta``."""
     return {
         "wire_version": WIRE_VERSION,
-        "uuid": c["uuid"],
-        "tour_uuid": c["tour_uuid"],
-        "detection_uuid": c["detection_uuid"],
-        "sha256": c["sha256"],
-        "bytes": c["bytes"],
-        "reason": c["reason"],
-        "recorded_at": c["recorded_at"],
-        "start_offset": c["start_offset"],
+        "uuid": c.uuid,
+        "tour_uuid": c.tour_uuid,
+        "detection_uuid": c.detection_uuid,
+        "sha256": c.sha256,
+        "bytes": c.bytes,
+        "reason": str(c.reason),
+        "recorded_at": c.recorded_at,
+        "start_offset": c.start_offset,
+        "source": c.source,
+        "source_offset": None if c.source_offset is None else round(float(c.source_offset), 3),
+        "edge_top": [{"code": s.code, "probability": s.probability} for s in c.edge_top],
     }

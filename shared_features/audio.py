@@ -4,6 +4,15 @@ Supported containers are those libsndfile decodes: WAV, FLAC, OGG Vorbis, Opus a
 AIFF/AU/W64/CAF). Everything else raises :class:`UnsupportedFormatError`; a known container that
 fails to decode raises :class:`AudioDecodeError`. Long recordings go through
 :func:`iter_audio_chunks`, which never holds more than ``chunk_seconds`` of audio at once.
+
+Hostile input is bounded before it is decoded: the header's sample rate must lie in
+[:data:`MIN_SAMPLE_RATE`, ``max_sample_rate``] and its channel count in [1, ``max_channels``]
+(else :class:`UnsupportedFormatError`); a declared length over ``max_duration`` is refused from the
+header (:class:`AudioTooLongError`) — a 270 KB FLAC of silence that declares three hours is
+refused without decoding a sample. When the header does not say how long the audio is (a streamed
+FLAC, libsndfile's ``SF_COUNT_MAX``) or says less than the data holds, decoding stops as soon as it
+passes ``max_duration``. Samples are read in blocks of at most :data:`READ_BLOCK_SAMPLES` (frames
+× channels) and mixed to mono block by block, so memory stays bounded by the mono output.
 """
 
 from __future__ import annotations
@@ -41,6 +50,16 @@ MIN_DURATION_S = 0.1
 #: Longest recording :func:`load_audio` decodes in one piece by default (seconds); longer ones
 #: must go through :func:`iter_audio_chunks`.
 MAX_DURATION_S = 30 * 60.0
+#: Sample rates :func:`load_audio` and :func:`iter_audio_chunks` accept (Hz): the slowest real
+#: recorder settings up to ultrasonic recorders (AudioMoth: 384 kHz).
+MIN_SAMPLE_RATE = 1_000
+MAX_SAMPLE_RATE = 384_000
+#: Channels accepted by default (multichannel arrays; libsndfile itself takes up to 1024).
+MAX_CHANNELS = 32
+#: Samples (frames × channels) read from the decoder at once.
+READ_BLOCK_SAMPLES = 1 << 20
+#: What libsndfile reports as the frame count when the header does not say (``SF_COUNT_MAX``).
+UNKNOWN_FRAMES = 2**63 - 1
 #: Peak below which a recording counts as silent (about -90 dBFS).
 SILENCE_PEAK = 3e-5
 #: Level at or above which a sample counts as clipped.
@@ -170,20 +189,87 @@ def audio_info(src: AudioSource) -> AudioInfo:
 
 
 def _to_mono(block: np.ndarray) -> np.ndarray:
-    """``[frames, channels]`` → ``[frames]`` float32 by averaging channels."""
+    """``[frames, channels]`` → ``[frames]`` float32 by averaging channels (samples near float32's
+    limit overflow to ``inf`` here, which :func:`check_samples` then refuses)."""
     if block.ndim == 2:
-        block = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+        with np.errstate(over="ignore", invalid="ignore"):
+            block = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
     return np.ascontiguousarray(block, dtype=np.float32)
 
 
-def _read_all(f: sf.SoundFile, name: str) -> np.ndarray:
-    try:
-        data = f.read(dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError) as exc:
-        raise AudioDecodeError(
-            f"decoding failed after the header ({exc}); file corrupt or truncated", name
-        ) from exc
-    return _to_mono(data)
+def _known_frames(f: sf.SoundFile) -> int | None:
+    """The header's frame count, or None when it does not say."""
+    frames = int(f.frames)
+    return None if frames < 0 or frames >= UNKNOWN_FRAMES else frames
+
+
+def _check_header(
+    f: sf.SoundFile,
+    name: str,
+    max_duration: float | None,
+    max_sample_rate: int = MAX_SAMPLE_RATE,
+    max_channels: int = MAX_CHANNELS,
+) -> int:
+    """Refuse from the header alone what must not be decoded; returns the sample rate."""
+    sr, channels = int(f.samplerate), int(f.channels)
+    if not MIN_SAMPLE_RATE <= sr <= max_sample_rate:
+        raise UnsupportedFormatError(
+            f"sample rate {sr} Hz outside the accepted [{MIN_SAMPLE_RATE}, {max_sample_rate}] Hz", name
+        )
+    if not 1 <= channels <= max_channels:
+        raise UnsupportedFormatError(f"{channels} channels (at most {max_channels} accepted)", name)
+    frames = _known_frames(f)
+    if max_duration is not None and frames is not None and frames / sr > max_duration:
+        raise AudioTooLongError(
+            f"{frames / sr:.1f} s is longer than the {max_duration:.0f} s limit (from its header); "
+            "read it with iter_audio_chunks()",
+            name,
+        )
+    return sr
+
+
+def _read_mono(f: sf.SoundFile, frames: int, name: str, where: str = "after the header") -> np.ndarray:
+    """Up to ``frames`` frames as ``[n] float32`` mono, read in blocks of at most
+    :data:`READ_BLOCK_SAMPLES` samples (fewer at the end of the audio)."""
+    block = max(1, READ_BLOCK_SAMPLES // max(1, int(f.channels)))
+    parts: list[np.ndarray] = []
+    got = 0
+    while got < frames:
+        want = min(block, frames - got)
+        try:
+            data = f.read(want, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise AudioDecodeError(
+                f"decoding failed {where} ({exc}); file corrupt or truncated", name
+            ) from exc
+        if data.shape[0] == 0:
+            break
+        parts.append(_to_mono(data))
+        got += data.shape[0]
+        if data.shape[0] < want:
+            break
+    if not parts:
+        return np.zeros(0, np.float32)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _read_all(f: sf.SoundFile, name: str, sr: int, max_duration: float | None) -> np.ndarray:
+    """Every frame as mono; when the header does not say how many, decoding stops (refused) as
+    soon as it passes ``max_duration``."""
+    frames = _known_frames(f)
+    if frames is not None:
+        return _read_mono(f, frames, name)
+    if max_duration is None:
+        return _read_mono(f, UNKNOWN_FRAMES, name)
+    limit = int(max_duration * sr)
+    samples = _read_mono(f, limit + 1, name)
+    if samples.size > limit:
+        raise AudioTooLongError(
+            f"decodes to more than the {max_duration:.0f} s limit (its header does not say how long it is); "
+            "read it with iter_audio_chunks()",
+            name,
+        )
+    return samples
 
 
 def resample(samples: np.ndarray, orig_sr: int, target_sr: int, quality: str = "HQ") -> np.ndarray:
@@ -238,9 +324,12 @@ def load_audio(
     max_duration: float | None = MAX_DURATION_S,
     reject_silent: bool = False,
     reject_clipped: bool = False,
+    max_sample_rate: int = MAX_SAMPLE_RATE,
+    max_channels: int = MAX_CHANNELS,
 ) -> np.ndarray:
     """Decode ``src`` (path, bytes or binary file object) to ``[n] float32`` mono at
-    ``cfg.sample_rate``.
+    ``cfg.sample_rate``. The header is checked before decoding (sample rate, channels, declared
+    length; see the module docstring).
 
     Raises :class:`UnsupportedFormatError`, :class:`AudioDecodeError`, :class:`EmptyAudioError`,
     :class:`AudioTooShortError`, :class:`AudioTooLongError`, :class:`InvalidSamplesError`, and,
@@ -250,15 +339,8 @@ def load_audio(
     with f:
         if f.frames == 0:
             raise EmptyAudioError("header is valid but holds no samples", name)
-        sr = int(f.samplerate)
-        declared = f.frames / sr if f.frames > 0 else None
-        if max_duration is not None and declared is not None and declared > max_duration:
-            raise AudioTooLongError(
-                f"{declared:.1f} s is longer than the {max_duration:.0f} s limit; "
-                "read it with iter_audio_chunks()",
-                name,
-            )
-        samples = _read_all(f, name)
+        sr = _check_header(f, name, max_duration, max_sample_rate, max_channels)
+        samples = _read_all(f, name, sr, max_duration)
     if samples.size == 0:
         raise EmptyAudioError("decoded to zero samples", name)
     duration = samples.size / sr
@@ -267,7 +349,15 @@ def load_audio(
     if max_duration is not None and duration > max_duration:
         raise AudioTooLongError(f"{duration:.1f} s exceeds the {max_duration:.0f} s limit", name)
     check_samples(samples, name, reject_silent=reject_silent, reject_clipped=reject_clipped)
-    return resample(samples, sr, cfg.sample_rate, cfg.resample_quality)
+    return _finite(resample(samples, sr, cfg.sample_rate, cfg.resample_quality), name)
+
+
+def _finite(out: np.ndarray, name: str) -> np.ndarray:
+    """Float samples near float32's limit (~3e38, a corrupt float WAV) are finite when read but
+    overflow when channels are mixed or resampled: refused, never passed on as ``inf``."""
+    if not np.all(np.isfinite(out)):
+        raise InvalidSamplesError("samples too large: they overflow when mixed or resampled", name)
+    return out
 
 
 def iter_audio_chunks(
@@ -275,18 +365,37 @@ def iter_audio_chunks(
     cfg: FeatureConfig = DEFAULT,
     *,
     chunk_seconds: float = 60.0,
+    start_seconds: float = 0.0,
+    stop_seconds: float | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield consecutive ``[n] float32`` mono chunks at ``cfg.sample_rate`` of any length of audio.
 
     Memory stays bounded by ``chunk_seconds`` of source audio; resampling is continuous across
     chunk boundaries (``soxr.ResampleStream``), so the concatenation equals a one-piece resample up
     to the resampler's filter delay handling (tested).
+
+    ``start_seconds`` / ``stop_seconds`` read only that part of the recording (source frames
+    ``[round(start * sr), round(stop * sr))``; the end of the file when ``stop_seconds`` is None or
+    beyond it). The start is reached by seeking, which is sample-exact for PCM containers (WAV,
+    FLAC, AIFF) and only approximate for MP3, so callers that cut recordings into parts cut only
+    the former. A part that starts after the end of the audio yields nothing.
     """
+    if start_seconds < 0 or (stop_seconds is not None and stop_seconds < start_seconds):
+        raise ValueError(f"need 0 <= start_seconds <= stop_seconds, got {start_seconds}, {stop_seconds}")
     f, name = _open(src)
     with f:
         if f.frames == 0:
             raise EmptyAudioError("header is valid but holds no samples", name)
-        sr = int(f.samplerate)
+        sr = _check_header(f, name, None)
+        first = int(round(start_seconds * sr))
+        remaining = None if stop_seconds is None else int(round(stop_seconds * sr)) - first
+        if first:
+            if first >= f.frames > 0:
+                return
+            try:
+                f.seek(first)
+            except (sf.LibsndfileError, RuntimeError) as exc:
+                raise AudioDecodeError(f"cannot seek to {start_seconds:.1f} s ({exc})", name) from exc
         block = max(1, int(chunk_seconds * sr))
         stream = None
         if sr != cfg.sample_rate:
@@ -295,14 +404,10 @@ def iter_audio_chunks(
             )
         total = 0
         while True:
-            try:
-                data = f.read(block, dtype="float32", always_2d=True)
-            except (sf.LibsndfileError, RuntimeError) as exc:
-                raise AudioDecodeError(
-                    f"decoding failed at {total / sr:.1f} s ({exc}); file corrupt or truncated", name
-                ) from exc
-            last = data.shape[0] < block
-            mono = _to_mono(data)
+            want = block if remaining is None else min(block, remaining - total)
+            where = f"at {(first + total) / sr:.1f} s"
+            mono = _read_mono(f, want, name, where) if want > 0 else np.zeros(0, np.float32)
+            last = mono.size < block or (remaining is not None and total + mono.size >= remaining)
             total += mono.size
             if mono.size:
                 check_samples(mono, name)
@@ -311,8 +416,8 @@ def iter_audio_chunks(
             else:
                 out = mono
             if out.size:
-                yield np.ascontiguousarray(out, dtype=np.float32)
+                yield _finite(np.ascontiguousarray(out, dtype=np.float32), name)
             if last:
                 break
-        if total == 0:
+        if total == 0 and first == 0:
             raise EmptyAudioError("decoded to zero samples", name)

@@ -68,6 +68,9 @@ class SQLiteStore:
                 if name in done:
                     continue
                 with self.tx() as db:
+                    # re-checked under the write lock: another process may have applied it meanwhile
+                    if db.execute("SELECT 1 FROM migrations WHERE name = ?", [name]).fetchone():
+                        continue
                     for stmt in filter(str.strip, sql.split(";")):
                         db.execute(stmt)
                     db.execute(

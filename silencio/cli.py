@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -24,6 +25,24 @@ GROUPS: tuple[str, ...] = (
     "edge.cli",
     "silencio.demo",
 )
+
+
+#: Our packages: their INFO lines are the commands' own progress messages.
+OWN_LOGGERS: tuple[str, ...] = ("shared_features", "training", "cloud", "bentos", "edge", "silencio")
+
+
+def configure_logging(verbosity: int = 0) -> None:
+    """The one logging set-up of every command: our packages log INFO; third-party libraries
+    (httpx's request lines, MLflow, BentoML, Ray …) only WARNING and worse, unless ``-v`` (their
+    INFO too) or ``-vv`` (DEBUG everywhere). Processes a command starts inherit the choice
+    (``SILENCIO_VERBOSE``; MLflow configures its own logger from ``MLFLOW_LOGGING_LEVEL``)."""
+    third = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger().setLevel(third)
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
+    os.environ["SILENCIO_VERBOSE"] = str(max(verbosity, 0))
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", logging.getLevelName(third))
 
 
 class CLIError(Exception):
@@ -66,10 +85,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
-    )
+    configure_logging(args.verbose)
     handler = getattr(args, "func", None)
     if handler is None:
         parser.parse_args([*(argv or sys.argv[1:]), "--help"])

@@ -2,17 +2,27 @@
 
 1. a synthetic El Silencio dataset (labelled *and* unlabelled soundscapes), validated;
 2. the feature cache and the centroid baseline (the bar a network must clear);
-3. a small ensemble: ResNet-50 and a CNN14 SED trained straight from audio for a few CPU minutes
-   each, plus a head on BirdNET v2.4 embeddings — every run tracked in the embedded MLflow store;
+3. a small ensemble: ResNet-50 and a CNN14 SED trained straight from audio for a fixed number of
+   epochs (a few CPU minutes each), plus a head on BirdNET v2.4 embeddings — every run tracked in
+   the embedded MLflow store;
 4. the ensemble package (weights fitted on validation windows), registered in MLflow;
 5. the edge student distilled from it (with pseudo-labelled unlabelled soundscapes);
-6. edge packages (ONNX fp32, int8 — refused when worse than fp32), published as the cloud release;
-7. the BentoML service started on 127.0.0.1 serving the ensemble;
+6. edge packages (ONNX fp32, int8 — refused when worse than fp32), the gate (no production model
+   yet: the candidate is judged on the held-out soundscapes alone) and the edge release;
+7. the BentoML service started on 127.0.0.1 serving the ensemble, publishing the release;
 8. the edge agent installs the release and replays a held-out soundscape (the TUI when a terminal
    is attached, plain output otherwise), syncs, and the cloud's tour report is compared with the
    soundscape's ground truth.
 
-A second run reuses what exists. Every process the demo starts is stopped before it returns.
+Steps 3–6 are the functions of :mod:`training.pipeline`, the same the ``silencio train`` and
+``silencio export`` commands call. A second run reuses every step whose recorded configuration is
+unchanged. Every process the demo starts is stopped before it returns.
+
+Reproducible: ``--seed`` seeds the data, the splits, the initial weights, the augmentations and
+data order, the BirdNET head, the weight search and the edge replay; training stops after a fixed
+number of epochs (``--minutes`` adds a time budget, and with it the machine's speed as a source of
+variation). Two runs on one machine give the same ``demo_summary.json`` figures.
+
 Figures on synthetic data say nothing about real animals; the demo says which data each figure
 comes from.
 """
@@ -20,14 +30,18 @@ comes from.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +54,19 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--data", type=Path, default=None, help="a real BirdCLEF 2025 download instead")
     p.add_argument("--species", type=int, default=12, help="synthetic species")
-    p.add_argument("--seed", type=int, default=0, help="synthetic dataset seed")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data, the splits and every training step")
     p.add_argument(
-        "--minutes", type=float, default=1.5, help="CPU minutes per trained member and the student"
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"epochs per trained member and for the student (default {MEMBER_EPOCHS} and {STUDENT_EPOCHS}; "
+        "--quick: 1)",
+    )
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="also stop each member after this many CPU minutes (figures then depend on the machine's speed)",
     )
     p.add_argument("--quick", action="store_true", help="tiny data and models, one epoch each (CI)")
     p.add_argument("--workers", type=int, default=2, help="ETL processes")
@@ -51,8 +75,33 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+#: Epochs per member and for the student in the full demo: fixed numbers (not a time budget), so two
+#: runs train the same models; about what the former 1.5-minute budget allowed on 2 cores.
+MEMBER_EPOCHS = 2
+STUDENT_EPOCHS = 5
+STEPS = 10
+#: Loggers whose INFO lines are noise in the demo's output (shown again with ``-v``): third-party
+#: libraries, and our own libraries too — the demo prints one line per result, bars show progress.
+NOISY_LOGGERS = (
+    "mlflow",
+    "httpx",
+    "httpcore",
+    "alembic",
+    "urllib3",
+    "bentoml",
+    "ray",
+    "matplotlib",
+    "PIL",
+    "shared_features",
+    "training",
+    "cloud",
+    "bentos",
+    "edge",
+)
+
+
 def _step(i: int, text: str) -> None:
-    print(f"[{i}/10] {text}", flush=True)
+    print(f"[{i}/{STEPS}] {text}", flush=True)
 
 
 def _free_port() -> int:
@@ -61,20 +110,95 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@contextlib.contextmanager
+def quiet_logs(verbose: int) -> Iterator[None]:
+    """Without ``-v``: only warnings from libraries (ours included) — the demo prints its own
+    lines and progress bars show long work. MLflow configures its loggers when first imported, so
+    its level is set through its environment variable as well as on the logger. Levels are
+    restored on exit (the demo also runs in-process, in tests)."""
+    if verbose:
+        yield
+        return
+    names = ("", *NOISY_LOGGERS)
+    before = {n: logging.getLogger(n).level for n in names}
+    env = os.environ.get("MLFLOW_LOGGING_LEVEL")
+    os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"
+    for n in names:
+        logging.getLogger(n).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for n, level in before.items():
+            logging.getLogger(n).setLevel(level)
+        if env is None:
+            os.environ.pop("MLFLOW_LOGGING_LEVEL", None)
+        else:
+            os.environ["MLFLOW_LOGGING_LEVEL"] = env
+
+
+@contextlib.contextmanager
+def ticking(what: str, every: float = 10.0) -> Iterator[None]:
+    """For work without a progress bar of its own: a line every ``every`` seconds until it ends."""
+    stop = threading.Event()
+    t0 = time.monotonic()
+
+    def tick() -> None:
+        while not stop.wait(every):
+            print(f"      … {what} ({time.monotonic() - t0:.0f} s)", flush=True)
+
+    th = threading.Thread(target=tick, daemon=True)
+    th.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        th.join()
+
+
+def silencio_command() -> str:
+    """How to run ``silencio`` as the user can type it: ``silencio`` when that is on PATH and is
+    this installation, else the path of this virtual environment's script (relative to the working
+    directory when it lies below it, e.g. ``.venv/bin/silencio``), else ``python -m silencio``."""
+    script = Path(sys.executable).with_name("silencio")
+    if not script.exists():
+        return f"{sys.executable} -m silencio"
+    on_path = shutil.which("silencio")
+    if on_path and Path(on_path).resolve() == script.resolve():
+        return "silencio"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
+
+
+def _tool(name: str) -> str:
+    """A console script of this environment (``mlflow``), as :func:`silencio_command` does it."""
+    script = Path(sys.executable).with_name(name)
+    on_path = shutil.which(name)
+    if not script.exists() or (on_path and Path(on_path).resolve() == script.resolve()):
+        return name
+    return str(script)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    with quiet_logs(getattr(args, "verbose", 0)):
+        return _demo(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
     from shared_features.paths import home
 
     root = home() / "demo"
     data, work = _dataset(args, root)
-    summary: dict[str, Any] = {"dataset": str(data), "synthetic": args.data is None}
+    summary: dict[str, Any] = {"dataset": str(data), "synthetic": args.data is None, "seed": args.seed}
     server = None
     try:
         _validate_and_baseline(args, data, work, summary)
         members = _members(args, data, work, summary)
-        ens = _ensemble(data, work, members, summary)
+        ens = _ensemble(args, data, work, members, summary)
         student = _student(args, data, work, ens, summary)
-        edge_pkg = _export(data, work, student, summary)
-        server, url, tokens = _serve(args, work, ens, edge_pkg)
+        release = _export(args, data, work, student, summary)
+        server, url, tokens = _serve(args, work, ens, release)
         _edge(args, data, work, url, tokens, summary)
     finally:
         if server is not None:
@@ -87,7 +211,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------- steps
 def _dataset(args: argparse.Namespace, root: Path) -> tuple[Path, Path]:
-    from training.cli import _bar
+    from training.progress import bar
     from training.synth import SynthConfig, generate
 
     if args.data is not None:
@@ -108,36 +232,31 @@ def _dataset(args: argparse.Namespace, root: Path) -> tuple[Path, Path]:
         _step(1, f"synthetic dataset: reusing {data}")
     else:
         _step(1, f"synthetic dataset ({cfg.species} species, seed {cfg.seed}; SYNTHETIC audio) → {data}")
-        update, close = _bar("synth")
-        try:
+        with bar("synth") as update:
             generate(data, cfg, progress=update)
-        finally:
-            close()
     return data, root / tag
 
 
 def _validate_and_baseline(args: argparse.Namespace, data: Path, work: Path, summary: dict[str, Any]) -> None:
     from training.baseline import CentroidBaseline
-    from training.cli import _bar
     from training.data import load_soundscapes
     from training.dataset import write_solution_csv
     from training.etl import FeatureCache, prepare_cache
+    from training.progress import bar
     from training.report import write_report
     from training.validate import save_report, validate_dataset
 
     _step(2, "validating the dataset")
-    rep = validate_dataset(data)
+    with bar("validate") as update:
+        rep = validate_dataset(data, progress=update)
     md, _ = save_report(rep, work / "validation")
     print(
         f"      {rep.n_files_ok}/{rep.n_recordings} recordings decodable, {len(rep.species_counts)} species, "
         f"{rep.n_soundscapes} soundscapes → {md}"
     )
     _step(3, "feature cache and the centroid baseline (nearest class-centroid of mel profiles)")
-    update, close = _bar("prepare")
-    try:
+    with bar("prepare") as update:
         m = prepare_cache(data, work / "cache", workers=args.workers, progress=update)
-    finally:
-        close()
     print(f"      {m['n_windows']} windows ({m['resumed_files']} files reused), features {m['fingerprint']}")
     truth = data / "soundscape_solution.csv"
     if truth.exists():
@@ -159,13 +278,31 @@ def _validate_and_baseline(args: argparse.Namespace, data: Path, work: Path, sum
         print(f"      baseline on the held-out soundscapes: macro ROC-AUC {b.macro_roc_auc:.3f}")
 
 
+def _train_config(args: argparse.Namespace, student: bool = False) -> Any:
+    from training.loop import TrainConfig
+
+    if args.quick:
+        return TrainConfig(epochs=args.epochs or 1, batch_size=16, seed=args.seed, max_minutes=args.minutes)
+    epochs = args.epochs or (STUDENT_EPOCHS if student else MEMBER_EPOCHS)
+    return TrainConfig(epochs=epochs, lr=2e-3, patience=30, seed=args.seed, max_minutes=args.minutes)
+
+
+def _tracking(name: str) -> Any:
+    from training.pipeline import Tracking
+
+    return Tracking(experiment="silencio-demo", run_name=f"demo-{name}")
+
+
+def _reused(path: Path, before: float) -> bool:
+    """Whether a step returned an earlier run's result (its record predates this call)."""
+    rec = path / "result.json"
+    return rec.exists() and rec.stat().st_mtime < before
+
+
 def _members(args: argparse.Namespace, data: Path, work: Path, summary: dict[str, Any]) -> dict[str, Path]:
-    from shared_features import DEFAULT
-    from training.birdnet_head import train_birdnet_head
-    from training.data import from_audio
-    from training.loop import TrainConfig, fit
     from training.models import member_config
-    from training.tracking import MLflowTracker, tracking_uri
+    from training.pipeline import DataSource, train_embedding_head, train_member
+    from training.tracking import tracking_uri
 
     _step(4, f"training the ensemble members (MLflow: {tracking_uri()})")
     if args.quick:
@@ -173,169 +310,164 @@ def _members(args: argparse.Namespace, data: Path, work: Path, summary: dict[str
             "resnet50": member_config("resnet50", timm_name="resnet10t", input_downsample=4),
             "cnn14_sed": member_config("cnn14_sed", sed_width=4, input_downsample=2),
         }
-        tcfg = TrainConfig(epochs=1, batch_size=16)
     else:
         plans = {
             "resnet50": member_config("resnet50", input_downsample=2),
             "cnn14_sed": member_config("cnn14_sed", sed_width=16, input_downsample=2),
         }
-        tcfg = TrainConfig(epochs=40, lr=2e-3, patience=30, max_minutes=args.minutes)
+    tcfg = _train_config(args)
+    source = DataSource(data_dir=data)
     out: dict[str, Path] = {}
-    train_data = None
     for name, mcfg in plans.items():
-        ckpt = work / "members" / name / "model.pt"
-        if ckpt.exists():
-            print(f"      {name}: reusing {ckpt}")
-        else:
-            train_data = train_data or from_audio(data, DEFAULT)
-            tracker = MLflowTracker("silencio-demo", run_name=f"demo-{name}")
-            try:
-                res = fit(mcfg, tcfg, train_data, ckpt.parent, tracker=tracker)
-            except BaseException:
-                tracker.end("FAILED")
-                raise
-            tracker.end()
-            sc = f"; held-out soundscapes {res.soundscape['macro_roc_auc']:.3f}" if res.soundscape else ""
-            print(
-                f"      {name}: validation macro ROC-AUC {res.best_val_roc_auc:.3f}{sc} "
-                f"(MLflow run {res.run_id})"
-            )
-            summary[f"member_{name}"] = {"val": res.best_val_roc_auc, "soundscape": res.soundscape}
-        out[name] = ckpt
-    head = work / "members" / "birdnet_head" / "head.npz"
-    if head.exists():
-        print(f"      birdnet_head: reusing {head}")
-    else:
-        tracker = MLflowTracker("silencio-demo", run_name="demo-birdnet_head")
-        try:
-            r = train_birdnet_head(data, head.parent, epochs=100 if args.quick else 400, tracker=tracker)
-        finally:
-            tracker.end()
-        print(f"      birdnet_head: validation macro ROC-AUC {r['val'].get('val_roc_auc', float('nan')):.3f}")  # type: ignore[union-attr]
-    out["birdnet_head"] = head
+        t0 = time.time()
+        res = train_member(source, mcfg, tcfg, work / "members" / name, tracking=_tracking(name), reuse=True)
+        sc = f"; held-out soundscapes {res.soundscape['macro_roc_auc']:.3f}" if res.soundscape else ""
+        again = "reusing: " if _reused(work / "members" / name, t0) else ""
+        print(
+            f"      {name}: {again}validation macro ROC-AUC {res.best_val_roc_auc:.3f}{sc} "
+            f"({res.best_epoch} of {tcfg.epochs} epochs; MLflow run {res.run_id})"
+        )
+        summary[f"member_{name}"] = {"val": res.best_val_roc_auc, "soundscape": res.soundscape}
+        out[name] = res.checkpoint
+    t0 = time.time()
+    head = train_embedding_head(
+        data,
+        work / "members" / "birdnet_head",
+        seed=args.seed,
+        epochs=100 if args.quick else 400,
+        tracking=_tracking("birdnet_head"),
+        reuse=True,
+    )
+    again = "reusing: " if _reused(work / "members" / "birdnet_head", t0) else ""
+    sc = f"; held-out soundscapes {head.soundscape['macro_roc_auc']:.3f}" if head.soundscape else ""
+    print(f"      birdnet_head: {again}validation macro ROC-AUC {head.val_roc_auc:.3f}{sc}")
+    summary["member_birdnet_head"] = {"val": head.val_roc_auc, "soundscape": head.soundscape}
+    out["birdnet_head"] = head.head
     return out
 
 
-def _ensemble(data: Path, work: Path, members: dict[str, Path], summary: dict[str, Any]) -> Path:
-    from training.bundle import build_ensemble
-    from training.tracking import MLflowTracker
+def _ensemble(
+    args: argparse.Namespace, data: Path, work: Path, members: dict[str, Path], summary: dict[str, Any]
+) -> Path:
+    from training.pipeline import build_ensemble_package
 
-    pkg = work / "ensemble"
     _step(5, "the ensemble package (weights fitted on validation windows)")
-    if (pkg / "package.json").exists() and (pkg / "report").exists():
-        print(f"      reusing {pkg}")
-        man = json.loads((pkg / "package.json").read_text())
-    else:
-        tracker = MLflowTracker("silencio-demo", run_name="demo-ensemble")
-        try:
-            build_ensemble(
-                data,
-                pkg,
-                checkpoints=[members["resnet50"], members["cnn14_sed"]],
-                birdnet_head=members["birdnet_head"],
-                tracker=tracker,
-                trials=60,
-            )
-            tracker.register("silencio-ensemble", "model", alias="candidate")
-        finally:
-            tracker.end()
-        man = json.loads((pkg / "package.json").read_text())
-    w = ", ".join(f"{m['name']} {m['weight']:.2f}" for m in man["members"])
-    print(f"      weights: {w}; validation macro ROC-AUC {man['weights_fit']['val_roc_auc']:.3f}")
-    if "soundscape" in man:
-        print(f"      held-out soundscapes: ensemble macro ROC-AUC {man['soundscape']['macro_roc_auc']:.3f}")
-        summary["ensemble_soundscape_roc_auc"] = man["soundscape"]["macro_roc_auc"]
-    return pkg
+    t0 = time.time()
+    res = build_ensemble_package(
+        data,
+        work / "ensemble",
+        checkpoints=[members["resnet50"], members["cnn14_sed"]],
+        birdnet_head=members["birdnet_head"],
+        seed=args.seed,
+        trials=60,
+        tracking=_tracking("ensemble"),
+        reuse=True,
+    )
+    if _reused(work / "ensemble", t0):
+        print(f"      reusing {res.package}")
+    w = ", ".join(f"{n} {v:.2f}" for n, v in res.weights.items())
+    print(f"      weights: {w}; validation macro ROC-AUC {res.val_roc_auc:.3f}")
+    summary["ensemble_val_roc_auc"] = res.val_roc_auc
+    summary["ensemble_weights"] = dict(res.weights)
+    if res.soundscape:
+        print(f"      held-out soundscapes: ensemble macro ROC-AUC {res.soundscape['macro_roc_auc']:.3f}")
+        summary["ensemble_soundscape_roc_auc"] = res.soundscape["macro_roc_auc"]
+    return res.package
 
 
 def _student(args: argparse.Namespace, data: Path, work: Path, ens: Path, summary: dict[str, Any]) -> Path:
-    from training.distill import DistillConfig, PseudoConfig, distill
-    from training.loop import TrainConfig
+    from training.distill import DistillConfig, PseudoConfig
     from training.models import member_config
-    from training.tracking import MLflowTracker
+    from training.pipeline import distill_student
 
     _step(6, "distilling the edge student from the ensemble (+ pseudo-labelled unlabelled soundscapes)")
-    ckpt = work / "student" / "round1" / "model.pt"
-    if ckpt.exists():
-        print(f"      reusing {ckpt}")
-        return ckpt
     if args.quick:
         mcfg = member_config("student", timm_name="mobilenetv3_small_050", input_downsample=2)
-        tcfg = TrainConfig(epochs=1, batch_size=16)
     else:
         mcfg = member_config("student")
-        tcfg = TrainConfig(epochs=40, lr=2e-3, patience=12, max_minutes=args.minutes)
-    tracker = MLflowTracker("silencio-demo", run_name="demo-student")
-    try:
-        res = distill(
-            data,
-            ens,
-            work / "student",
-            mcfg=mcfg,
-            tcfg=tcfg,
-            dcfg=DistillConfig(pseudo=PseudoConfig()),
-            tracker=tracker,
-        )
-    finally:
-        tracker.end()
-    r = res["rounds"][-1]
+    t0 = time.time()
+    res = distill_student(
+        data,
+        ens,
+        work / "student",
+        mcfg=mcfg,
+        tcfg=_train_config(args, student=True),
+        dcfg=DistillConfig(pseudo=PseudoConfig()),
+        tracking=_tracking("student"),
+        reuse=True,
+    )
+    if _reused(work / "student", t0):
+        print(f"      reusing {res.checkpoint}")
+    r = res.rounds[-1]
     sc = f"; held-out soundscapes {r['soundscape']['macro_roc_auc']:.3f}" if r.get("soundscape") else ""
     print(
         f"      student: validation macro ROC-AUC {r['best_val_roc_auc']:.3f}{sc}; "
         f"pseudo-labelled windows kept {r.get('pseudo_windows', 0)}/{r.get('unlabelled_windows', 0)}"
     )
-    summary["student"] = r
-    return ckpt
+    summary["student"] = dict(r)
+    return res.checkpoint
 
 
-def _export(data: Path, work: Path, student: Path, summary: dict[str, Any]) -> Path:
-    from shared_features import DEFAULT, log_mel
-    from training.bundle import windows_of
-    from training.data import from_audio
-    from training.export import ExportError, export_edge
+def _export(args: argparse.Namespace, data: Path, work: Path, student: Path, summary: dict[str, Any]) -> Path:
+    """Edge packages, the gate (no production model yet: judged on its own) and the release."""
+    from training.gate import EdgeModel, FeedbackSet, heldout_from_dataset
+    from training.pipeline import export_edge_packages, gate, make_release
 
-    _step(7, "edge packages: ONNX fp32 (parity vs PyTorch) and int8 (checked against fp32)")
-    out = work / "edge_packages"
-    if (out / "onnx-fp32" / "package.json").exists():
-        print(f"      reusing {out}")
+    _step(7, "edge packages: ONNX fp32 (parity vs PyTorch) and int8 (checked against fp32); gate; release")
+    t0 = time.time()
+    with ticking("exporting, quantising and checking the edge packages"):
+        exp = export_edge_packages(
+            student,
+            data,
+            work / "edge_packages",
+            name="silencio-demo-edge",
+            seed=args.seed,
+            tracking=_tracking("edge-export"),
+            reuse=True,
+        )
+    if _reused(work / "edge_packages", t0):
+        print(f"      reusing {work / 'edge_packages'}")
+    for fmt, why in exp.refused.items():
+        print(f"      {fmt}: not published — {why}")
+    for fmt, path in exp.packages.items():
+        man = json.loads((path / "package.json").read_text())
+        v = man["validation"].get("vs_fp32")
+        extra = f", top-1 agreement with fp32 {v['top1_agreement']:.3f}" if v else ""
+        print(f"      {fmt}: {man['members'][0]['bytes'] / 1e6:.2f} MB{extra}")
+    summary["edge_package"] = str(exp.chosen)
+    candidate = EdgeModel(exp.chosen)
+    if (data / "soundscape_solution.csv").exists():
+        with ticking("scoring the candidate on the held-out soundscapes"):
+            decision = gate(
+                candidate,
+                None,
+                heldout_from_dataset(data),
+                FeedbackSet("no verdicts yet", ()),
+                work / "gate",
+                registry=exp.registered,
+                tracking=_tracking("gate"),
+            )
+        print(
+            f"      gate: {decision.reason}; edge model on the held-out soundscapes: macro ROC-AUC "
+            f"{decision.candidate.heldout_macro_roc_auc:.3f}"
+            + (f"; {decision.alias_moved}" if decision.alias_moved else "")
+        )
+        summary["edge_soundscape_roc_auc"] = decision.candidate.heldout_macro_roc_auc
     else:
-        d = from_audio(data, DEFAULT, soundscapes=False)
-        xt, _ = windows_of(d.train)
-        xv, yv = windows_of(d.val)
-        from training.export_cli import calibration_windows
-
-        ft, fv = log_mel(calibration_windows(data, xt)), log_mel(xv)
-        for fmt in ("onnx-fp32", "onnx-int8"):
-            try:
-                export_edge(
-                    student,
-                    out,
-                    parity=fv[:8],
-                    calibration=ft,
-                    check=fv,
-                    check_targets=yv,
-                    name="silencio-demo-edge",
-                    version=time.strftime("%Y%m%d%H%M%S"),
-                    formats=(fmt,),
-                )
-            except ExportError as exc:  # refused honestly; the fp32 package is used instead
-                print(f"      {fmt}: not published — {exc}")
-    for fmt in ("onnx-fp32", "onnx-int8"):
-        mf = out / fmt / "package.json"
-        if mf.exists():
-            man = json.loads(mf.read_text())
-            v = man["validation"].get("vs_fp32")
-            extra = f", top-1 agreement with fp32 {v['top1_agreement']:.3f}" if v else ""
-            print(f"      {fmt}: {man['members'][0]['bytes'] / 1e6:.2f} MB{extra}")
-    chosen = out / "onnx-int8" if (out / "onnx-int8" / "package.json").exists() else out / "onnx-fp32"
-    summary["edge_package"] = str(chosen)
-    return chosen
+        decision = None
+    rel = make_release(
+        exp.chosen,
+        work / "releases",
+        decision=decision,
+        source_runs={"edge_export": exp.run_id, "gate": decision.run_id if decision else None},
+        tracking=_tracking("release"),
+    )
+    print(f"      release {rel.name} {rel.version}: {rel.archive} (sha256 {rel.sha256[:12]}…)")
+    summary["release"] = str(rel.directory)
+    return rel.directory
 
 
-def _serve(
-    args: argparse.Namespace, work: Path, ens: Path, edge_pkg: Path
-) -> tuple[Any, str, dict[str, str]]:
-    import httpx
+def _serve(args: argparse.Namespace, work: Path, ens: Path, release: Path) -> tuple[Any, str, dict[str, str]]:
 
     from cloud.service import Cloud
     from cloud.settings import CloudSettings
@@ -354,7 +486,7 @@ def _serve(
         }
         tokens_file.write_text(json.dumps(tokens))
         tokens_file.chmod(0o600)
-    rel = cloud.publish_release(edge_pkg)
+    rel = cloud.publish_release(release)  # package/, thresholds.json, release.json: signed as one archive
     cloud.store.close()
     print(f"      release {rel['version']} ({rel['format']}, {rel['bytes'] / 1e6:.2f} MB)")
     port = args.port or _free_port()
@@ -363,20 +495,28 @@ def _serve(
     logf = open(work / "service.log", "w")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        if proc.poll() is not None:
-            raise RuntimeError(f"the service exited (code {proc.returncode}); see {work / 'service.log'}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    else:
+    with ticking("waiting for the service to load the ensemble"):
+        ready = _wait_ready(proc, url, work)
+    if not ready:
         _stop(proc)
         raise RuntimeError(f"the service did not become ready; see {work / 'service.log'}")
     print(f"      {url} (OpenAPI: {url}/docs), log {work / 'service.log'}")
     return proc, url, tokens
+
+
+def _wait_ready(proc: Any, url: str, work: Path, seconds: int = 240) -> bool:
+    import httpx
+
+    for _ in range(seconds):
+        if proc.poll() is not None:
+            raise RuntimeError(f"the service exited (code {proc.returncode}); see {work / 'service.log'}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    return False
 
 
 def _edge(
@@ -389,6 +529,7 @@ def _edge(
 ) -> None:
     import httpx
 
+    from cloud.signing import load_key
     from edge.agent import Agent
     from edge.capture import FileSource
     from edge.detector import PackageScorer
@@ -405,24 +546,30 @@ def _edge(
         guide="Demo guide",
         location="El Silencio (synthetic)" if args.data is None else "replay",
     )
-    from edge.store import EdgeStore
+    from edge.store import open_store
 
-    store = EdgeStore(s.db_path)
+    store = open_store(s.db_path)
     client = SyncClient(store, url, tokens["device"], timeout=60)
-    upd = check_and_update(client, store, s.model_dir, None)
+    # the device pins the cloud's release public key (created when step 8 signed the release), as
+    # `silencio edge enroll --release-key KEY` does on a real device
+    key = load_key(work / "cloud_home")
+    upd = check_and_update(client, store, s.model_dir, None, release_key=key.public_key if key else None)
     print(f"      model update: {'installed ' + upd['version'] if upd['updated'] else upd['reason']}")
     scape = _replay_file(data)
-    agent = Agent(s, store=store, scorer=PackageScorer(Path(store.active_model()["path"])), seed=0)
+    agent = Agent(s, store=store, scorer=PackageScorer(Path(store.active_model().path)), seed=0)
     tour = agent.start_tour()
     if sys.stdout.isatty() and not args.no_tui and not args.quick:
-        from edge.tui import make_app
+        from edge.tui import run_tui
 
         print("      opening the TUI (q to quit when the replay is done) …", flush=True)
-        make_app(s, file=scape, agent=agent, realtime=True).run()
+        run_tui(s, file=scape, agent=agent, realtime=True)
     else:
+        shown: list[dict[str, Any]] = []
+        summary["detections"] = shown
 
         def show(ev: Any, info: dict[str, Any]) -> None:
             sp = ev.species
+            shown.append({"start": ev.start, "code": sp.code, "confidence": round(float(ev.confidence), 4)})
             print(
                 f"      {ev.start:5.1f}s {ev.band:9s} {ev.confidence:.2f} {sp.code:9s} {sp.common_name} "
                 f"({sp.scientific_name}, {sp.taxon_class})",
@@ -430,12 +577,15 @@ def _edge(
             )
 
         agent.on_detection = show
-        agent.run(FileSource(scape))
+        with ticking(f"replaying {scape.name}"):
+            agent.run(FileSource(scape))
     agent.end_tour()
-    rep = client.run()
+    with ticking("syncing (the ensemble re-scores every uploaded clip)"):
+        rep = client.run()
     print(
         f"      sync: {rep.detections} detections, {rep.clips} clips, {rep.confirmations} confirmations back"
     )
+    summary["sync"] = {"detections": rep.detections, "clips": rep.clips, "confirmations": rep.confirmations}
     client.close()
     _step(10, "the cloud's tour report against the soundscape's ground truth")
     r = httpx.get(
@@ -448,7 +598,7 @@ def _edge(
     confirmed = {x["code"] for x in r["species"] if x["confirmed"]}
     truth = _truth_species(data, scape)
     labels = LabelSpace.from_dict(
-        json.loads((Path(store.active_model()["path"]) / "package.json").read_text())["labels"]
+        json.loads((Path(store.active_model().path) / "package.json").read_text())["labels"]
     )
     print(
         f"      tour {tour}: {r['species_heard']} species heard, "
@@ -469,7 +619,13 @@ def _edge(
                 f"        {mark:18s} {code:9s} {sp.common_name} "
                 f"({sp.scientific_name}, {sp.taxon_class}){conf}"
             )
-        summary["tour"] = {"truth": sorted(truth), "heard": sorted(heard), "confirmed": sorted(confirmed)}
+        summary["tour"] = {
+            "truth": sorted(truth),
+            "heard": sorted(heard),
+            "confirmed": sorted(confirmed),
+            "recall": len(tp) / max(1, len(truth)),
+            "precision": len(tp) / max(1, len(heard)),
+        }
     summary["edge_db"] = str(s.db_path)
     summary["cloud_db"] = str(work / "cloud_home" / "cloud" / "cloud.db")
 
@@ -533,22 +689,26 @@ def _stop(proc: Any) -> None:
 def _tail(work: Path, summary: dict[str, Any]) -> None:
     from training.tracking import tracking_uri
 
-    print("\nwhere to look next:")
+    cli = silencio_command()
+    print("\nwhere to look next (commands as printed work from this directory):")
     print(
-        f"  mlflow ui --backend-store-uri {tracking_uri()}    (runs, metrics, registry; http://127.0.0.1:5000)"
+        f"  {_tool('mlflow')} ui --backend-store-uri {tracking_uri()}    "
+        "(runs, metrics, registry; http://127.0.0.1:5000)"
     )
     print(
-        f"  SILENCIO_HOME={work / 'cloud_home'} silencio cloud serve --model {work / 'ensemble'}"
+        f"  SILENCIO_HOME={work / 'cloud_home'} {cli} cloud serve --model {work / 'ensemble'}"
         "    (the service again)"
     )
     print(
         f"  reports: {work / 'ensemble' / 'report' / 'report.md'}, {work / 'student'}, "
         f"{work / 'baseline' / 'report.md'}"
     )
+    if "release" in summary:
+        print(f"  edge release: {summary['release']} (release.json, thresholds.json, package/)")
     if "edge_db" in summary:
         print(
             f"  edge database: {summary['edge_db']}  "
-            f"(SILENCIO_HOME={work / 'edge_home'} silencio edge status|tours|export)"
+            f"(SILENCIO_HOME={work / 'edge_home'} {cli} edge status|tours|export)"
         )
         print(f"  cloud database: {summary['cloud_db']}")
     print(f"  summary: {work / 'demo_summary.json'}")

@@ -30,10 +30,26 @@ class EmbeddingModel(Protocol):
     def predict_windows(self, windows: np.ndarray, cfg: FeatureConfig = ..., batch: int = ...) -> object: ...
 
 
-def embed(model: object, windows: np.ndarray, cfg: FeatureConfig = DEFAULT, batch: int = 8) -> np.ndarray:
-    """``[n, window_samples]`` → ``[n, 1024]`` float32 embeddings."""
-    out = model.predict_windows(windows, cfg, batch)
-    return np.asarray(out.embeddings, np.float32)
+def embed(
+    model: object,
+    windows: np.ndarray,
+    cfg: FeatureConfig = DEFAULT,
+    batch: int = 8,
+    *,
+    desc: str | None = None,
+    chunk: int = 8,
+) -> np.ndarray:
+    """``[n, window_samples]`` → ``[n, 1024]`` float32 embeddings; with ``desc``, a progress bar
+    (the windows go through the model ``chunk`` at a time; each window's embedding is its own)."""
+    from tqdm import tqdm
+
+    parts = []
+    for i in tqdm(
+        range(0, len(windows), chunk), desc=desc, disable=desc is None, unit="chunk", mininterval=1.0
+    ):
+        out = model.predict_windows(windows[i : i + chunk], cfg, batch)  # type: ignore[attr-defined]
+        parts.append(np.asarray(out.embeddings, np.float32))
+    return np.concatenate(parts) if parts else np.zeros((0, 1024), np.float32)
 
 
 def fit_head(
@@ -46,17 +62,29 @@ def fit_head(
     lr: float = 1e-2,
     weight_decay: float = 1e-3,
     seed: int = 0,
+    init: EmbeddingHead | None = None,
 ) -> tuple[EmbeddingHead, dict[str, float]]:
-    """Full-batch AdamW logistic regression with early stopping on the validation macro ROC-AUC."""
+    """Full-batch AdamW logistic regression with early stopping on the validation macro ROC-AUC.
+    ``init``: continue from that head (its weights *and* its embedding standardisation, so the
+    weights keep their meaning); its label space must be ``labels``."""
     if emb.shape[0] != targets.shape[0] or targets.shape[1] != len(labels):
         raise TrainingError(
             f"embeddings {emb.shape} and targets {targets.shape} do not match {len(labels)} species"
         )
     torch.manual_seed(seed)
-    mean, std = emb.mean(axis=0), emb.std(axis=0) + 1e-6
+    if init is not None:
+        if init.labels != labels or init.weight.shape != (emb.shape[1], len(labels)):
+            raise TrainingError("the head to continue from has another label space or embedding size")
+        mean, std = np.asarray(init.mean, np.float32), np.asarray(init.std, np.float32)
+    else:
+        mean, std = emb.mean(axis=0), emb.std(axis=0) + 1e-6
     x = torch.from_numpy((emb - mean) / std).float()
     y = torch.from_numpy(np.asarray(targets, np.float32))
     lin = torch.nn.Linear(x.shape[1], y.shape[1])
+    if init is not None:
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(np.asarray(init.weight, np.float32).T))
+            lin.bias.copy_(torch.from_numpy(np.asarray(init.bias, np.float32)))
     opt = torch.optim.AdamW(lin.parameters(), lr=lr, weight_decay=weight_decay)
     best, best_state, history = -1.0, None, {}
     for epoch in range(epochs):
@@ -97,9 +125,12 @@ def train_birdnet_head(
     epochs: int = 400,
     tracker: Tracker | None = None,
     embedder: object | None = None,
+    progress: bool = True,
+    init_from: Path | None = None,
 ) -> dict[str, object]:
     """Embed the dataset's train / validation windows (and labelled soundscapes) with BirdNET, fit
-    the head (early stopping on validation), save ``head.npz`` and, with soundscape truth, a report."""
+    the head (early stopping on validation; from ``init_from``'s head when given), save
+    ``head.npz`` and, with soundscape truth, a report."""
     from shared_features.birdnet import BirdNET
     from training.data import from_audio, soundscape_waveforms
     from training.dataset import BirdCLEFDataset, write_solution_csv
@@ -115,7 +146,9 @@ def train_birdnet_head(
     def waves(ds: object) -> np.ndarray:
         return np.stack([ds[i][0].numpy() for i in range(len(ds))])  # type: ignore[index, arg-type]
 
-    x_tr, x_va = embed(bn, waves(data.train)), embed(bn, waves(data.val))
+    tag = "birdnet" if embedder is None else str(getattr(bn, "name", "embeddings"))
+    x_tr = embed(bn, waves(data.train), desc=f"{tag} train windows" if progress else None)
+    x_va = embed(bn, waves(data.val), desc=f"{tag} validation windows" if progress else None)
     head, hist = fit_head(
         x_tr,
         data.train.target_matrix(),
@@ -123,6 +156,7 @@ def train_birdnet_head(
         val=(x_va, data.val.target_matrix()),
         epochs=epochs,
         seed=seed,
+        init=EmbeddingHead.load(Path(init_from)) if init_from is not None else None,
     )
     head.embedder = str(getattr(bn, "name", head.embedder))
     head.save(out_dir / "head.npz")
@@ -133,6 +167,7 @@ def train_birdnet_head(
             "data": data.description,
             "dataset_fingerprint": data.dataset_fingerprint,
             "epochs": epochs,
+            "init_from": str(init_from or ""),
         }
     )
     tracker.log_metrics({"best_val_roc_auc": hist.get("val_roc_auc", float("nan"))})
@@ -140,7 +175,7 @@ def train_birdnet_head(
     truth = Path(data_dir) / "soundscape_solution.csv"
     if truth.exists():
         want, waves = soundscape_waveforms(BirdCLEFDataset.load(data_dir), truth)
-        probs = head.predict(embed(bn, waves))
+        probs = head.predict(embed(bn, waves, desc=f"{tag} soundscape windows" if progress else None))
         pred = out_dir / "report" / "soundscape_predictions.csv"
         write_solution_csv(pred, want, probs, data.labels)
         rep = write_report(

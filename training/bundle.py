@@ -50,14 +50,24 @@ def windows_of(ds: Any) -> tuple[np.ndarray, np.ndarray]:
     return waveforms(ds, range(len(ds))), np.asarray(ds.target_matrix(), np.float32)
 
 
-def score_windows(pkg: ModelPackage, ds: Any, batch: int = 256) -> tuple[Any, np.ndarray]:
+def score_windows(
+    pkg: ModelPackage, ds: Any, desc: str | None = None, batch: int = 256
+) -> tuple[Any, np.ndarray]:
     """The package's :class:`~shared_features.package.Scores` of every window of ``ds`` and their
-    ``[n, C]`` targets, decoding ``batch`` windows at a time (bounded memory)."""
-    from shared_features.package import Scores
-
+    ``[n, C]`` targets, decoding ``batch`` windows at a time (bounded memory: a BirdCLEF-sized
+    split's audio does not fit), with a progress bar when ``desc`` is given."""
     if len(ds) == 0:
         raise TrainingError("no windows in this split")
-    parts = [pkg.predict(waveforms(ds, range(i, min(i + batch, len(ds))))) for i in range(0, len(ds), batch)]
+    from tqdm import tqdm
+
+    from shared_features.package import Scores
+
+    parts = []
+    with tqdm(total=len(ds), desc=desc, disable=desc is None, unit="window", mininterval=1.0) as bar:
+        for i in range(0, len(ds), batch):
+            x = waveforms(ds, range(i, min(i + batch, len(ds))))
+            parts.append(pkg.predict(x))
+            bar.update(len(x))
     members = {k: np.concatenate([p.members[k] for p in parts]) for k in parts[0].members}
     scores = Scores(np.concatenate([p.probs for p in parts]), members, parts[0].known)
     return scores, np.asarray(ds.target_matrix(), np.float32)
@@ -76,6 +86,7 @@ def build_ensemble(
     trials: int = 200,
     tracker: Tracker | None = None,
     threads: int = 2,
+    progress: bool = True,
 ) -> EnsembleResult:
     from training.data import from_audio, soundscape_waveforms
     from training.dataset import BirdCLEFDataset, read_solution_csv
@@ -125,11 +136,19 @@ def build_ensemble(
                 log.warning("BirdNET knows none of the %d species: zero-shot member left out", len(labels))
         write_package(Path(out), kind="ensemble", name=name, version=version, labels=labels, members=members)
     pkg = load_package(out, threads=threads)
-    val, yv = score_windows(pkg, data.val)
+    val, yv = score_windows(pkg, data.val, "ensemble: validation windows" if progress else None)
     names = [m.name for m in pkg.members]
-    fw = fit_weights(
-        yv, [val.members[n] for n in names], [val.known[n] for n in names], trials=trials, seed=seed
-    )
+    from training.progress import bar
+
+    with bar("ensemble: fitting weights", unit="trial") as update:
+        fw = fit_weights(
+            yv,
+            [val.members[n] for n in names],
+            [val.known[n] for n in names],
+            trials=trials,
+            seed=seed,
+            progress=update if progress else None,
+        )
     weights = dict(zip(names, fw.weights))
     member_val = dict(zip(names, fw.member_val_roc_auc))
     fit_info = {
@@ -146,9 +165,14 @@ def build_ensemble(
     result = EnsembleResult(Path(out), weights, fw.val_roc_auc, member_val)
     truth = Path(data_dir) / "soundscape_solution.csv"
     if truth.exists():
-        pkg = load_package(out, threads=threads)
+        from shared_features.ensemble import combine
+
+        final = load_package(out, threads=threads)  # with the fitted weights (runtimes load lazily)
         ids, waves = soundscape_waveforms(BirdCLEFDataset.load(data_dir), truth)
-        s = pkg.predict(waves)
+        # the members' scores from the runtimes already loaded, combined as ``final`` combines them
+        s = predict_windows(pkg, waves, "ensemble: held-out soundscape windows" if progress else None)
+        s.probs = combine([s.members[n] for n in names], [s.known[n] for n in names], final.weights)
+        pkg = final
         _, _, ys = read_solution_csv(truth, labels)
         per = {n: birdclef_roc_auc(ys, s.members[n]) for n in names}
         result.soundscape = {
@@ -174,6 +198,28 @@ def build_ensemble(
     tracker.log_artifact(Path(out), "model")
     log.info("ensemble %s: weights %s, validation macro ROC-AUC %.4f", out, weights, fw.val_roc_auc)
     return result
+
+
+def predict_windows(pkg: ModelPackage, windows: np.ndarray, desc: str | None, chunk: int = 8) -> Any:
+    """``pkg.predict`` ``chunk`` windows at a time (each window's scores are its own), with a
+    progress bar when ``desc`` is given; returns one :class:`shared_features.package.Scores`."""
+    from tqdm import tqdm
+
+    from shared_features.package import Scores
+
+    parts = [
+        pkg.predict(windows[i : i + chunk])
+        for i in tqdm(
+            range(0, len(windows), chunk), desc=desc, disable=desc is None, unit="chunk", mininterval=1.0
+        )
+    ]
+    if not parts:
+        return pkg.predict(windows)
+    return Scores(
+        np.concatenate([p.probs for p in parts]),
+        {n: np.concatenate([p.members[n] for p in parts]) for n in parts[0].members},
+        parts[0].known,
+    )
 
 
 def _uniform(s: Any, names: list[str]) -> np.ndarray:

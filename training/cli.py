@@ -15,22 +15,9 @@ USER_ERRORS: tuple[type[BaseException], ...] = (TrainingError, FileExistsError)
 
 
 def _bar(desc: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
-    from tqdm import tqdm
+    from training.progress import progress_bar
 
-    state: dict[str, Any] = {}
-
-    def update(done: int, total: int) -> None:
-        if "bar" not in state:
-            state["bar"] = tqdm(total=total, desc=desc, unit="file", dynamic_ncols=True, mininterval=0.5)
-        bar = state["bar"]
-        bar.total = total
-        bar.update(done - bar.n)
-
-    def close() -> None:
-        if "bar" in state:
-            state["bar"].close()
-
-    return update, close
+    return progress_bar(desc)
 
 
 def register(sub: Any) -> None:

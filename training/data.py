@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -72,15 +72,23 @@ class AudioWindows(Dataset):  # type: ignore[type-arg]
         secondary_weight: float = 0.5,
         cache_bytes: int = 2 << 30,
         int16: bool = False,
+        min_snr_db: float | None = None,
     ) -> None:
         from shared_features import audio_info, count_windows
+        from shared_features.windows import window_activity
 
         self.ds, self.cfg = ds, cfg
         self.int16 = int16  # keep and return 16-bit PCM: half the memory and host→GPU traffic
         self.items: list[tuple[Recording, int]] = []
         for r in recordings:
-            n = round(audio_info(ds.audio_path(r)).duration * cfg.sample_rate)
-            self.items += [(r, w) for w in range(count_windows(n, cfg))]
+            if min_snr_db is None:
+                n = round(audio_info(ds.audio_path(r)).duration * cfg.sample_rate)
+                self.items += [(r, w) for w in range(count_windows(n, cfg))]
+            else:  # the feature cache's rule (etl.py): the window's SNR rounded to 0.01 dB
+                wins, _ = frame_windows(load_audio(ds.audio_path(r), cfg), cfg)
+                self.items += [
+                    (r, w) for w, x in enumerate(wins) if round(window_activity(x)[1], 2) >= min_snr_db
+                ]
         self.targets = {
             r.filename: ds.labels.encode(r.primary_label, r.secondary_labels, secondary_weight)
             for r in recordings
@@ -131,6 +139,86 @@ class TrainData:
     dataset_fingerprint: str
     description: str
     soundscapes: SoundscapeSet | None = None
+
+
+SUBSETS = ("all", "initial", "new")
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where training windows come from: a feature cache (``silencio data prepare``) *or* a dataset
+    directory in the BirdCLEF layout (decoded on the fly, log-mel on the training device), and
+    which part of the time-ordered split (``all``, ``initial``, ``new``). With ``int16`` the audio
+    windows travel as 16-bit PCM (half the host→device traffic; audio only)."""
+
+    cache: Path | None = None
+    data_dir: Path | None = None
+    subset: str = "all"
+    int16: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.cache is None) == (self.data_dir is None):
+            raise TrainingError("give exactly one of a feature cache or a dataset directory")
+        if self.subset not in SUBSETS:
+            raise TrainingError(f"subset must be one of {SUBSETS}, got {self.subset!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, with absolute paths (a Ray worker or a scheduler reads the same files)."""
+        return {
+            "cache": str(Path(self.cache).resolve()) if self.cache is not None else None,
+            "data_dir": str(Path(self.data_dir).resolve()) if self.data_dir is not None else None,
+            "subset": self.subset,
+            "int16": self.int16,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DataSource:
+        return cls(
+            cache=Path(d["cache"]) if d.get("cache") else None,
+            data_dir=Path(d["data_dir"]) if d.get("data_dir") else None,
+            subset=str(d.get("subset", "all")),
+            int16=bool(d.get("int16", False)),
+        )
+
+
+def select_data(
+    source: DataSource,
+    feature_cfg: FeatureConfig,
+    *,
+    seed: int = 0,
+    secondary_weight: float = 0.5,
+    min_snr_db: float | None = None,
+    soundscapes: bool = True,
+) -> TrainData:
+    """The one data selection of every training run, local or on Ray: the grouped, stratified
+    split of ``seed`` (within ``source.subset``), training targets with secondary labels at
+    ``secondary_weight``, training windows below ``min_snr_db`` dropped (validation keeps every
+    window and scores primary labels only), and — with ``soundscapes`` and truth — the held-out
+    labelled soundscape windows for the final report. Callers pass the fields of their
+    :class:`~training.loop.TrainConfig`, so two runs of one config select identical windows."""
+    if source.cache is not None:
+        if source.int16:
+            raise TrainingError("int16 applies to training from audio, not from a feature cache")
+        return from_cache(
+            source.cache,
+            seed=seed,
+            subset=source.subset,
+            secondary_weight=secondary_weight,
+            min_snr_db=min_snr_db,
+            feature_cfg=feature_cfg,
+            soundscapes=soundscapes,
+        )
+    assert source.data_dir is not None
+    return from_audio(
+        source.data_dir,
+        feature_cfg,
+        seed=seed,
+        subset=source.subset,
+        secondary_weight=secondary_weight,
+        min_snr_db=min_snr_db,
+        soundscapes=soundscapes,
+        int16=source.int16,
+    )
 
 
 def recording_splits(ds: BirdCLEFDataset, seed: int = 0, subset: str = "all") -> dict[str, str]:
@@ -193,7 +281,9 @@ def from_cache(
     secondary_weight: float = 0.5,
     min_snr_db: float | None = None,
     feature_cfg: FeatureConfig | None = None,
+    soundscapes: bool = True,
 ) -> TrainData:
+    """Training windows of a feature cache (prefer :func:`select_data`)."""
     cache = FeatureCache(cache_dir, feature_cfg)
     ds = BirdCLEFDataset.load(cache.manifest["dataset"])
     split = recording_splits(ds, seed, subset)
@@ -207,7 +297,11 @@ def from_cache(
         if s in rows:
             rows[s].append(i)
     truth = Path(cache.manifest["dataset"]) / "soundscape_solution.csv"
-    scapes = load_soundscapes(cache, truth) if truth.exists() and cache.rows("soundscape") else None
+    scapes = (
+        load_soundscapes(cache, truth)
+        if soundscapes and truth.exists() and cache.rows("soundscape")
+        else None
+    )
     return TrainData(
         CachedWindows(cache, rows["train"], cache.labels, secondary_weight),
         CachedWindows(cache, rows["val"], cache.labels, 0.0),
@@ -226,15 +320,16 @@ def from_audio(
     seed: int = 0,
     subset: str = "all",
     secondary_weight: float = 0.5,
+    min_snr_db: float | None = None,
     soundscapes: bool = True,
     int16: bool = False,
 ) -> TrainData:
-    """Training windows straight from audio; with ``soundscapes`` (and truth), the held-out
-    labelled soundscape windows as features for the final report."""
+    """Training windows straight from audio (prefer :func:`select_data`); with ``soundscapes``
+    (and truth), the held-out labelled soundscape windows as features for the final report."""
     ds = BirdCLEFDataset.load(root)
     split = recording_splits(ds, seed, subset)
     recs = {s: [r for r in ds.recordings if split.get(r.filename) == s] for s in ("train", "val")}
-    tr = AudioWindows(ds, recs["train"], feature_cfg, secondary_weight, int16=int16)
+    tr = AudioWindows(ds, recs["train"], feature_cfg, secondary_weight, int16=int16, min_snr_db=min_snr_db)
     va = AudioWindows(ds, recs["val"], feature_cfg, 0.0)
     scapes = None
     truth = Path(root) / "soundscape_solution.csv"

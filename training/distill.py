@@ -193,11 +193,15 @@ def distill(
     tracker: Tracker | None = None,
     device: str | None = None,
     progress: bool = True,
+    register: bool = True,
+    init_from: Path | None = None,
 ) -> dict[str, Any]:
     """Train the student from ``teacher`` (an ensemble package) on ``data_dir``; returns the
-    figures and the checkpoint (``out/round<k>/model.pt`` of the last round)."""
-    from training.data import from_audio
-    from training.loop import TrainConfig, fit, predict
+    figures and the checkpoint (``out/round<k>/model.pt`` of the last round). With ``register``,
+    the last round's model becomes ``silencio-student@candidate``; with ``init_from`` (a student
+    checkpoint, e.g. production's) every round continues from it instead of from scratch."""
+    from training.data import DataSource
+    from training.loop import TrainConfig, fit, predict, select_training_data
     from training.models.checkpoint import load_checkpoint
     from training.models.config import member_config
 
@@ -206,7 +210,7 @@ def distill(
     tcfg = tcfg or TrainConfig()
     out = Path(out)
     pkg = load_package(teacher, threads=max(1, torch.get_num_threads()))
-    data = from_audio(data_dir, DEFAULT, seed=tcfg.seed)
+    data = select_training_data(DataSource(data_dir=Path(data_dir)), mcfg, tcfg)
     if pkg.labels != data.labels:
         raise TrainingError(f"{teacher}: the teacher's label space differs from {data_dir}'s")
     cache = out / "teacher_cache"
@@ -250,8 +254,9 @@ def distill(
             out / f"round{r}",
             tracker=tracker,
             device=device,
+            init_from=init_from,
             progress=progress,
-            register=r == dcfg.pseudo.rounds,
+            register=register and r == dcfg.pseudo.rounds,
         )
         info.update(best_val_roc_auc=result.best_val_roc_auc, soundscape=result.soundscape)
         figures["rounds"].append(info)

@@ -7,7 +7,7 @@ uniform mix) followed by coordinate refinement. Ties go to the more uniform weig
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +31,10 @@ def fit_weights(
     known: Sequence[np.ndarray],
     trials: int = 200,
     seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> FittedWeights:
+    """The best weights of ``trials`` seeded candidates and 3 rounds of coordinate refinement;
+    ``progress(done, total)`` is called as candidates are scored. Deterministic for a seed."""
     m = len(probs)
     if m == 0:
         raise TrainingError("no members to ensemble")
@@ -44,14 +47,26 @@ def fit_weights(
     cands = [np.full(m, 1.0 / m), *np.eye(m)]
     rng = np.random.default_rng(seed)
     cands += list(rng.dirichlet(np.ones(m), size=max(0, trials - len(cands))))
+    total = len(cands) + 3 * m * 4
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
     best_w, best = cands[0], score(cands[0])
+    tick()
     for w in cands[1:]:
         s = score(w)
+        tick()
         if s > best + 1e-9:
             best_w, best = w, s
     for _ in range(3):  # coordinate refinement
         for i in range(m):
             for delta in (-0.1, -0.05, 0.05, 0.1):
+                tick()
                 w = best_w.copy()
                 w[i] = max(0.0, w[i] + delta)
                 if w.sum() == 0:

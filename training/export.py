@@ -39,7 +39,17 @@ from training.models.factory import AudioClassifier, merge_lora
 from training.package import write_package
 
 log = logging.getLogger(__name__)
-__all__ = ["ExportError", "PublishThresholds", "export_edge", "export_onnx", "quantize_int8", "sha256_file"]
+__all__ = [
+    "ExportError",
+    "PublishThresholds",
+    "calibration_windows",
+    "check_features",
+    "export_edge",
+    "export_edge_formats",
+    "export_onnx",
+    "quantize_int8",
+    "sha256_file",
+]
 
 
 class ExportError(TrainingError):
@@ -210,18 +220,56 @@ def export_edge(
     tolerance: float = 1e-4,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
+    """Every format of ``formats`` or none: :func:`export_edge_formats` with all of them required."""
+    manifests, _ = export_edge_formats(
+        ckpt,
+        out_root,
+        parity=parity,
+        calibration=calibration,
+        check=check,
+        check_targets=check_targets,
+        name=name,
+        version=version,
+        formats=formats,
+        required=formats,
+        thresholds=thresholds,
+        tolerance=tolerance,
+        extra=extra,
+    )
+    return manifests
+
+
+def export_edge_formats(
+    ckpt: Path,
+    out_root: Path,
+    *,
+    parity: np.ndarray,
+    calibration: np.ndarray,
+    check: np.ndarray,
+    check_targets: np.ndarray | None,
+    name: str = "silencio-edge",
+    version: str = "0",
+    formats: tuple[str, ...] = ("onnx-fp32", "onnx-int8"),
+    required: tuple[str, ...] = ("onnx-fp32",),
+    thresholds: PublishThresholds = PublishThresholds(),
+    tolerance: float = 1e-4,
+    extra: dict[str, Any] | None = None,
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Export ``ckpt`` as edge packages ``out_root/<format>/``; returns format → manifest.
 
     ``parity``: windows for the fp32 parity check; ``calibration``: windows for int8 calibration;
     ``check`` / ``check_targets``: held-out windows (and labels) on which each export is compared
-    with fp32. A format that fails its thresholds raises :class:`ExportError` and leaves nothing
-    under its directory."""
+    with fp32. A ``required`` format that fails its thresholds raises :class:`ExportError` and
+    nothing is published; another is refused (format → reason in the second return value) and
+    leaves nothing under its directory. Returns (format → manifest, format → refusal)."""
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
     unknown = set(formats) - {"onnx-fp32", "onnx-int8"}
     if unknown:
         raise ExportError(f"unknown export formats {sorted(unknown)} (TFLite: scripts/export_tflite.sh)")
+    required = tuple(f for f in required if f in formats)
     manifests: dict[str, dict[str, Any]] = {}
+    refused: dict[str, str] = {}
     with tempfile.TemporaryDirectory(dir=out_root) as tmp:
         fp32 = Path(tmp) / "model.onnx"
         info = export_onnx(ckpt, fp32, parity, tolerance=tolerance)
@@ -240,14 +288,24 @@ def export_edge(
                     cmp.get("roc_auc_drop", 0.0) > thresholds.max_roc_auc_drop
                 )
                 if bad:
-                    raise ExportError(
+                    why = (
                         f"{fmt} export of {ckpt} is worse than the thresholds on {len(check)} real "
                         f"windows: top-1 agreement {cmp['top1_agreement']:.3f} (min "
                         f"{thresholds.min_top1_agreement}), ROC-AUC drop {cmp.get('roc_auc_drop', 0):.4f} "
                         f"(max {thresholds.max_roc_auc_drop}); not published"
                     )
+                    if fmt in required:
+                        raise ExportError(why)
+                    refused[fmt] = why
+                    log.warning("%s", why)
+                    continue
             validations[fmt] = validation
         for fmt in formats:
+            if fmt in refused:
+                dest = out_root / fmt
+                if dest.exists():  # an older export of this format must not pass for this one
+                    shutil.rmtree(dest)
+                continue
             spec = MemberSpec(
                 name=info["member"],
                 runtime="onnx",
@@ -275,4 +333,50 @@ def export_edge(
                 },
             )
             log.info("edge package %s → %s", fmt, dest)
-    return manifests
+    return manifests, refused
+
+
+def calibration_windows(data_dir: Path, train_windows: Any, seed: int = 0, n: int = 256) -> np.ndarray:
+    """int8 calibration windows ``[m, window_samples]``: ``n`` training windows plus up to ``n``
+    windows of the unlabelled soundscapes — what the device will hear — when the dataset has any.
+    ``train_windows`` is an array or a window set (audio source), of which only the picked windows
+    are decoded (a BirdCLEF-sized training split's audio does not fit in memory)."""
+    from training.distill import FileWindows, unlabelled_soundscapes
+
+    if len(train_windows) == 0:
+        raise TrainingError("no training windows to calibrate the int8 export on")
+    rng = np.random.default_rng(seed)
+    pick = rng.permutation(len(train_windows))[:n]
+    if isinstance(train_windows, np.ndarray):
+        calib = train_windows[pick]
+    else:
+        from training.bundle import waveforms
+
+        calib = waveforms(train_windows, [int(k) for k in pick])
+    unl = FileWindows(unlabelled_soundscapes(data_dir))
+    if len(unl):
+        pick = rng.permutation(len(unl))[:n]
+        calib = np.concatenate([calib, np.stack([unl.window(int(k)) for k in pick])])
+    return calib
+
+
+def check_features(val_windows: Any, n: int, seed: int = 0, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """The set an export is checked on: log-mel ``[m, frames, n_mels]`` and targets ``[m, C]`` of
+    every validation window, or of a seeded sample of ``n`` when there are more. Decoded ``batch``
+    windows at a time; only the features are kept (bounded memory)."""
+    from shared_features import DEFAULT, log_mel
+    from training.bundle import waveforms
+
+    total = len(val_windows)
+    if total == 0:
+        raise TrainingError("no validation windows to check the export on")
+    keep = np.arange(total)
+    if total > n:
+        keep = np.sort(np.random.default_rng(seed).permutation(total)[:n])
+    feats = np.concatenate(
+        [
+            log_mel(waveforms(val_windows, keep[i : i + batch].tolist()), DEFAULT)
+            for i in range(0, len(keep), batch)
+        ]
+    )
+    return feats, np.asarray(val_windows.target_matrix(), np.float32)[keep]

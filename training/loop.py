@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from training.augment import WaveAugConfig, augment_waveforms
-from training.data import TrainData, WindowSet
+from training.data import DataSource, TrainData, WindowSet, select_data
 from training.errors import MetricError, TrainingError
 from training.metrics import birdclef_roc_auc
 from training.models.checkpoint import save_checkpoint
@@ -55,6 +55,7 @@ class TrainConfig:
     min_snr_db: float | None = None
     trainable: str = "all"  # "all", or "head" for a frozen backbone
     wave_augment: bool = True  # waveform augmentations (training from audio only): see augment.py
+    threads: int | None = None  # torch intra-op threads (None: torch's default); fixed → reproducible
 
     def __post_init__(self) -> None:
         if self.loss not in ("bce", "focal"):
@@ -63,6 +64,47 @@ class TrainConfig:
             raise TrainingError(f"amp must be auto, bf16 or off, got {self.amp!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise TrainingError("epochs, batch_size and grad_accum must be ≥ 1")
+
+
+def select_training_data(
+    source: DataSource, mcfg: ModelConfig, tcfg: TrainConfig, *, soundscapes: bool = True
+) -> TrainData:
+    """The windows a member trains and early-stops on, from its configs alone: the member's
+    feature preset, ``tcfg.seed``'s split, ``tcfg.secondary_weight`` and ``tcfg.min_snr_db``.
+    Local runs and every Ray worker call this, so they select identical examples."""
+    from shared_features import get_preset
+
+    return select_data(
+        source,
+        get_preset(mcfg.feature_preset),
+        seed=tcfg.seed,
+        secondary_weight=tcfg.secondary_weight,
+        min_snr_db=tcfg.min_snr_db,
+        soundscapes=soundscapes,
+    )
+
+
+def seed_everything(seed: int, threads: int | None = None) -> None:
+    """Seed Python's, numpy's and torch's global generators (SpecAugment, dropout, initial
+    weights) and, when given, fix torch's intra-op thread count: CPU reductions are split by
+    thread, so the same seed on another thread count may differ in the last bits."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def seed_worker(worker_id: int) -> None:
+    """``DataLoader`` ``worker_init_fn``: each worker's numpy/random from torch's per-worker seed
+    (itself derived from the loader's seeded generator)."""
+    import random
+
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
 
 
 @dataclass
@@ -275,8 +317,7 @@ def fit(
     register: bool = True,
 ) -> FitResult:
     """Train one member; returns the best checkpoint (``out_dir/model.pt``) and its figures."""
-    torch.manual_seed(tcfg.seed)
-    np.random.seed(tcfg.seed)
+    seed_everything(tcfg.seed, tcfg.threads)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tracker = tracker or NullTracker()
     out_dir = Path(out_dir)
@@ -292,6 +333,7 @@ def fit(
         drop_last=len(data.train) > tcfg.batch_size,
         num_workers=tcfg.num_workers,
         generator=gen,
+        worker_init_fn=seed_worker,
         pin_memory=dev.type == "cuda",
         persistent_workers=tcfg.num_workers > 0,
     )

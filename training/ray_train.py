@@ -15,9 +15,11 @@ from typing import Any
 
 import torch
 
+from training.data import DataSource, TrainData
 from training.errors import TrainingError
 from training.loop import FitResult, TrainConfig
 from training.models.config import ModelConfig
+from training.tracking import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -34,32 +36,54 @@ def _state_dict(model: torch.nn.Module, strategy: str) -> dict[str, Any]:
     return {k: v.detach().cpu() for k, v in m.state_dict().items()}
 
 
+def ray_config(
+    mcfg: ModelConfig,
+    tcfg: TrainConfig,
+    source: DataSource,
+    *,
+    strategy: str = "ddp",
+    init_from: Path | None = None,
+) -> dict[str, Any]:
+    """The ``train_loop_config`` every Ray worker receives: plain JSON-ready data (paths absolute:
+    the data and ``init_from`` must be on storage every worker reads)."""
+    return {
+        "model": mcfg.to_dict(),
+        "train": asdict(tcfg),
+        "source": source.to_dict(),
+        "strategy": strategy,
+        "init_from": str(Path(init_from).resolve()) if init_from else None,
+    }
+
+
+def worker_data(config: dict[str, Any], *, soundscapes: bool = False) -> TrainData:
+    """A worker's (and the driver's) windows: :func:`training.loop.select_training_data` on the
+    configs in ``config`` — the same selection as a local run of the same configs."""
+    from training.loop import select_training_data
+
+    return select_training_data(
+        DataSource.from_dict(config["source"]),
+        ModelConfig.from_dict(config["model"]),
+        TrainConfig(**config["train"]),
+        soundscapes=soundscapes,
+    )
+
+
+def _init(config: dict[str, Any]) -> Path | None:
+    return Path(config["init_from"]) if config.get("init_from") else None
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
     from torch.utils.data import DataLoader
 
-    from shared_features import get_preset
-    from training.data import from_audio, from_cache
-    from training.loop import make_optimizer, prepare_model, train_one_epoch, validate
+    from training.loop import make_optimizer, prepare_model, seed_everything, train_one_epoch, validate
 
-    torch.set_num_threads(config.get("threads", 1))
     mcfg = ModelConfig.from_dict(config["model"])
     tcfg = TrainConfig(**config["train"])
-    fcfg = get_preset(mcfg.feature_preset)
-    data = (
-        from_cache(
-            Path(config["cache"]),
-            seed=tcfg.seed,
-            subset=config["subset"],
-            feature_cfg=fcfg,
-            secondary_weight=tcfg.secondary_weight,
-        )
-        if config.get("cache")
-        else from_audio(Path(config["data_dir"]), fcfg, seed=tcfg.seed, subset=config["subset"])
-    )
-    torch.manual_seed(tcfg.seed)
-    model = prepare_model(mcfg, tcfg, data)
+    seed_everything(tcfg.seed, tcfg.threads or 1)
+    data = worker_data(config)
+    model = prepare_model(mcfg, tcfg, data, _init(config))
     model = ray.train.torch.prepare_model(model, parallel_strategy=config["strategy"])
     gen = torch.Generator().manual_seed(tcfg.seed + ray.train.get_context().get_world_rank())
     loader = DataLoader(
@@ -101,18 +125,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def fit_ray(
     mcfg: ModelConfig,
     tcfg: TrainConfig,
-    *,
-    cache: Path | None,
-    data_dir: Path | None,
+    source: DataSource,
     out_dir: Path,
+    *,
     workers: int = 2,
     use_gpu: bool = False,
     strategy: str = "ddp",
     max_failures: int = 2,
-    track: bool = True,
-    experiment: str = "silencio-members",
-    subset: str = "all",
+    tracker: Tracker | None = None,
+    init_from: Path | None = None,
 ) -> FitResult:
+    """Train one member under Ray Train on ``source`` (the selection of a local run of the same
+    configs); the driver logs the run to ``tracker`` (its status is the caller's: see
+    :func:`training.pipeline.train_member`)."""
     try:
         import ray
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -121,8 +146,6 @@ def fit_ray(
         raise TrainingError("Ray Train is missing: pip install 'silencio[train]'") from exc
     if strategy not in ("ddp", "fsdp"):
         raise TrainingError(f"strategy must be ddp or fsdp, got {strategy!r}")
-    if cache is None and data_dir is None:
-        raise TrainingError("give a feature cache or a dataset directory")
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     if not ray.is_initialized():
@@ -136,14 +159,7 @@ def fit_ray(
                 log_to_driver=False,
                 configure_logging=False,
             )
-    config = {
-        "model": mcfg.to_dict(),
-        "train": asdict(tcfg),
-        "strategy": strategy,
-        "subset": subset,
-        "cache": str(Path(cache).resolve()) if cache else None,
-        "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
-    }
+    config = ray_config(mcfg, tcfg, source, strategy=strategy, init_from=init_from)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
@@ -164,7 +180,7 @@ def fit_ray(
     result = trainer.fit()
     if result.error:
         raise TrainingError(f"Ray training failed: {result.error}")
-    return _finish(mcfg, tcfg, result, out_dir, config, track, experiment, workers, strategy)
+    return _finish(mcfg, tcfg, result, out_dir, config, tracker or NullTracker(), workers, strategy)
 
 
 def _finish(
@@ -173,17 +189,12 @@ def _finish(
     result: Any,
     out_dir: Path,
     config: dict[str, Any],
-    track: bool,
-    experiment: str,
+    tracker: Tracker,
     workers: int,
     strategy: str,
 ) -> FitResult:
-    from shared_features import get_preset
-    from training.data import from_audio, from_cache
-    from training.loop import evaluate_soundscapes
+    from training.loop import evaluate_soundscapes, prepare_model
     from training.models.checkpoint import save_checkpoint
-    from training.models.factory import build_model
-    from training.tracking import MLflowTracker, NullTracker
 
     best_pairs = list(getattr(result, "best_checkpoints", []) or [])
     history = []
@@ -201,59 +212,47 @@ def _finish(
         raise TrainingError("Ray training reported no checkpoint")
     with ckpt.as_directory() as d:
         state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
-    fcfg = get_preset(mcfg.feature_preset)
-    data = (
-        from_cache(Path(config["cache"]), seed=tcfg.seed, subset=config["subset"], feature_cfg=fcfg)
-        if config.get("cache")
-        else from_audio(Path(config["data_dir"]), fcfg, seed=tcfg.seed)
-    )
-    model = build_model(mcfg, len(data.labels))
+    data = worker_data(config, soundscapes=True)
+    model = prepare_model(mcfg, tcfg, data, _init(config))  # the workers' architecture (LoRA included)
     model.load_state_dict(state["model"])
-    tracker = MLflowTracker(experiment, run_name=f"{mcfg.name}-ray") if track else NullTracker()
-    try:
-        tracker.log_params(
+    tracker.log_params(
+        {
+            "member": mcfg.name,
+            **{f"model.{k}": v for k, v in mcfg.to_dict().items()},
+            **{f"train.{k}": v for k, v in asdict(tcfg).items()},
+            "feature_fingerprint": data.feature_cfg.fingerprint(),
+            "dataset_fingerprint": data.dataset_fingerprint,
+            "data": data.description,
+            "ray_workers": workers,
+            "ray_strategy": strategy,
+        }
+    )
+    for h in history:
+        step = int(h.get("epoch", 0))
+        tracker.log_metrics(
             {
-                "member": mcfg.name,
-                **{f"model.{k}": v for k, v in mcfg.to_dict().items()},
-                **{f"train.{k}": v for k, v in asdict(tcfg).items()},
-                "feature_fingerprint": fcfg.fingerprint(),
-                "dataset_fingerprint": data.dataset_fingerprint,
-                "data": data.description,
-                "ray_workers": workers,
-                "ray_strategy": strategy,
-            }
+                k: v
+                for k, v in h.items()
+                if k in ("train_loss", "val_loss", "val_roc_auc", "train_clips_per_s", "lr")
+            },
+            step=step,
         )
-        for h in history:
-            step = int(h.get("epoch", 0))
-            tracker.log_metrics(
-                {
-                    k: v
-                    for k, v in h.items()
-                    if k in ("train_loss", "val_loss", "val_roc_auc", "train_clips_per_s", "lr")
-                },
-                step=step,
-            )
-        best = float(metrics.get("val_roc_auc", float("nan")))
-        tracker.log_metrics({"best_val_roc_auc": best, "best_epoch": float(metrics.get("epoch", 0))})
-        path = save_checkpoint(
-            out_dir / "model.pt",
-            model,
-            data.labels,
-            run_id=tracker.run_id,
-            metrics={"best_val_roc_auc": best, "epoch": metrics.get("epoch")},
-        )
-        res = FitResult(
-            path, int(metrics.get("epoch", 0)), best, history, run_id=tracker.run_id, stopped="epochs"
-        )
-        if data.soundscapes is not None:
-            dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            res.soundscape, res.report = evaluate_soundscapes(path, data, out_dir / "report", dev)
-            tracker.log_metrics({f"soundscape_{k}": v for k, v in res.soundscape.items()})
-            tracker.log_artifact(out_dir / "report", "report")
-        tracker.log_artifact(path, "model")
-        tracker.register(f"silencio-{mcfg.name}", "model", alias="candidate")
-    except BaseException:
-        tracker.end("FAILED")
-        raise
-    tracker.end()
+    best = float(metrics.get("val_roc_auc", float("nan")))
+    tracker.log_metrics({"best_val_roc_auc": best, "best_epoch": float(metrics.get("epoch", 0))})
+    path = save_checkpoint(
+        out_dir / "model.pt",
+        model,
+        data.labels,
+        run_id=tracker.run_id,
+        metrics={"best_val_roc_auc": best, "epoch": metrics.get("epoch")},
+    )
+    res = FitResult(
+        path, int(metrics.get("epoch", 0)), best, history, run_id=tracker.run_id, stopped="epochs"
+    )
+    if data.soundscapes is not None:
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        res.soundscape, res.report = evaluate_soundscapes(path, data, out_dir / "report", dev)
+        tracker.log_metrics({f"soundscape_{k}": v for k, v in res.soundscape.items()})
+        tracker.log_artifact(out_dir / "report", "report")
+    tracker.log_artifact(path, "model")
     return res

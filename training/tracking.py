@@ -8,9 +8,12 @@ whose validation metric is below the current production model's unless forced.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -134,6 +137,59 @@ class MLflowTracker:
 
     def end(self, status: str = "FINISHED") -> None:
         self._mlflow.end_run(status=status)
+
+
+@contextmanager
+def tracked_run(
+    experiment: str,
+    run_name: str | None = None,
+    *,
+    track: bool = True,
+    system_metrics: bool = False,
+    tags: dict[str, str] | None = None,
+) -> Iterator[Tracker]:
+    """The one owner of a tracked run's status: the block's tracker ends ``FINISHED`` when the
+    block returns, ``KILLED`` on ``KeyboardInterrupt``, ``FAILED`` on any other exception (which
+    propagates). ``track=False`` gives a :class:`NullTracker` (nothing leaves the process)."""
+    tracker: Tracker = (
+        MLflowTracker(experiment, run_name=run_name, system_metrics=system_metrics)
+        if track
+        else NullTracker()
+    )
+    status = "FAILED"
+    try:
+        if tags:
+            tracker.set_tags(tags)
+        yield tracker
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if status != "FINISHED":
+            log.info("run %s (%s) ended %s", tracker.run_id, run_name, status)
+        tracker.end(status)
+
+
+def log_config(tracker: Tracker, config: dict[str, Any], path: Path) -> None:
+    """Save a step's resolved configuration as ``path`` (JSON, beside its outputs) and to the run
+    (flattened ``a.b`` params, and the file as an artifact)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+    tracker.log_params(flatten(config, "step."))
+    tracker.log_artifact(path)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (lists and scalars stay values)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
 
 
 def _client():  # type: ignore[no-untyped-def]

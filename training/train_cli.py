@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +87,7 @@ def register(sub: Any) -> None:
     bh.add_argument("--perch-model", type=Path, help="your Perch TFLite file (with --embedder perch)")
     bh.add_argument("--perch-classes", type=Path, help="its class list, one eBird code per line")
     bh.add_argument("--seed", type=int, default=0, help="split and initialisation seed")
+    bh.add_argument("--init-from", type=Path, help="continue from this head.npz (e.g. production's)")
     bh.add_argument("--no-mlflow", action="store_true", help="do not track in MLflow")
     bh.add_argument("--experiment", default="silencio-members", help="MLflow experiment name")
     bh.set_defaults(func=cmd_birdnet_head)
@@ -127,6 +127,7 @@ def register(sub: Any) -> None:
     d.add_argument("--empty-threshold", type=float, default=0.05, help="… or whose every score < this")
     d.add_argument("--seed", type=int, default=0, help="split and training seed")
     d.add_argument("--device", help="cpu, cuda (default: cuda when available)")
+    d.add_argument("--init-from", help="continue from a student: checkpoint path or models:/name@alias")
     d.add_argument("--no-mlflow", action="store_true", help="do not track in MLflow")
     d.add_argument("--experiment", default="silencio-student", help="MLflow experiment name")
     d.set_defaults(func=cmd_distill)
@@ -188,85 +189,49 @@ def resolve_configs(args: argparse.Namespace) -> tuple[Any, Any]:
     return mcfg, TrainConfig(**tr)
 
 
+def _tracking(args: argparse.Namespace, run_name: str | None = None, system_metrics: bool = False) -> Any:
+    from training.pipeline import Tracking
+
+    return Tracking(
+        experiment=args.experiment, run_name=run_name, track=not args.no_mlflow, system_metrics=system_metrics
+    )
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
-    from shared_features import get_preset
     from shared_features.paths import home
+    from training.pipeline import DataSource, RayOptions, train_member
+    from training.tracking import resolve_model_uri
 
     mcfg, tcfg = resolve_configs(args)
     out = args.out or home() / "runs" / mcfg.name / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    if args.ray:
-        from training.ray_train import fit_ray
-
-        res = fit_ray(
-            mcfg,
-            tcfg,
-            cache=args.cache,
-            data_dir=args.data,
-            out_dir=out,
-            workers=args.workers,
-            use_gpu=args.gpu,
-            strategy="fsdp" if args.fsdp else "ddp",
-            max_failures=args.max_failures,
-            track=not args.no_mlflow,
-            experiment=args.experiment,
-            subset=args.subset,
-        )
-    else:
-        from training.data import from_audio, from_cache
-        from training.loop import fit
-        from training.retrain import retrain_comparison
-        from training.tracking import MLflowTracker, NullTracker, resolve_model_uri
-
-        data = (
-            from_cache(
-                args.cache,
-                seed=tcfg.seed,
-                subset=args.subset,
-                secondary_weight=tcfg.secondary_weight,
-                min_snr_db=tcfg.min_snr_db,
-                feature_cfg=get_preset(mcfg.feature_preset),
-            )
-            if args.cache
-            else from_audio(
-                args.data,
-                get_preset(mcfg.feature_preset),
-                seed=tcfg.seed,
-                subset=args.subset,
-                secondary_weight=tcfg.secondary_weight,
-                int16=_on_gpu(args.device),  # 16-bit PCM halves the host→GPU traffic
-            )
-        )
-        init = resolve_model_uri(args.init_from) if args.init_from else None
-        tracker = NullTracker() if args.no_mlflow else MLflowTracker(args.experiment, run_name=mcfg.name)
-        try:
-            res = fit(
-                mcfg, tcfg, data, out, tracker=tracker, device=args.device, init_from=init, resume=args.resume
-            )
-            if init is not None and args.cache:
-                cmp = retrain_comparison(init, res.checkpoint, args.cache, seed=tcfg.seed)
-                tracker.log_metrics(cmp)
-                (Path(out) / "retrain_comparison.json").write_text(json.dumps(cmp, indent=2))
-                print("old vs new model on both time-ordered splits (validation windows):")
-                for k, v in cmp.items():
-                    print(f"  {k:40s} {v:.4f}")
-            if args.merge and mcfg.lora_rank:
-                from training.models.checkpoint import load_checkpoint, save_checkpoint
-                from training.models.factory import merge_lora
-
-                model, labels, blob = load_checkpoint(res.checkpoint)
-                merged = save_checkpoint(
-                    Path(out) / "model_merged.pt",
-                    merge_lora(model),
-                    labels,
-                    metrics=blob["metrics"],
-                    run_id=res.run_id,
-                )
-                tracker.log_artifact(merged, "model_merged")
-                print(f"merged LoRA adapters → {merged}")
-        except BaseException:
-            tracker.end("FAILED")
-            raise
-        tracker.end()
+    source = DataSource(
+        cache=args.cache,
+        data_dir=args.data,
+        subset=args.subset,
+        int16=bool(args.data)
+        and not args.ray
+        and _on_gpu(args.device),  # 16-bit PCM: half the host→GPU traffic
+    )
+    res = train_member(
+        source,
+        mcfg,
+        tcfg,
+        out,
+        tracking=_tracking(args, mcfg.name, system_metrics=True),  # CPU/GPU use beside the curves
+        device=args.device,
+        init_from=resolve_model_uri(args.init_from) if args.init_from else None,
+        resume=args.resume,
+        merge_lora=args.merge,
+        ray=RayOptions(args.workers, args.gpu, "fsdp" if args.fsdp else "ddp", args.max_failures)
+        if args.ray
+        else None,
+    )
+    if res.retrain_comparison:
+        print("old vs new model on both time-ordered splits (validation windows):")
+        for k, v in res.retrain_comparison.items():
+            print(f"  {k:40s} {v:.4f}")
+    if res.merged_checkpoint:
+        print(f"merged LoRA adapters → {res.merged_checkpoint}")
     print(
         f"{mcfg.name}: best validation macro ROC-AUC {res.best_val_roc_auc:.4f} at epoch {res.best_epoch} "
         f"({res.stopped}); checkpoint {res.checkpoint}"
@@ -277,77 +242,62 @@ def cmd_fit(args: argparse.Namespace) -> int:
             f"macro AP {res.soundscape['macro_ap']:.4f}; report {res.report}"
         )
     if res.run_id:
-        print(f"MLflow run {res.run_id} (registered as silencio-{mcfg.name}@candidate)")
+        reg = (
+            f" (registered as {res.registered.name} v{res.registered.version} @candidate)"
+            if res.registered
+            else ""
+        )
+        print(f"MLflow run {res.run_id}{reg}")
     return 0
 
 
 def cmd_birdnet_head(args: argparse.Namespace) -> int:
     from shared_features.paths import home
-    from training.birdnet_head import train_birdnet_head
-    from training.tracking import MLflowTracker, NullTracker
+    from training.pipeline import train_embedding_head
 
     out = args.out or home() / "runs" / "birdnet_head" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    tracker = NullTracker() if args.no_mlflow else MLflowTracker(args.experiment, run_name="birdnet_head")
-    try:
-        emb = None
-        if args.embedder == "perch":
-            from shared_features import LabelSpace
-            from shared_features.perch import Perch
+    emb = None
+    if args.embedder == "perch":
+        from shared_features import LabelSpace
+        from shared_features.perch import Perch
 
-            if not args.perch_model or not args.perch_classes:
-                raise TrainingError(
-                    "--embedder perch needs --perch-model and --perch-classes (Perch is not downloaded)"
-                )
-            emb = Perch(
-                args.perch_model, args.perch_classes, LabelSpace.from_taxonomy_csv(args.data / "taxonomy.csv")
+        if not args.perch_model or not args.perch_classes:
+            raise TrainingError(
+                "--embedder perch needs --perch-model and --perch-classes (Perch is not downloaded)"
             )
-        res = train_birdnet_head(
-            args.data, out, seed=args.seed, epochs=args.epochs, tracker=tracker, embedder=emb
+        emb = Perch(
+            args.perch_model, args.perch_classes, LabelSpace.from_taxonomy_csv(args.data / "taxonomy.csv")
         )
-    except BaseException:
-        tracker.end("FAILED")
-        raise
-    tracker.end()
-    val = res["val"]
-    print(
-        f"birdnet_head: best validation macro ROC-AUC {val.get('val_roc_auc', float('nan')):.4f}; "  # type: ignore[union-attr]
-        f"head {res['head']}"
+    res = train_embedding_head(
+        args.data,
+        out,
+        seed=args.seed,
+        epochs=args.epochs,
+        embedder=emb,
+        tracking=_tracking(args, "birdnet_head"),
     )
-    if "soundscape" in res:
-        s = res["soundscape"]
-        print(f"held-out soundscapes: macro ROC-AUC {s['macro_roc_auc']:.4f}, macro AP {s['macro_ap']:.4f}")  # type: ignore[index]
+    print(f"birdnet_head: best validation macro ROC-AUC {res.val_roc_auc:.4f}; head {res.head}")
+    if res.soundscape:
+        s = res.soundscape
+        print(f"held-out soundscapes: macro ROC-AUC {s['macro_roc_auc']:.4f}, macro AP {s['macro_ap']:.4f}")
     return 0
-
-
-def _tracker(args: argparse.Namespace, run_name: str) -> Any:
-    from training.tracking import MLflowTracker, NullTracker
-
-    return NullTracker() if args.no_mlflow else MLflowTracker(args.experiment, run_name=run_name)
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
     from shared_features.paths import home
-    from training.bundle import build_ensemble
+    from training.pipeline import build_ensemble_package
 
     out = args.out or home() / "packages" / f"ensemble-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    tracker = _tracker(args, "ensemble")
-    try:
-        res = build_ensemble(
-            args.data,
-            out,
-            checkpoints=args.member,
-            birdnet_head=args.birdnet_head,
-            birdnet=not args.no_birdnet,
-            name=args.name,
-            seed=args.seed,
-            tracker=tracker,
-        )
-        if tracker.run_id:
-            tracker.register("silencio-ensemble", "model", alias="candidate")
-    except BaseException:
-        tracker.end("FAILED")
-        raise
-    tracker.end()
+    res = build_ensemble_package(
+        args.data,
+        out,
+        checkpoints=args.member,
+        birdnet_head=args.birdnet_head,
+        birdnet=not args.no_birdnet,
+        name=args.name,
+        seed=args.seed,
+        tracking=_tracking(args, "ensemble"),
+    )
     print(f"ensemble package {res.package}")
     print(f"  validation macro ROC-AUC {res.val_roc_auc:.4f} (weights fitted here)")
     for n, w in res.weights.items():
@@ -364,9 +314,11 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 def cmd_distill(args: argparse.Namespace) -> int:
     from shared_features.paths import home
-    from training.distill import DistillConfig, PseudoConfig, distill
+    from training.distill import DistillConfig, PseudoConfig
     from training.loop import TrainConfig
     from training.models.config import member_config
+    from training.pipeline import distill_student
+    from training.tracking import resolve_model_uri
 
     out = args.out or home() / "runs" / "student" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     mcfg = member_config("student", timm_name=args.timm_name, input_downsample=args.downsample)
@@ -377,16 +329,18 @@ def cmd_distill(args: argparse.Namespace) -> int:
         alpha=args.alpha,
         pseudo=PseudoConfig(args.keep_threshold, args.empty_threshold, args.rounds),
     )
-    tracker = _tracker(args, "student")
-    try:
-        res = distill(
-            args.data, args.teacher, out, mcfg=mcfg, tcfg=tcfg, dcfg=dcfg, tracker=tracker, device=args.device
-        )
-    except BaseException:
-        tracker.end("FAILED")
-        raise
-    tracker.end()
-    for r in res["rounds"]:
+    res = distill_student(
+        args.data,
+        args.teacher,
+        out,
+        mcfg=mcfg,
+        tcfg=tcfg,
+        dcfg=dcfg,
+        device=args.device,
+        init_from=resolve_model_uri(args.init_from) if args.init_from else None,
+        tracking=_tracking(args, "student"),
+    )
+    for r in res.rounds:
         extra = (
             f", pseudo-labelled windows kept {r['pseudo_windows']}/{r['unlabelled_windows']}"
             if "pseudo_windows" in r
@@ -399,7 +353,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
             f"round {r['round']}: best validation macro ROC-AUC {r['best_val_roc_auc']:.4f}{extra}"
             + (f"; held-out soundscapes {sc['macro_roc_auc']:.4f}" if sc else "")
         )
-    print(f"student checkpoint {res['checkpoint']}")
+    print(f"student checkpoint {res.checkpoint}")
     return 0
 
 

@@ -26,7 +26,7 @@ def cloud_env(tmp_path_factory):
     mp.setenv("SILENCIO_CLOUD_MAX_UPLOAD_MB", "3")
     mp.setenv("SILENCIO_CLOUD_MAX_CLIP_MB", "2")
     s = CloudSettings()
-    store = CloudStore(s.db_path, s.clips_path)
+    store = CloudStore(s.db_path)
     env = {"home": home, "device": store.add_device("guide-device-1"), "other": store.add_device("device-2")}
     env["admin"] = store.add_device("admin", "admin")
     store.close()
@@ -93,3 +93,22 @@ def real_clip(seconds: float = 10.0) -> bytes:
 
 
 __all__ = ["Path", "auth", "clip_meta", "detection", "now", "real_clip", "tour"]
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL 16 server (the pgserver wheel) for the whole session; each test that needs
+    a database creates its own with ``postgres.create_database(name)``. Its data directory is not
+    under pytest's temporary root: pytest makes that root private (0700) whenever a session starts,
+    and PostgreSQL runs as its own user when the tests run as root."""
+    import shutil
+    import tempfile
+
+    from cloud.store.local_pg import LocalPostgres
+
+    data = Path(tempfile.mkdtemp(prefix="silencio-pg-"))
+    pg = LocalPostgres(data / "data", durable=False)  # throwaway data: no fsync
+    pg.start()
+    yield pg
+    pg.stop()
+    shutil.rmtree(data, ignore_errors=True)

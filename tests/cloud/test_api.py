@@ -58,10 +58,10 @@ def test_identify_corrupt_truncated_and_too_large(client):
     assert r.status_code == 413 and "exceeds" in r.json()["error"]
     r = client.post("/identify", files={"audio": ("x.txt", b"hello", "text/plain")})
     assert r.status_code == 415 and "not a supported audio" in r.text
-    r = client.post("/v1/identify?threshold=2", content=real_clip(5.0))
-    assert r.status_code == 400 and "threshold" in r.json()["error"]
+    r = client.post("/v1/identify?threshold=2", content=real_clip(5.0))  # outside the schema: 422
+    assert r.status_code == 422 and "threshold" in r.json()["error"]
     r = client.post("/v1/identify?top_k=abc", content=real_clip(5.0))
-    assert r.status_code == 400
+    assert r.status_code == 422 and "top_k" in r.json()["error"]
 
 
 def test_sync_is_authenticated_idempotent_and_validated(client, cloud_env):
@@ -221,7 +221,7 @@ def test_feedback_reports_and_relabel_export(client, cloud_env, tmp_path):
         "detection_uuid": "3f6c1a52-0000-4a6e-9a61-0b9a4f1d2e14",
     }
     assert client.post("/v1/feedback", json=missing, headers=dev).status_code == 404
-    assert client.get("/v1/reports/tours", headers=dev).status_code == 401  # admin only
+    assert client.get("/v1/reports/tours", headers=dev).status_code == 403  # admin only
     rep = client.get(f"/v1/reports/tours?tour={t['uuid']}", headers=auth(cloud_env["admin"])).json()["tours"][
         0
     ]
@@ -256,6 +256,7 @@ def test_release_publish_and_download(client, cloud_env, mini, tmp_path):
     Cloud(CloudSettings(home=cloud_env["home"])).publish_release(package)
     info = client.get("/v1/releases/current", headers=dev).json()
     assert info["version"] == "42" and info["feature_fingerprint"].startswith("fv1-")
+    assert info["signature"] and info["key_id"] and info["labels_sha256"] and info["key_rotations"] == []
     assert client.get("/v1/releases/current/download").status_code == 401
     blob = client.get("/v1/releases/current/download", headers=dev).content
     assert hashlib.sha256(blob).hexdigest() == info["sha256"] and len(blob) == info["bytes"]
@@ -270,3 +271,198 @@ def test_schema_and_ready(client):
     ready = client.get("/v1/ready").json()
     assert ready["ready"] is True and ready["model"]["birdnet_only"] is True
     assert "/identify" in client.get("/docs.json").json()["paths"]
+
+
+# ---------------------------------------------------------------------------------- one error shape
+def _shape(r, status: int) -> str:
+    body = r.json()
+    assert r.status_code == status and body == {"error": body["error"], "status": status}, (
+        r.status_code,
+        r.text,
+    )
+    assert body["error"] and "/tmp" not in body["error"] and "object at 0x" not in body["error"]
+    return body["error"]
+
+
+def test_one_error_shape_everywhere_and_422_for_schema_errors(client, cloud_env):
+    audio = real_clip(5.0)
+    dev = auth(cloud_env["device"])
+    # BentoML's native /identify: its own validation and its errors, in the same shape
+    assert "threshold" in _shape(
+        client.post("/identify", files={"audio": ("a.ogg", audio)}, data={"threshold": "x"}), 422
+    )
+    assert "audio" in _shape(client.post("/identify", files={"other": ("a.ogg", audio)}), 422)
+    assert "audio" in _shape(client.post("/identify", data={"audio": "http://127.0.0.1:1/x.wav"}), 415)
+    multipart_url = {"audio": (None, "http://127.0.0.1:1/x.wav")}  # a string part, not a file
+    assert "file" in _shape(client.post("/identify", files=multipart_url), 422)
+    _shape(client.post("/identify", json={"audio": "/etc/passwd"}), 415)
+    msg = _shape(client.post("/identify", files={"audio": ("x.wav", b"RIFF" + b"\0" * 64)}), 400)
+    assert "x.wav" not in msg and "tmp" not in msg  # no server-side temporary file name
+    _shape(client.post("/identify", files={"audio": ("a.ogg", audio)}, data={"top_k": "99"}), 422)
+    # the device API
+    _shape(client.get("/v1/confirmations?since=abc", headers=dev), 422)
+    _shape(client.get("/v1/confirmations?limit=0", headers=dev), 422)
+    _shape(client.post("/v1/identify?members=maybe", content=audio), 422)
+    _shape(client.post("/v1/identify?stride=nan", content=audio), 422)
+    _shape(
+        client.post(
+            "/v1/clips",
+            content=b"--x\r\nbroken",
+            headers={**dev, "content-type": "multipart/form-data; boundary=x"},
+        ),
+        422,
+    )
+    # routing errors, BentoML's and Starlette's
+    _shape(client.get("/v1/nowhere"), 404)
+    _shape(client.get("/nowhere"), 404)
+    _shape(client.delete("/v1/sync"), 405)
+    _shape(client.post("/docs"), 405)
+
+
+def test_client_errors_log_one_line_and_server_errors_a_traceback(client, cloud_env, caplog, monkeypatch):
+    import logging
+
+    import bentoml
+
+    caplog.set_level(logging.INFO)
+    client.post("/v1/sync", content=b"{}")  # 401
+    client.post("/identify", files={"audio": ("a.ogg", real_clip(5.0))}, data={"threshold": "x"})  # 422
+    client.get("/v1/reports/tours?tour=a%0Ab", headers=auth(cloud_env["admin"]))  # 404, a line break in it
+    problems = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(problems) == 3, [r.getMessage() for r in problems]
+    for r in problems:
+        assert r.levelno == logging.WARNING and r.exc_info is None and "\n" not in r.getMessage()
+    assert "→ 401" in problems[0].getMessage() and "→ 422" in problems[1].getMessage()
+    caplog.clear()
+
+    def broken(*a, **kw):
+        raise RuntimeError("a bug in the summary at /srv/secret/path")
+
+    monkeypatch.setattr(bentoml.get_current_service().cloud, "summary", broken)
+    r = client.get("/v1/reports/summary", headers=auth(cloud_env["admin"]))
+    assert "secret" not in _shape(r, 500)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is not None  # a server error keeps its traceback
+
+
+def test_readiness_is_503_on_both_probes_until_the_model_is_loaded(client):
+    import bentoml
+
+    svc = bentoml.get_current_service()
+    assert client.get("/readyz").status_code == 200 and client.get("/v1/ready").status_code == 200
+    scorer = svc.scorer
+    scorer.ready, svc._scorer_ready = False, False  # as while the scorer is loading its model
+    try:
+        assert "not ready" in _shape(client.get("/readyz"), 503)
+        assert "loading" in _shape(client.get("/v1/ready"), 503)
+    finally:
+        scorer.ready = True
+    assert client.get("/readyz").status_code == 200
+    assert client.get("/v1/ready").json()["ready"] is True
+
+
+# ---------------------------------------------------------------------------------- the API document
+def _routes(app, prefix: str = "") -> set[tuple[str, str]]:
+    from starlette.routing import Mount, Route
+
+    out = set()
+    for r in getattr(app, "routes", []):
+        if isinstance(r, Route):
+            for m in r.methods or ():
+                if m != "HEAD":
+                    out.add((m.lower(), prefix + r.path))
+        # static files of the docs page; the ecologists' console (HTML pages behind a login, tests/console)
+        elif isinstance(r, Mount) and r.path not in ("/static_content", "/console"):
+            out |= _routes(r.app, prefix + r.path)
+    return out
+
+
+def test_openapi_document_is_the_whole_api(client):
+    from importlib import metadata
+
+    from openapi_spec_validator import validate
+
+    from tests.conftest import cloud_asgi
+
+    doc = client.get("/docs.json").json()
+    validate(doc)  # a valid OpenAPI 3.1 document
+    assert doc["info"]["title"].startswith("El Silencio") and doc["info"]["version"] == metadata.version(
+        "silencio"
+    )
+    assert doc["components"]["securitySchemes"]["bearer"] == {
+        **doc["components"]["securitySchemes"]["bearer"],
+        "type": "http",
+        "scheme": "bearer",
+    }
+    documented = {(m, p) for p, item in doc["paths"].items() for m in item}
+    served = _routes(cloud_asgi()) | {("get", "/docs"), ("get", "/docs.json")}
+    assert served - documented == set(), served - documented
+    assert documented - served == set(), documented - served
+    schemas = doc["components"]["schemas"]
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            ok = op["responses"]["200"]["content"]
+            assert ok, (method, path)
+            if method == "post":
+                assert op["requestBody"]["content"], path
+            for code, resp in op["responses"].items():
+                if code != "200":
+                    assert resp["content"]["application/json"]["schema"] == {
+                        "$ref": "#/components/schemas/ErrorBody"
+                    }
+            if path.startswith("/v1/") and path not in ("/v1/identify", "/v1/schema", "/v1/ready"):
+                assert op["security"] == [{"bearer": []}] and "401" in op["responses"], path
+    refs = set()
+
+    def walk(x):
+        if isinstance(x, dict):
+            if "$ref" in x:
+                refs.add(x["$ref"].rsplit("/", 1)[-1])
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+
+    walk(doc)
+    assert refs <= set(schemas), refs - set(schemas)
+    page = client.get("/docs")
+    assert page.status_code == 200 and "/docs.json" in page.text and "swagger-ui-bundle.js" in page.text
+    assert client.get("/static_content/swagger-ui-bundle.js").status_code == 200
+
+
+def _conforms(doc: dict, model: str, body) -> None:
+    import jsonschema
+
+    schema = {"$ref": f"#/components/schemas/{model}", "components": doc["components"]}
+    jsonschema.Draft202012Validator(schema).validate(body)
+
+
+def test_real_answers_follow_the_document(client, cloud_env):
+    doc = client.get("/docs.json").json()
+    dev, admin = auth(cloud_env["device"]), auth(cloud_env["admin"])
+    audio = real_clip(5.0)
+    _conforms(
+        doc, "IdentifyResult", client.post("/v1/identify?threshold=0&members=true", content=audio).json()
+    )
+    _conforms(doc, "IdentifyResult", client.post("/identify", files={"audio": ("a.ogg", audio)}).json())
+    t = tour()
+    d = detection(t["uuid"])
+    _conforms(
+        doc, "SyncAck", client.post("/v1/sync", json={"tours": [t], "detections": [d]}, headers=dev).json()
+    )
+    ack = client.post(
+        "/v1/clips",
+        data={"meta": clip_meta(audio, detection_uuid=d["uuid"])},
+        files={"audio": ("c.ogg", audio, "audio/ogg")},
+        headers=dev,
+    ).json()
+    _conforms(doc, "ClipAck", ack)
+    _conforms(doc, "ConfirmationsPage", client.get("/v1/confirmations?since=0", headers=dev).json())
+    _conforms(doc, "TourReport", client.get("/v1/reports/tours", headers=admin).json())
+    _conforms(doc, "SummaryReport", client.get("/v1/reports/summary", headers=admin).json())
+    _conforms(doc, "WireSchemas", client.get("/v1/schema").json())
+    _conforms(doc, "ReadyStatus", client.get("/v1/ready").json())
+    rel = client.get("/v1/releases/current", headers=dev)
+    _conforms(doc, "ReleaseInfo" if rel.status_code == 200 else "ErrorBody", rel.json())
+    _conforms(doc, "ErrorBody", client.get("/v1/releases/current").json())

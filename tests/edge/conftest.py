@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import random
+import threading
 
 import httpx
 import numpy as np
@@ -40,7 +41,9 @@ def labels() -> LabelSpace:
 def edge_settings(tmp_path):
     from edge.settings import EdgeSettings
 
-    return EdgeSettings(home=tmp_path, taxonomy=MINI / "taxonomy.csv", random_clip_rate=0.0)
+    return EdgeSettings(
+        home=tmp_path, taxonomy=MINI / "taxonomy.csv", random_clip_rate=0.0, detection_clip_rate=0.0
+    )
 
 
 def tone_then_silence(loud_s: float, quiet_s: float, sr: int = 32_000) -> np.ndarray:
@@ -95,3 +98,69 @@ def cloud(tmp_path_factory):
     with TestClient(cloud_asgi(), raise_server_exceptions=False) as tc:
         yield {"client": tc, "token": token, "store": store, "home": home}
     mp.undo()
+
+
+class FakeStatus:
+    def __init__(self, overflow: bool) -> None:
+        self.input_overflow = overflow
+
+
+class FakeSoundDevice:
+    """Stands in for the sounddevice module: its InputStream calls the real callback from a thread
+    with prepared audio at the device's rate, and can 'lose' the device after some blocks."""
+
+    def __init__(
+        self,
+        audio: np.ndarray,
+        rate: int = 48_000,
+        lose_after: int | None = None,
+        overflow_every: int = 0,
+        fail_opens: int = 0,
+    ) -> None:
+        self.audio, self.rate, self.lose_after = audio, rate, lose_after
+        self.overflow_every, self.fail_opens, self.opened = overflow_every, fail_opens, 0
+
+    def check_input_settings(self, device=None, samplerate=None, channels=None, dtype=None):
+        if samplerate != self.rate:
+            raise ValueError("Invalid sample rate")
+
+    def query_devices(self, device=None, kind=None):
+        return {"name": "fake mic", "default_samplerate": float(self.rate)}
+
+    def InputStream(self, **kw):  # noqa: N802 - the sounddevice name
+        if self.fail_opens > 0:
+            self.fail_opens -= 1
+            raise OSError("device unavailable")
+        self.opened += 1
+        return _FakeStream(self, **kw)
+
+
+class _FakeStream:
+    def __init__(self, sd, *, device, samplerate, channels, dtype, blocksize, callback, finished_callback):
+        self.sd, self.block, self.callback, self.finished = sd, blocksize, callback, finished_callback
+        self.active = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        sd = self.sd
+        for k, i in enumerate(range(0, sd.audio.size, self.block)):
+            if not self.active:
+                return
+            if sd.lose_after is not None and k == sd.lose_after and sd.opened == 1:
+                self.active = False
+                self.finished()
+                return
+            status = FakeStatus(bool(sd.overflow_every) and k % sd.overflow_every == sd.overflow_every - 1)
+            self.callback(sd.audio[i : i + self.block, None], self.block, None, status)
+        self.active = False
+        self.finished()
+
+    def start(self):
+        self.active = True
+        self._thread.start()
+
+    def stop(self):
+        self.active = False
+
+    def close(self):
+        pass

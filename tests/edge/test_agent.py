@@ -9,6 +9,7 @@ import soundfile as sf
 from edge.agent import Agent
 from edge.capture import FileSource
 from edge.detector import band_of
+from edge.settings import EdgeSettings
 
 from .conftest import FakeScorer, tone_then_silence
 
@@ -23,7 +24,7 @@ def test_detection_is_committed_before_it_is_shown_and_events_merge(tmp_path, la
 
     def on_detection(ev, info):
         row = agent.store.detection(ev.uuid)  # already in the database when the UI hears of it
-        assert row is not None and row["species_code"] == ev.species.code
+        assert row is not None and row.species_code == ev.species.code
         seen.append(ev.species.code)
 
     agent = Agent(edge_settings, scorer=FakeScorer(labels), on_detection=on_detection, seed=0)
@@ -32,14 +33,15 @@ def test_detection_is_committed_before_it_is_shown_and_events_merge(tmp_path, la
     x = np.concatenate([tone_then_silence(12, 10), tone_then_silence(6, 4)])
     res = agent.run(FileSource(_file(tmp_path, x)))
     agent.end_tour()
-    dets = sorted(agent.store.detections(tour), key=lambda d: d["offset_start"])
+    dets = sorted(agent.store.detections(tour), key=lambda d: d.offset_start)
     assert seen == [labels[0].code, labels[0].code] and res.detections == 2
-    assert [d["species_code"] for d in dets] == [labels[0].code] * 2
+    assert [d.species_code for d in dets] == [labels[0].code] * 2
     first, second = dets
-    assert first["offset_start"] == 0.0 and first["offset_end"] >= 12.0 and first["closed"] == 1
-    assert second["offset_start"] >= 17.5 and first["band"] == "high"
-    assert all(d["model_version"] == "fake-1" for d in dets)
-    assert agent.store.tour(tour)["ended_at"] is not None
+    assert first.offset_start == 0.0 and first.offset_end >= 12.0 and first.closed
+    assert second.offset_start >= 17.5 and first.band == "high"
+    assert all(d.model_version == "fake-1" for d in dets)
+    assert first.common_name == labels[0].common_name  # names are stored with the detection
+    assert agent.store.tour(tour).ended_at is not None
 
 
 def test_per_species_threshold_and_bands(tmp_path, labels, edge_settings):
@@ -51,8 +53,8 @@ def test_per_species_threshold_and_bands(tmp_path, labels, edge_settings):
     tour = agent.start_tour()
     agent.run(FileSource(_file(tmp_path, tone_then_silence(0, 10))))
     dets = agent.store.detections(tour)
-    assert [d["species_code"] for d in dets] == [labels[1].code]  # 0.2 ≥ its own 0.15 threshold
-    assert dets[0]["band"] == "low"
+    assert [d.species_code for d in dets] == [labels[1].code]  # 0.2 ≥ its own 0.15 threshold
+    assert dets[0].band == "low"
     assert band_of(0.9) == "high" and band_of(0.7) == "medium" and band_of(0.3) == "low"
 
 
@@ -66,24 +68,25 @@ def test_uncertain_windows_are_sampled_within_budget_with_eviction(tmp_path, lab
         np.float32
     )  # noqa: E731
     agent.run(FileSource(_file(tmp_path, noise(60, 0))))  # every window is uncertain; noise does not compress
-    clips = agent.store.query("SELECT * FROM clips")
-    assert clips and all(c["reason"] == "uncertain" for c in clips)
+    clips = agent.store.clips()
+    assert clips and all(c.reason == "uncertain" for c in clips)
     assert agent.store.clip_bytes(tour) <= 60_000 and agent.sampler.stats.skipped_budget > 0
     assert agent.store.clip_bytes() <= 200_000
     for c in clips:  # compressed OGG that decodes back to a 5 s window
-        y, sr = sf.read(c["path"])
+        y, sr = sf.read(c.path)
         assert sr == 32_000 and y.size == 160_000
+        assert c.source == "a.wav" and c.duration_s == 5.0 and len(c.edge_top) == 3
     # once synced, old clips make room for new ones; unsynced ones are never evicted
-    with agent.store.tx() as db:
-        db.execute("UPDATE clips SET synced_at = 'x'")
-    before = {c["uuid"] for c in clips}
+    for c in clips:
+        agent.store.mark_clip_synced(c.uuid)
+    before = {c.uuid for c in clips}
     agent.sampler.tour_budget, agent.sampler.total_budget = 1_000_000, agent.store.clip_bytes() + 50_000
     agent.start_tour()
     agent.run(FileSource(_file(tmp_path, noise(20, 1), "b.wav")))
     assert agent.sampler.stats.evicted > 0
-    evicted = agent.store.query("SELECT uuid, path FROM clips WHERE evicted_at IS NOT NULL")
-    assert evicted and {e["uuid"] for e in evicted} <= before
-    assert not any(__import__("pathlib").Path(e["path"]).exists() for e in evicted)
+    evicted = [c for c in agent.store.clips(include_evicted=True) if c.evicted_at is not None]
+    assert evicted and {e.uuid for e in evicted} <= before
+    assert not any(__import__("pathlib").Path(e.path).exists() for e in evicted)
 
 
 def test_feedback_flags_the_detection_audio(tmp_path, labels, edge_settings):
@@ -91,17 +94,19 @@ def test_feedback_flags_the_detection_audio(tmp_path, labels, edge_settings):
     tour = agent.start_tour()
     agent.run(FileSource(_file(tmp_path, tone_then_silence(8, 2))))
     det = agent.store.detections(tour)[0]
-    out = agent.feedback(det["uuid"], "wrong_species", labels[5].code)
+    out = agent.feedback(det.uuid, "wrong_species", labels[5].code)
     assert out["clip"]  # saved from the audio still in memory
-    clip = agent.store.query("SELECT * FROM clips WHERE detection_uuid = ?", [det["uuid"]])[0]
-    assert clip["reason"] == "flagged"
-    assert agent.store.detection(det["uuid"])["status"] == "disputed"
-    fb = agent.store.query("SELECT * FROM feedback")[0]
-    assert fb["kind"] == "wrong_species" and fb["correct_code"] == labels[5].code
+    (clip,) = [c for c in agent.store.clips() if c.detection_uuid == det.uuid]
+    assert clip.reason == "flagged" and clip.source == "a.wav" and clip.source_offset == det.offset_start
+    after = agent.store.detection(det.uuid)
+    # the guide's verdict is its own field; the cloud's verdict (status) is untouched
+    assert after.guide_verdict == "wrong_species" and after.status == "pending"
+    assert agent.store.feedback_to_send() == []  # not sendable before its detection is synced
+    assert agent.store.pending().feedback == 1
     import pytest
 
     with pytest.raises(ValueError, match="unknown species"):
-        agent.feedback(det["uuid"], "wrong_species", "class_97")
+        agent.feedback(det.uuid, "wrong_species", "class_97")
 
 
 def test_birdnet_fallback_on_a_real_recording(tmp_path, edge_settings):
@@ -111,7 +116,7 @@ def test_birdnet_fallback_on_a_real_recording(tmp_path, edge_settings):
     assert "BirdNET" in agent.scorer.description and "no trained package" in agent.scorer.description
     tour = agent.start_tour()
     res = agent.run(FileSource(MINI / "train_audio" / "cattyr" / "iNat854652.ogg"))
-    codes = {d["species_code"] for d in agent.store.detections(tour)}
+    codes = {d.species_code for d in agent.store.detections(tour)}
     assert res.windows >= 1 and "cattyr" in codes  # BirdNET names this Cattle Tyrant at 0.99
 
 
@@ -121,14 +126,34 @@ def test_exports(tmp_path, labels, edge_settings):
     agent = Agent(edge_settings, scorer=FakeScorer(labels), seed=0)
     tour = agent.start_tour("Ana")
     agent.run(FileSource(_file(tmp_path, tone_then_silence(8, 2))))
-    rows = agent.store.detections(tour)
+    rows = agent.store.export_rows(tour)
     assert write_raven(tmp_path / "r.txt", rows, labels) == 1
     head, line = (tmp_path / "r.txt").read_text().splitlines()
     assert head.split("\t") == RAVEN_COLUMNS and labels[0].scientific_name in line
     assert write_csv(tmp_path / "d.csv", rows, labels) == 1
-    assert write_dwc(tmp_path / "o.csv", rows, labels, {t["uuid"]: t for t in agent.store.tours()}) == 1
+    assert write_dwc(tmp_path / "o.csv", rows, labels, 6.6, -74.2) == 1
     import csv
 
     occ = next(csv.DictReader(open(tmp_path / "o.csv")))
     assert list(occ) == DWC_COLUMNS and occ["basisOfRecord"] == "MachineObservation"
     assert occ["scientificName"] == labels[0].scientific_name and occ["occurrenceID"].startswith("urn:uuid:")
+    assert (occ["decimalLatitude"], occ["decimalLongitude"], occ["geodeticDatum"]) == (
+        "6.6",
+        "-74.2",
+        "WGS84",
+    )
+
+
+def test_windows_where_detections_start_are_sampled_for_the_cloud(tmp_path, labels, edge_settings):
+    """The cloud confirms a detection only through a clip of it: the window where an event starts is
+    drawn at ``detection_clip_rate`` (here 1: all), linked to that event."""
+    s = edge_settings.model_copy(update={"detection_clip_rate": 1.0})
+    agent = Agent(s, scorer=FakeScorer(labels), seed=0)
+    tour = agent.start_tour()
+    agent.run(FileSource(_file(tmp_path, np.concatenate([tone_then_silence(6, 8)] * 4))))
+    dets = agent.store.detections(tour)
+    clips = agent.store.clips()
+    assert len(dets) == 4 and len(clips) == 4  # one per event, none for the windows in between
+    assert {c.detection_uuid for c in clips} == {d.uuid for d in dets}
+    assert all(c.reason == "random" and c.source_offset == d.offset_start for c, d in zip(clips, dets))
+    assert EdgeSettings().detection_clip_rate == 0.5  # the default: half of them, at random

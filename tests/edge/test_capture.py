@@ -14,13 +14,18 @@ from edge.capture import DirectorySource, FileSource, MicrophoneSource
 from shared_features import DEFAULT, load_audio
 from tests.conftest import MINI
 
+from .conftest import FakeSoundDevice, FakeStatus
+
 SOUNDSCAPE = MINI / "train_soundscapes" / "H02_20230420_074000.ogg"
 
 
 def test_file_source_replays_a_real_recording_exactly():
     src = FileSource(SOUNDSCAPE, chunk_seconds=0.37)
-    ((name, chunks),) = list(src.segments())
-    got = np.concatenate(list(chunks))
+    (seg,) = list(src.segments())
+    got = np.concatenate(list(seg.chunks))
+    name = seg.name
+    assert seg.warning is None and seg.start_basis == "file_name"
+    assert seg.started_at.isoformat() == "2023-04-20T07:40:00+00:00"  # H02_20230420_074000
     ref = load_audio(SOUNDSCAPE)
     assert name == SOUNDSCAPE.name and abs(got.size - ref.size) <= 64
     n = min(got.size, ref.size)
@@ -35,8 +40,8 @@ def test_file_source_realtime_paces_like_a_microphone(tmp_path):
     sf.write(tmp_path / "one.wav", x, 32_000)
     src = FileSource(tmp_path / "one.wav", realtime=True, chunk_seconds=0.25)
     t = time.monotonic()
-    for _, chunks in src.segments():
-        list(chunks)
+    for seg in src.segments():
+        list(seg.chunks)
     assert time.monotonic() - t >= 0.7  # 1 s of audio, the first chunk is immediate
 
 
@@ -51,76 +56,10 @@ def test_directory_source_processes_each_new_recording_once(tmp_path):
         shutil.copy(MINI / "train_audio" / "amekes" / "iNat1222149.ogg", tmp_path / "b.ogg")
 
     threading.Thread(target=late_copy).start()
-    for name, chunks in src.segments():
-        assert sum(c.size for c in chunks) > 0
-        names.append(name)
+    for seg in src.segments():
+        assert sum(c.size for c in seg.chunks) > 0
+        names.append(seg.name)
     assert names == ["a.ogg", "b.ogg"]
-
-
-class FakeStatus:
-    def __init__(self, overflow: bool) -> None:
-        self.input_overflow = overflow
-
-
-class FakeSoundDevice:
-    """Stands in for the sounddevice module: its InputStream calls the real callback from a thread
-    with prepared audio at the device's rate, and can 'lose' the device after some blocks."""
-
-    def __init__(
-        self,
-        audio: np.ndarray,
-        rate: int = 48_000,
-        lose_after: int | None = None,
-        overflow_every: int = 0,
-        fail_opens: int = 0,
-    ) -> None:
-        self.audio, self.rate, self.lose_after = audio, rate, lose_after
-        self.overflow_every, self.fail_opens, self.opened = overflow_every, fail_opens, 0
-
-    def check_input_settings(self, device=None, samplerate=None, channels=None, dtype=None):
-        if samplerate != self.rate:
-            raise ValueError("Invalid sample rate")
-
-    def query_devices(self, device=None, kind=None):
-        return {"name": "fake mic", "default_samplerate": float(self.rate)}
-
-    def InputStream(self, **kw):  # noqa: N802 - the sounddevice name
-        if self.fail_opens > 0:
-            self.fail_opens -= 1
-            raise OSError("device unavailable")
-        self.opened += 1
-        return _FakeStream(self, **kw)
-
-
-class _FakeStream:
-    def __init__(self, sd, *, device, samplerate, channels, dtype, blocksize, callback, finished_callback):
-        self.sd, self.block, self.callback, self.finished = sd, blocksize, callback, finished_callback
-        self.active = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        sd = self.sd
-        for k, i in enumerate(range(0, sd.audio.size, self.block)):
-            if not self.active:
-                return
-            if sd.lose_after is not None and k == sd.lose_after and sd.opened == 1:
-                self.active = False
-                self.finished()
-                return
-            status = FakeStatus(bool(sd.overflow_every) and k % sd.overflow_every == sd.overflow_every - 1)
-            self.callback(sd.audio[i : i + self.block, None], self.block, None, status)
-        self.active = False
-        self.finished()
-
-    def start(self):
-        self.active = True
-        self._thread.start()
-
-    def stop(self):
-        self.active = False
-
-    def close(self):
-        pass
 
 
 def test_microphone_source_resamples_counts_overflows_and_survives_a_lost_device():
@@ -130,9 +69,10 @@ def test_microphone_source_resamples_counts_overflows_and_survives_a_lost_device
     mic = MicrophoneSource(sd=sd, block_seconds=0.25, max_restarts=5)
     total = 0
     segs = 0
-    for _name, chunks in mic.segments():
+    for seg in mic.segments():
         segs += 1
-        total += sum(c.size for c in chunks)
+        assert seg.started_at is None and seg.start_basis == "clock"  # live: the device clock
+        total += sum(c.size for c in seg.chunks)
         if segs == 2:
             mic.stop()
     # one failed open, one lost device, then the whole recording again at 32 kHz

@@ -26,6 +26,7 @@ def shown(ev, info):
 s = EdgeSettings(home={home!r}, random_clip_rate=0.3)
 agent = Agent(s, scorer=FakeScorer(labels), on_detection=shown, seed={seed})
 agent.start_tour("kill-test")
+from edge.capture import Segment
 class Gen:
     name = "gen"
     def stop(self): pass
@@ -35,14 +36,14 @@ class Gen:
                 x = tone_then_silence(3, 9)
                 for i in range(0, x.size, 8000):
                     yield x[i:i + 8000]
-        yield "gen", chunks()
+        yield Segment("gen", chunks())
 agent.run(Gen())
 """
 
 
 @pytest.mark.timeout(300)
 def test_sigkill_many_times_loses_nothing(tmp_path):
-    from edge.store import EdgeStore
+    from edge.store import open_store
     from tests.conftest import MINI
 
     committed: set[str] = set()
@@ -65,11 +66,11 @@ def test_sigkill_many_times_loses_nothing(tmp_path):
             if line.startswith("COMMITTED"):
                 committed.add(line.split()[1])
         assert got >= 2, "the writer produced no detections"
-    st = EdgeStore(tmp_path / "edge" / "edge.db")
-    assert st.integrity() == "ok"
-    stored = {r["uuid"] for r in st.query("SELECT uuid FROM detections")}
+    st = open_store(tmp_path / "edge" / "edge.db")
+    assert st.notice is None and st.check() == "ok"
+    stored = {d.uuid for d in st.detections()}
     assert committed <= stored and len(committed) >= 16
     # recovery closes the events the kills left open, so they can be synced
     st.close_open_detections()
-    assert st.query("SELECT count(*) AS n FROM detections WHERE closed = 0")[0]["n"] == 0
-    assert len({r["tour_uuid"] for r in st.query("SELECT tour_uuid FROM detections")}) == 8
+    assert st.pending().open_detections == 0
+    assert len({d.tour_uuid for d in st.detections()}) == 8

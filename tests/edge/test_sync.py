@@ -32,9 +32,9 @@ def test_sync_through_failures_loses_nothing_and_duplicates_nothing(tmp_path, la
     agent = _record(tmp_path, labels, s, [(6, 8)] * 6)
     st = agent.store
     det = st.detections()[0]
-    agent.feedback(det["uuid"], "wrong_species", labels[3].code)
+    agent.feedback(det.uuid, "wrong_species", labels[3].code)
     n_det = len(st.detections())
-    n_clips = st.query("SELECT count(*) AS n FROM clips")[0]["n"]
+    n_clips = len(st.clips())
     assert n_det == 6 and n_clips >= 3
     flaky = FlakyTransport(cloud["client"]._transport, p_fail=0.45, seed=1)
     client = SyncClient(
@@ -55,12 +55,12 @@ def test_sync_through_failures_loses_nothing_and_duplicates_nothing(tmp_path, la
         except SyncError:
             failures += 1
             continue
-        if not any(st.pending().values()):
+        if st.pending().total == 0:
             break
-    assert not any(st.pending().values()), st.pending()
+    assert st.pending().total == 0, st.pending()
     assert failures > 0 and len(flaky.faults) == 5, flaky.faults  # every kind of fault happened
     cs = cloud["store"]
-    mine = [d["uuid"] for d in st.query("SELECT uuid FROM detections")]
+    mine = [d.uuid for d in st.detections()]
     stored = cs.query(f"SELECT uuid FROM detections WHERE uuid IN ({','.join('?' * len(mine))})", mine)
     assert len(stored) == n_det  # exactly once (primary keys make a second copy impossible; all arrived)
     clips = cs.query(
@@ -69,11 +69,9 @@ def test_sync_through_failures_loses_nothing_and_duplicates_nothing(tmp_path, la
     assert clips[0]["n"] == n_clips
     assert cs.query("SELECT count(*) AS n FROM feedback")[0]["n"] == 1
     # confirmations came back: detections with a clip are confirmed or disputed now
-    statuses = {
-        r["status"] for r in st.query("SELECT status FROM detections WHERE cloud_species IS NOT NULL")
-    }
+    statuses = {d.status for d in st.detections() if d.cloud_species}
     assert statuses and statuses <= {"confirmed", "disputed"}
-    assert st.get_state("confirmations_since") not in (None, "0")
+    assert st.sync_info().confirmations_cursor > 0
 
 
 def test_sync_offline_keeps_everything_pending(tmp_path, labels, edge_settings):
@@ -94,7 +92,7 @@ def test_sync_offline_keeps_everything_pending(tmp_path, labels, edge_settings):
     )
     with pytest.raises(SyncError, match="4 attempts"):
         client.run()
-    assert agent.store.pending() == before and before["detections"] == 1
+    assert agent.store.pending() == before and before.detections == 1
 
 
 def test_bad_token_is_a_clear_error(tmp_path, labels, edge_settings, cloud):
@@ -107,4 +105,58 @@ def test_bad_token_is_a_clear_error(tmp_path, labels, edge_settings, cloud):
     )
     with pytest.raises(SyncError, match="401"):
         client.run()
-    assert agent.store.pending()["detections"] == 1
+    assert agent.store.pending().detections == 1
+
+
+def test_cloud_confirmations_change_status_counts_and_exports(tmp_path, edge_settings, cloud):
+    """A real recording (Cattle Tyrant), the real BirdNET fallback on the edge, a real sync against
+    the in-process cloud: every confirmation that names a detection sets its status (the cloud's
+    verdict), the species counts and the exports follow, the cloud's tour report counts the species as
+    confirmed — and a guide's contrary verdict stays beside it, not over it."""
+    import csv
+
+    from edge.exports import write_csv, write_dwc
+    from edge.records import DetectionStatus, GuideVerdict
+    from tests.conftest import MINI
+
+    s = edge_settings.model_copy(update={"random_clip_rate": 1.0})  # every window is a clip
+    agent = Agent(s, seed=0)  # BirdNET zero-shot: no package installed
+    tour = agent.start_tour("Ana", "El Silencio")
+    agent.run(FileSource(MINI / "train_audio" / "cattyr" / "iNat854652.ogg"))
+    agent.end_tour()
+    st = agent.store
+    dets = [d for d in st.detections(tour) if d.species_code == "cattyr"]
+    assert dets and all(d.status is DetectionStatus.PENDING for d in dets)
+    agent.feedback(dets[0].uuid, "wrong_species", "trokin")  # the guide disagrees
+    linked = {c.detection_uuid for c in st.clips() if c.detection_uuid}
+    assert {d.uuid for d in dets} <= linked  # each detection's windows went up as its clips
+    client = SyncClient(
+        st, "http://testserver", cloud["token"], transport=FlakyTransport(cloud["client"]._transport, 0.0)
+    )
+    rep = client.run()
+    assert rep.clips == len(st.clips()) and rep.confirmations_applied >= len(dets)
+    assert rep.confirmed + rep.disputed == rep.confirmations_applied and rep.confirmed >= 1
+    after = {d.uuid: d for d in st.detections(tour)}
+    for d in dets:
+        assert after[d.uuid].status is DetectionStatus.CONFIRMED, after[d.uuid]  # the cloud agreed
+        assert after[d.uuid].cloud_species[0].code == "cattyr"
+    assert after[dets[0].uuid].guide_verdict is GuideVerdict.WRONG_SPECIES  # kept apart
+    counts = {c.code: c for c in st.species_counts(tour)}
+    assert counts["cattyr"].confirmed == len(dets)
+    write_csv(tmp_path / "d.csv", st.export_rows(tour))
+    assert {
+        r["status"] for r in csv.DictReader(open(tmp_path / "d.csv")) if r["species_code"] == "cattyr"
+    } == {"confirmed"}
+    write_dwc(tmp_path / "o.csv", st.export_rows(tour))
+    occ = [r for r in csv.DictReader(open(tmp_path / "o.csv")) if r["scientificName"] == "Machetornis rixosa"]
+    assert occ and all(r["identificationVerificationStatus"] == "verified by the cloud ensemble" for r in occ)
+    # a second sync re-reads nothing twice and changes nothing
+    again = client.run()
+    assert again.confirmations == 0 and st.detection(dets[0].uuid).status is DetectionStatus.CONFIRMED
+    # the cloud's own tour report now counts the species as confirmed
+    admin = cloud["store"].add_device(f"admin-{tour[:8]}", role="admin")
+    r = cloud["client"].get(
+        "/v1/reports/tours", params={"tour": tour}, headers={"authorization": f"Bearer {admin}"}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["tours"][0]["species_confirmed"] >= 1

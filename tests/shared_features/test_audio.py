@@ -182,3 +182,23 @@ def test_chunked_reader_errors(tmp_path):
     soundfile.write(buf, np.zeros(0, np.float32), 32_000, format="WAV")
     with pytest.raises(EmptyAudioError):
         list(iter_audio_chunks(buf.getvalue()))
+
+
+def test_chunked_reader_reads_a_part(tmp_path):
+    """start/stop seconds: exactly those samples of a PCM file (seeking), nothing past the end."""
+    x = np.random.default_rng(2).standard_normal(32_000 * 12).astype(np.float32) * 0.1
+    p = write(tmp_path / "x.flac", x, 32_000, "FLAC", "PCM_24")
+    whole = load_audio(p)
+    part = np.concatenate(list(iter_audio_chunks(p, chunk_seconds=2.0, start_seconds=5.0, stop_seconds=10.0)))
+    assert np.array_equal(part, whole[5 * 32_000 : 10 * 32_000])
+    tail = np.concatenate(list(iter_audio_chunks(p, start_seconds=10.0)))
+    assert np.array_equal(tail, whole[10 * 32_000 :])
+    assert list(iter_audio_chunks(p, start_seconds=20.0)) == []
+    with pytest.raises(ValueError, match="start_seconds"):
+        list(iter_audio_chunks(p, start_seconds=5.0, stop_seconds=4.0))
+    # a resampled source: a part from 0 is the one-piece decode's prefix
+    p44 = write(tmp_path / "x44.flac", tone(12.0, sr=44_100, seed=4), 44_100, "FLAC")
+    head = np.concatenate(list(iter_audio_chunks(p44, chunk_seconds=3.0, stop_seconds=6.0)))
+    assert abs(head.size - 6 * 32_000) <= 2
+    n = min(head.size, 6 * 32_000) - 64  # the stream's end is flushed at the part's end
+    assert np.abs(head[:n] - load_audio(p44)[:n]).max() < 1e-3

@@ -54,3 +54,41 @@ def test_duplicate_migration_names_are_refused():
 
     with pytest.raises(ValueError, match="duplicate migration names"):
         Dup(":memory:")
+
+
+def test_stores_starting_together_apply_each_migration_once(tmp_path):
+    """Two stores open a new database at the same moment (as two processes would): both read "not
+    applied" before either writes; each migration must still be applied exactly once."""
+    import threading
+    from contextlib import contextmanager
+
+    barrier = threading.Barrier(2, timeout=30)
+
+    class Racing(_Two):
+        first = True
+
+        @contextmanager
+        def tx(self):  # type: ignore[no-untyped-def]
+            if self.first:  # both have read the applied names; now both try to write
+                self.first = False
+                barrier.wait()
+            with super().tx() as db:
+                yield db
+
+    db = tmp_path / "s.db"
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            Racing(db).close()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    s = _Two(db)
+    assert [r["name"] for r in s.query("SELECT name FROM migrations ORDER BY id")] == ["create_a", "create_b"]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
+import os
 import subprocess
 import sys
 
 import pytest
 
-from silencio.cli import build_parser, iter_commands, main
+from silencio.cli import build_parser, configure_logging, iter_commands, main
 
 
 def test_every_command_has_help_text():
@@ -90,36 +90,32 @@ def test_eval_command(tmp_path, capsys):
     assert rc == 0 and "macro ROC-AUC 1.0000" in out and "synthetic truth vs itself" in out
 
 
+def test_third_party_info_only_with_verbose(monkeypatch):
+    import logging
+
+    monkeypatch.delenv("MLFLOW_LOGGING_LEVEL", raising=False)
+    monkeypatch.setenv("SILENCIO_VERBOSE", "0")
+    root = logging.getLogger()
+    saved = root.level
+    try:
+        configure_logging(0)
+        assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)  # "HTTP Request: …" lines
+        assert not logging.getLogger("bentoml").isEnabledFor(logging.INFO)
+        assert logging.getLogger("edge.sync").isEnabledFor(logging.INFO)  # ours
+        assert os.environ["SILENCIO_VERBOSE"] == "0" and os.environ["MLFLOW_LOGGING_LEVEL"] == "WARNING"
+        configure_logging(1)
+        assert logging.getLogger("httpx").isEnabledFor(logging.INFO)
+        assert not logging.getLogger("httpx").isEnabledFor(logging.DEBUG)
+        configure_logging(2)
+        assert logging.getLogger("cloud").isEnabledFor(logging.DEBUG)
+    finally:
+        root.setLevel(saved)
+        for name in ("shared_features", "training", "cloud", "bentos", "edge", "silencio"):
+            logging.getLogger(name).setLevel(logging.NOTSET)
+
+
 @pytest.mark.parametrize("argv", [["features", "compute"], ["data"], ["eval"]])
 def test_usage_errors(argv):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2
-
-
-def test_demo_quick_runs_the_whole_loop_and_reuses(capsys, tmp_path, monkeypatch):
-    monkeypatch.setenv("SILENCIO_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert main(["demo", "--quick", "--species", "5", "--workers", "1", "--no-tui"]) == 0
-    out = capsys.readouterr().out
-    for step in range(1, 11):
-        assert f"[{step}/10]" in out
-    assert "MLflow run" in out and "onnx-fp32" in out and "ground truth of SYN00" in out
-    assert "service stopped" in out and "model update: installed" in out
-    work = next((tmp_path / "home" / "demo").iterdir())
-    summary = json.loads((work / "demo_summary.json").read_text())
-    assert summary["tour"]["truth"] and "ensemble_soundscape_roc_auc" in summary
-    assert (work / "ensemble" / "report" / "report.md").exists()
-    assert (tmp_path / "home" / "mlflow" / "mlflow.db").exists()
-    from edge.store import EdgeStore
-
-    st = EdgeStore(summary["edge_db"])
-    assert st.pending()["detections"] == 0  # everything synced
-    # no service left running
-    import subprocess
-
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert str(work / "cloud_home") not in ps and "bentos.service:Silencio" not in ps
-    assert main(["demo", "--quick", "--species", "5", "--workers", "1", "--no-tui"]) == 0
-    out = capsys.readouterr().out
-    assert "reusing" in out and "files reused" in out and "[10/10]" in out

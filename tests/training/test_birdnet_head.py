@@ -53,3 +53,24 @@ def test_birdnet_head_command(tmp_path, synth_dir, capsys):
     out = capsys.readouterr().out
     assert rc == 0 and "held-out soundscapes" in out
     assert (tmp_path / "h" / "head.npz").exists() and (tmp_path / "h" / "report" / "report.md").exists()
+
+
+def test_head_continues_from_a_head():
+    """``init``: the starting point is the given head (weights and standardisation), so with no
+    steps the head is unchanged, and a few steps stay close to it; another label space is refused."""
+    from shared_features import LabelSpace
+    from training.errors import TrainingError
+
+    labels = LabelSpace.default()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 16)).astype(np.float32)
+    y = (rng.random((40, len(labels))) < 0.05).astype(np.float32)
+    start, _ = fit_head(x, y, labels, epochs=5, seed=1)
+    same, _ = fit_head(x + 3.0, y, labels, epochs=0, init=start)  # other data: its mean is not used
+    assert np.array_equal(same.mean, start.mean) and np.allclose(same.weight, start.weight)
+    assert np.allclose(same.predict(x), start.predict(x))
+    near, _ = fit_head(x, y, labels, epochs=2, lr=1e-4, init=start)
+    assert np.abs(near.weight - start.weight).max() < 1e-2
+    ten = LabelSpace(list(labels)[:10])
+    with pytest.raises(TrainingError, match="label space"):
+        fit_head(x, y[:, :10], ten, init=start)
