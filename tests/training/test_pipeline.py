@@ -268,6 +268,7 @@ def test_release_is_verified_and_installs_through_the_edge_updater(tmp_path, syn
 
     from edge.store import EdgeStore
     from edge.updater import install
+    from shared_features.signature import ReleaseStatement
 
     labels = LabelSpace.from_taxonomy_csv(synth_dir / "taxonomy.csv")
     pkg = tiny_edge_package(tmp_path / "pkg", labels, version="7")
@@ -283,12 +284,23 @@ def test_release_is_verified_and_installs_through_the_edge_updater(tmp_path, syn
     assert rel.sha256 == hashlib.sha256(rel.archive.read_bytes()).hexdigest()
     with tarfile.open(rel.archive) as tar:
         assert {"release.json", "thresholds.json", "package/package.json"} <= set(tar.getnames())
-    store = EdgeStore(tmp_path / "edge.db")
-    got = install(store, rel.archive, rel.sha256, tmp_path / "models", None)
-    active = store.active_model()  # a dict, or a typed record once the edge store has them
-    assert (
-        got["version"] == "7" and (active["version"] if isinstance(active, dict) else active.version) == "7"
+    # what the cloud signs when it publishes this release (docs/contracts.md §11); install checks
+    # the archive and its content against it
+    statement = ReleaseStatement(
+        name=man["name"],
+        version=man["version"],
+        sha256=rel.sha256,
+        bytes=rel.archive.stat().st_size,
+        feature_fingerprint=man["feature_fingerprint"],
+        labels_sha256=man["labels_sha256"],
+        thresholds_sha256=hashlib.sha256((rel.directory / "thresholds.json").read_bytes()).hexdigest(),
+        signed_at="2026-01-01T00:00:00Z",
+        key_id="0" * 16,
     )
+    store = EdgeStore(tmp_path / "edge.db")
+    got = install(store, rel.archive, statement, tmp_path / "models", None)
+    assert got["version"] == "7" and store.active_model().version == "7"
+    assert json.loads((Path(got["path"]) / "thresholds.json").read_text()) == {code: 0.8}
     # tampering is caught; unknown species are refused
     (rel.directory / "thresholds.json").write_text(json.dumps({code: 0.1}))
     with pytest.raises(ReleaseError, match="thresholds.json"):
