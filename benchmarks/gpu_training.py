@@ -175,20 +175,27 @@ def main() -> None:
         drop_last=True,
     )
     gathered16 = GatheredBatches(wav16, targets, args.batch, pin=cuda, dev=dev, reuse=cuda)
-    rows_out = [
-        ("compute only (batch on GPU)", compute),
-        ("cache loader alone", run(cache_loader, False, args.steps)),
-        ("cache → GPU → train step", run(cache_loader, True, args.steps)),
-        ("waveform loader alone", run(audio_loader, False, args.steps)),
-        ("waveform → GPU log-mel → train step", run(audio_loader, True, args.steps)),
-        ("waveform batch gather (pinned) alone", run(gathered, False, args.steps)),
-        ("waveform batch gather → GPU log-mel → train step", run(gathered, True, args.steps)),
-        ("int16 waveform loader → GPU log-mel → train step", run(loader16, True, args.steps)),
-        ("int16 gather, reused pinned buffers, async copy alone", run(gathered16, False, args.steps)),
-        ("int16 gather, reused pinned buffers → GPU log-mel → train step", run(gathered16, True, args.steps)),
+    plan = [
+        ("cache loader alone", cache_loader, False),
+        ("cache → GPU → train step", cache_loader, True),
+        ("waveform loader alone", audio_loader, False),
+        ("waveform → GPU log-mel → train step", audio_loader, True),
+        ("waveform batch gather (pinned) alone", gathered, False),
+        ("waveform batch gather → GPU log-mel → train step", gathered, True),
+        ("int16 waveform loader → GPU log-mel → train step", loader16, True),
+        ("int16 gather, reused pinned buffers, async copy alone", gathered16, False),
+        ("int16 gather, reused pinned buffers → GPU log-mel → train step", gathered16, True),
     ]
     name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
-    print(f"\n{args.timm_name}, bf16 autocast, batch {args.batch}, {name}, torch {torch.__version__}\n")
+    print(f"\n{args.timm_name}, bf16 autocast, batch {args.batch}, {name}, torch {torch.__version__}")
+    print(
+        f"compute only (batch on GPU): {compute:.0f} clips/s — each row below as it is measured", flush=True
+    )
+    rows_out = [("compute only (batch on GPU)", compute)]
+    for label, loader, train in plan:
+        rows_out.append((label, run(loader, train, args.steps)))
+        print(f"  {label}: {rows_out[-1][1]:.0f} clips/s", flush=True)
+    print()
     print(table(["pipeline", "clips/s", "× compute ceiling"], [(k, v, v / compute) for k, v in rows_out]))
 
 

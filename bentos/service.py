@@ -330,19 +330,40 @@ def _start_failed(what: str, exc: BaseException) -> None:
     fatal(f"{what}: {detail}")
 
 
+#: Most windows the Scorer scores in one call (a request with more is split by the batcher).
+SCORER_MAX_BATCH = 64
+#: BentoML's dispatcher *cancels* (503, "process is overloaded") a queued request whose expected
+#: latency exceeds this; it is a load-shedding deadline, not a batching delay (the dispatcher waits
+#: only while waiting pays). At 100 ms, any queue behind a ~100 ms ensemble call was shed, so batches
+#: never formed and most clip confirmations under concurrent syncs were refused on a 2-core machine
+#: (tests/cloud/test_store_replicas.py); 30 s stays under the 120 s timeout.
+SCORER_MAX_LATENCY_MS = 30_000
+#: Concurrent ``/identify`` requests Silencio runs (BentoML's default for sync APIs is 1, which
+#: sent the Scorer one request at a time: nothing to batch).
+IDENTIFY_THREADS = 32
+
+_BATCH_WINDOWS = bentoml.metrics.Histogram(
+    name="silencio_scorer_batch_windows",
+    documentation="Windows per ensemble call formed by the Scorer's adaptive batcher",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+
 # BentoML's client of a dependency replaces its HTTP session every 100 requests (and every 300 s) and
 # closes the old one with requests still in flight on it: each of those failed with "Server
 # disconnected" (a 500) whenever more than one request was scoring — 25 of 240 requests with 32
-# clients (tests/reliability/test_load.py). The scorer runs beside the API worker on this machine: its
-# session never needs replacing.
+# clients (tests/reliability/test_load.py) — and the Scorer had computed them for nothing (~30 % of
+# the CPU at 32 clients, benchmarks/cloud_load.py). The scorer runs beside the API worker on this
+# machine: its session never needs replacing.
 _ONE_SESSION = {"max_requests": 2**31 - 1, "max_age": 10.0 * 365 * 24 * 3600}
 
 
 @bentoml.service(name="silencio_scorer", traffic={"timeout": 120}, runner_connection=_ONE_SESSION)
 class Scorer:
-    """The ensemble behind an adaptive-batching API. Loaded and warmed up (one window scored, so
-    every member's runtime is built) before the worker serves: its ``/readyz`` and therefore the
-    service's answer 503 until then."""
+    """The ensemble behind an adaptive-batching API: concurrent requests' windows are scored in one
+    :meth:`~shared_features.package.ModelPackage.predict` call, which runs the members and
+    BirdNET's chunks concurrently on ``threads`` CPU threads (``SILENCIO_CLOUD_THREADS``). Loaded and
+    warmed up (one window scored, so every member's runtime is built) before the worker serves: its
+    ``/readyz`` and therefore the service's answer 503 until then."""
 
     def __init__(self) -> None:
         die_with_parent()
@@ -358,11 +379,11 @@ class Scorer:
             _start_failed("the model could not be loaded", exc)
         self.ready = True
 
-    # max_latency_ms is how long a request may queue before BentoML refuses it with 503 ("process is
-    # overloaded"), not the batching window: 100 ms refused most clip confirmations under concurrent
-    # syncs on a 2-core machine (tests/cloud/test_store_replicas.py); 30 s stays under the timeout.
-    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=64, max_latency_ms=30_000)
+    @bentoml.api(
+        batchable=True, batch_dim=0, max_batch_size=SCORER_MAX_BATCH, max_latency_ms=SCORER_MAX_LATENCY_MS
+    )
     def score(self, windows: np.ndarray) -> np.ndarray:
+        _BATCH_WINDOWS.observe(len(windows))
         return self.identifier.package.predict(np.asarray(windows, np.float32)).probs
 
 
@@ -372,7 +393,9 @@ console = console_app(lambda: ConsoleDeps.from_cloud(_cloud()))
 
 @bentoml.asgi_app(console, path="/console")
 @bentoml.asgi_app(v1, path="/v1")
-@bentoml.service(name="silencio", traffic={"timeout": 120}, runner_probe={"enabled": False})
+@bentoml.service(
+    name="silencio", traffic={"timeout": 120}, threads=IDENTIFY_THREADS, runner_probe={"enabled": False}
+)
 class Silencio:
     scorer = bentoml.depends(Scorer)
 
@@ -390,7 +413,20 @@ class Silencio:
             _start_failed("the service could not start", exc)
 
     def _score(self, windows: np.ndarray) -> np.ndarray:
-        return np.asarray(self.scorer.score(windows), np.float32)
+        """The Scorer's probabilities. A call that lost its connection ("Connector is closed",
+        "Server disconnected": BentoML 1.4's session renewal, bentoml/BentoML PR #5698, which
+        ``_ONE_SESSION`` all but removes; a kept-alive connection the Scorer closed) is sent again,
+        twice at most: scoring is a pure function."""
+        import aiohttp  # BentoML's client
+
+        for attempt in range(3):
+            try:
+                return np.asarray(self.scorer.score(windows), np.float32)
+            except aiohttp.ClientConnectionError as exc:
+                if attempt == 2:
+                    raise
+                log.warning("Scorer call lost its connection (%s); scoring again", exc)
+        raise AssertionError("unreachable")
 
     async def __is_ready__(self) -> bool:
         """Ready once the scorer has loaded the model: BentoML's ``/readyz`` and ``/v1/ready`` ask

@@ -15,9 +15,12 @@ Licence: the BirdNET model is CC BY-NC-SA 4.0 (non-commercial, share-alike).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
+import queue
 import warnings
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,24 +83,31 @@ class BirdNETOutput:
 
 class BirdNET:
     """The BirdNET v2.4 member. ``labels``: the label space to map to (all 6,522 BirdNET classes
-    are available through :meth:`chunk_logits`)."""
+    are available through :meth:`chunk_logits`).
+
+    ``interpreters`` independent LiteRT interpreters (``num_threads`` threads each) let
+    :meth:`predict_windows` / :meth:`chunk_logits` run from several threads at once, and let one
+    call spread its chunks over them (``pool``): one single-threaded interpreter per core instead
+    of one interpreter using every core, because BirdNET's layers gain little from intra-op
+    threads (``benchmarks/cloud_profile.py`` measures both). XNNPACK's results do not depend on the
+    batch a chunk is in, so the scores are identical however the chunks are split. Thread-safe."""
 
     name = "birdnet-v2.4"
 
-    def __init__(self, labels: LabelSpace, num_threads: int = 1, embeddings: bool = True) -> None:
+    def __init__(
+        self,
+        labels: LabelSpace,
+        num_threads: int = 1,
+        embeddings: bool = True,
+        interpreters: int = 1,
+    ) -> None:
         model, label_file = locate()
         Interp = interpreter_class()
-        with warnings.catch_warnings():
-            # the embedding is an intermediate tensor: keeping all tensors is what we want here
-            warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
-            self._interp = Interp(
-                model_path=str(model), num_threads=num_threads, experimental_preserve_all_tensors=embeddings
-            )
-        self._batch = 0
-        self._in = self._interp.get_input_details()[0]["index"]
-        self._out = self._interp.get_output_details()[0]["index"]
-        emb = [t["index"] for t in self._interp.get_tensor_details() if _EMBEDDING_TENSOR in t["name"]]
-        self._emb = emb[0] if (emb and embeddings) else None
+        content = _with_embedding_output(model) if embeddings else None
+        self._pool: queue.SimpleQueue[_Runner] = queue.SimpleQueue()
+        for _ in range(max(1, interpreters)):
+            self._pool.put(_Runner(Interp, model, content, num_threads, embeddings))
+        self.interpreters = max(1, interpreters)
         self.birdnet_labels = label_file.read_text(encoding="utf-8").splitlines()
         by_sci: dict[str, int] = {}
         for i, lab in enumerate(self.birdnet_labels):
@@ -107,21 +117,13 @@ class BirdNET:
         self.known = self.index >= 0
         log.info("BirdNET v2.4: %d of %d species known", int(self.known.sum()), len(labels))
 
-    def _resize(self, n: int) -> None:
-        if n != self._batch:
-            self._interp.resize_tensor_input(self._in, [n, CHUNK_SAMPLES])
-            self._interp.allocate_tensors()
-            self._batch = n
-
     def chunk_logits(self, chunks: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """``[n, 144000]`` float32 at 48 kHz → (``[n, 6522]`` logits, ``[n, 1024]`` embeddings)."""
-        chunks = np.ascontiguousarray(chunks, dtype=np.float32)
-        self._resize(chunks.shape[0])
-        self._interp.set_tensor(self._in, chunks)
-        self._interp.invoke()
-        logits = np.array(self._interp.get_tensor(self._out))
-        emb = np.array(self._interp.get_tensor(self._emb)) if self._emb is not None else None
-        return logits, emb
+        runner = self._pool.get()
+        try:
+            return runner(np.ascontiguousarray(chunks, dtype=np.float32))
+        finally:
+            self._pool.put(runner)
 
     @staticmethod
     def chunks_of(window: np.ndarray, cfg: FeatureConfig = DEFAULT) -> np.ndarray:
@@ -136,25 +138,109 @@ class BirdNET:
         return out
 
     def predict_windows(
-        self, windows: np.ndarray, cfg: FeatureConfig = DEFAULT, batch: int = 8
+        self,
+        windows: np.ndarray,
+        cfg: FeatureConfig = DEFAULT,
+        batch: int = 8,
+        pool: Executor | None = None,
     ) -> BirdNETOutput:
-        """``[n, window_samples]`` float32 windows → probabilities over the label space and embeddings."""
+        """``[n, window_samples]`` float32 windows → probabilities over the label space and embeddings.
+
+        ``batch`` windows' chunks go to the interpreter together. With ``pool`` (an executor of
+        about :attr:`interpreters` workers, not one whose worker calls this) a group's chunks are
+        split over the interpreters and run concurrently — one window's three chunks too; without,
+        one invoke per group. Same results either way (XNNPACK is batch-invariant)."""
         windows = np.atleast_2d(np.asarray(windows, np.float32))
         probs = np.zeros((len(windows), len(self.labels)), np.float32)
         embs = np.zeros((len(windows), EMBEDDING_DIM), np.float32)
-        for i in range(0, len(windows), batch):
-            group = [self.chunks_of(w, cfg) for w in windows[i : i + batch]]
+        par = self.interpreters if pool is not None else 1
+        for i in range(0, len(windows), batch * par):
+            group = [self.chunks_of(w, cfg) for w in windows[i : i + batch * par]]
             sizes = [g.shape[0] for g in group]
-            logits, emb = self.chunk_logits(np.concatenate(group))
+            chunks = np.concatenate(group)
+            if par > 1 and len(chunks) > 1:
+                assert pool is not None
+                step = -(-len(chunks) // par)
+                parts = [
+                    pool.submit(self.chunk_logits, chunks[k : k + step]) for k in range(0, len(chunks), step)
+                ]
+                outs = [f.result() for f in parts]
+                logits = np.concatenate([o[0] for o in outs])
+                emb = np.concatenate([o[1] for o in outs]) if outs[0][1] is not None else None
+            else:
+                logits, emb = self.chunk_logits(chunks)
             p = 1.0 / (1.0 + np.exp(-np.clip(logits, -30, 30)))
             start = 0
-            for j, n in enumerate(sizes):
+            for k, n in enumerate(sizes):
                 pw = p[start : start + n].max(axis=0)
-                probs[i + j, self.known] = pw[self.index[self.known]]
+                probs[i + k, self.known] = pw[self.index[self.known]]
                 if emb is not None:
-                    embs[i + j] = emb[start : start + n].mean(axis=0)
+                    embs[i + k] = emb[start : start + n].mean(axis=0)
                 start += n
         return BirdNETOutput(probs, embs, self.known.copy())
+
+
+class _Runner:
+    """One LiteRT interpreter of BirdNET, resized to the batch it is given. Not thread-safe: the
+    :class:`BirdNET` pool hands each to one thread at a time."""
+
+    def __init__(
+        self, Interp: Any, model: Path, content: bytes | None, num_threads: int, embeddings: bool
+    ) -> None:
+        if content is not None:  # the embedding is a second output of the patched model
+            self._interp = Interp(model_content=content, num_threads=num_threads)
+        else:
+            with warnings.catch_warnings():
+                # no flatbuffer schema to patch the model with: keep every tensor to read the embedding
+                warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
+                self._interp = Interp(
+                    model_path=str(model),
+                    num_threads=num_threads,
+                    experimental_preserve_all_tensors=embeddings,
+                )
+        self._batch = 0
+        self._in = self._interp.get_input_details()[0]["index"]
+        outs = self._interp.get_output_details()
+        self._out = outs[0]["index"]
+        emb = [o["index"] for o in outs[1:] if _EMBEDDING_TENSOR in o["name"]]
+        if not emb and embeddings:
+            emb = [t["index"] for t in self._interp.get_tensor_details() if _EMBEDDING_TENSOR in t["name"]]
+        self._emb = emb[0] if (emb and embeddings) else None
+
+    def __call__(self, chunks: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if chunks.shape[0] != self._batch:
+            self._interp.resize_tensor_input(self._in, [chunks.shape[0], CHUNK_SAMPLES])
+            self._interp.allocate_tensors()
+            self._batch = chunks.shape[0]
+        self._interp.set_tensor(self._in, chunks)
+        self._interp.invoke()
+        logits = np.array(self._interp.get_tensor(self._out))
+        emb = np.array(self._interp.get_tensor(self._emb)) if self._emb is not None else None
+        return logits, emb
+
+
+@functools.lru_cache(maxsize=2)
+def _with_embedding_output(model: Path) -> bytes | None:
+    """BirdNET's model with its embedding tensor (``GLOBAL_AVG_POOL/Mean``, the input of the class
+    layer) added to the subgraph's outputs, as flatbuffer bytes — so the interpreter need not keep
+    every intermediate tensor (``experimental_preserve_all_tensors``: more memory, slower) to read
+    it. Same weights, same operators. None when LiteRT's schema module is not installed."""
+    try:
+        import flatbuffers
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:
+        return None
+    buf = model.read_bytes()
+    m = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(buf, 0))
+    sg = m.subgraphs[0]
+    idx = [i for i, t in enumerate(sg.tensors) if _EMBEDDING_TENSOR in t.name.decode()]
+    if len(idx) != 1:
+        log.warning("BirdNET model: no unique %s tensor; reading it from all tensors", _EMBEDDING_TENSOR)
+        return None
+    sg.outputs = [int(o) for o in sg.outputs] + idx
+    b = flatbuffers.Builder(len(buf) + (1 << 16))
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
 
 
 @dataclass

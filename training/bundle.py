@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,12 +37,40 @@ class EnsembleResult:
     soundscape: dict[str, Any] = field(default_factory=dict)
 
 
+def waveforms(ds: Any, index: Sequence[int]) -> np.ndarray:
+    """``[len(index), window_samples]`` float32 waveforms of the windows ``index`` of a window set."""
+    return np.stack([ds[i][0].numpy() for i in index]).astype(np.float32)
+
+
 def windows_of(ds: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``[n, window_samples]`` waveforms and ``[n, C]`` targets of a window set (audio source)."""
+    """``[n, window_samples]`` waveforms and ``[n, C]`` targets of a whole window set (audio source)
+    — in memory: for small sets; :func:`score_windows` streams."""
     if len(ds) == 0:
         raise TrainingError("no windows in this split")
-    x = np.stack([ds[i][0].numpy() for i in range(len(ds))]).astype(np.float32)
-    return x, np.asarray(ds.target_matrix(), np.float32)
+    return waveforms(ds, range(len(ds))), np.asarray(ds.target_matrix(), np.float32)
+
+
+def score_windows(
+    pkg: ModelPackage, ds: Any, desc: str | None = None, batch: int = 256
+) -> tuple[Any, np.ndarray]:
+    """The package's :class:`~shared_features.package.Scores` of every window of ``ds`` and their
+    ``[n, C]`` targets, decoding ``batch`` windows at a time (bounded memory: a BirdCLEF-sized
+    split's audio does not fit), with a progress bar when ``desc`` is given."""
+    if len(ds) == 0:
+        raise TrainingError("no windows in this split")
+    from tqdm import tqdm
+
+    from shared_features.package import Scores
+
+    parts = []
+    with tqdm(total=len(ds), desc=desc, disable=desc is None, unit="window", mininterval=1.0) as bar:
+        for i in range(0, len(ds), batch):
+            x = waveforms(ds, range(i, min(i + batch, len(ds))))
+            parts.append(pkg.predict(x))
+            bar.update(len(x))
+    members = {k: np.concatenate([p.members[k] for p in parts]) for k in parts[0].members}
+    scores = Scores(np.concatenate([p.probs for p in parts]), members, parts[0].known)
+    return scores, np.asarray(ds.target_matrix(), np.float32)
 
 
 def build_ensemble(
@@ -71,12 +100,13 @@ def build_ensemble(
         raise TrainingError("an ensemble needs at least one member")
     data = from_audio(data_dir, DEFAULT, seed=seed, soundscapes=False)
     labels: LabelSpace = data.labels
-    xv, yv = windows_of(data.val)
-    log.info("ensemble: %d validation windows", len(xv))
+    if len(data.val) == 0:
+        raise TrainingError("no windows in this split")
+    log.info("ensemble: %d validation windows", len(data.val))
     version = version or time.strftime("%Y%m%d%H%M%S", time.gmtime())
     members: list[tuple[MemberSpec, Path | None]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        parity = log_mel(xv[:8], DEFAULT)
+        parity = log_mel(waveforms(data.val, range(min(8, len(data.val)))), DEFAULT)
         for ckpt in checkpoints:
             onnx_path = Path(tmp) / f"{Path(ckpt).parent.name}-{len(members)}.onnx"
             info = export_onnx(Path(ckpt), onnx_path, parity)
@@ -106,7 +136,7 @@ def build_ensemble(
                 log.warning("BirdNET knows none of the %d species: zero-shot member left out", len(labels))
         write_package(Path(out), kind="ensemble", name=name, version=version, labels=labels, members=members)
     pkg = load_package(out, threads=threads)
-    val = predict_windows(pkg, xv, "ensemble: validation windows" if progress else None)
+    val, yv = score_windows(pkg, data.val, "ensemble: validation windows" if progress else None)
     names = [m.name for m in pkg.members]
     from training.progress import bar
 
@@ -124,7 +154,7 @@ def build_ensemble(
     fit_info = {
         "val_roc_auc": fw.val_roc_auc,
         "member_val_roc_auc": member_val,
-        "windows": len(xv),
+        "windows": len(yv),
         "data": data.description,
         "dataset_fingerprint": data.dataset_fingerprint,
         "trials": fw.trials,

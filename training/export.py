@@ -48,6 +48,7 @@ __all__ = [
     "Int8Recipe",
     "PublishThresholds",
     "calibration_windows",
+    "check_features",
     "export_edge",
     "export_edge_formats",
     "export_onnx",
@@ -429,15 +430,47 @@ def export_edge_formats(
     return manifests, refused
 
 
-def calibration_windows(data_dir: Path, train_windows: np.ndarray, seed: int = 0, n: int = 256) -> np.ndarray:
+def calibration_windows(data_dir: Path, train_windows: Any, seed: int = 0, n: int = 256) -> np.ndarray:
     """int8 calibration windows ``[m, window_samples]``: ``n`` training windows plus up to ``n``
-    windows of the unlabelled soundscapes — what the device will hear — when the dataset has any."""
+    windows of the unlabelled soundscapes — what the device will hear — when the dataset has any.
+    ``train_windows`` is an array or a window set (audio source), of which only the picked windows
+    are decoded (a BirdCLEF-sized training split's audio does not fit in memory)."""
     from training.distill import FileWindows, unlabelled_soundscapes
 
+    if len(train_windows) == 0:
+        raise TrainingError("no training windows to calibrate the int8 export on")
     rng = np.random.default_rng(seed)
-    calib = train_windows[rng.permutation(len(train_windows))[:n]]
+    pick = rng.permutation(len(train_windows))[:n]
+    if isinstance(train_windows, np.ndarray):
+        calib = train_windows[pick]
+    else:
+        from training.bundle import waveforms
+
+        calib = waveforms(train_windows, [int(k) for k in pick])
     unl = FileWindows(unlabelled_soundscapes(data_dir))
     if len(unl):
         pick = rng.permutation(len(unl))[:n]
         calib = np.concatenate([calib, np.stack([unl.window(int(k)) for k in pick])])
     return calib
+
+
+def check_features(val_windows: Any, n: int, seed: int = 0, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """The set an export is checked on: log-mel ``[m, frames, n_mels]`` and targets ``[m, C]`` of
+    every validation window, or of a seeded sample of ``n`` when there are more. Decoded ``batch``
+    windows at a time; only the features are kept (bounded memory)."""
+    from shared_features import DEFAULT, log_mel
+    from training.bundle import waveforms
+
+    total = len(val_windows)
+    if total == 0:
+        raise TrainingError("no validation windows to check the export on")
+    keep = np.arange(total)
+    if total > n:
+        keep = np.sort(np.random.default_rng(seed).permutation(total)[:n])
+    feats = np.concatenate(
+        [
+            log_mel(waveforms(val_windows, keep[i : i + batch].tolist()), DEFAULT)
+            for i in range(0, len(keep), batch)
+        ]
+    )
+    return feats, np.asarray(val_windows.target_matrix(), np.float32)[keep]

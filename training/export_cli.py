@@ -31,6 +31,12 @@ def register(sub: Any) -> None:
     e.add_argument("--min-agreement", type=float, default=0.90, help="minimum top-1 agreement with fp32")
     e.add_argument("--max-auc-drop", type=float, default=0.02, help="maximum macro ROC-AUC drop vs fp32")
     e.add_argument("--seed", type=int, default=0, help="split seed")
+    e.add_argument(
+        "--check-windows",
+        type=int,
+        default=4096,
+        help="validation windows the exports are checked on (a seeded sample when there are more)",
+    )
     e.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     e.add_argument("--experiment", default="silencio-edge", help="MLflow experiment name")
     e.set_defaults(func=cmd_edge)
@@ -54,6 +60,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
         version=args.version or stamp,
         thresholds=PublishThresholds(args.min_agreement, args.max_auc_drop),
         seed=args.seed,
+        check_windows=args.check_windows,
         tracking=Tracking(experiment=args.experiment, run_name="edge-export", track=not args.no_mlflow),
     )
     for fmt, path in res.packages.items():

@@ -495,21 +495,23 @@ def export_edge_packages(
     version: str | None = None,
     thresholds: PublishThresholds | None = None,
     seed: int = 0,
+    check_windows: int = 4096,
     tracking: Tracking | None = None,
     reuse: bool = False,
     register_as: str | None = "silencio-edge",
     int8: Int8Recipe | None = None,
 ) -> EdgeExport:
     """Edge packages ``out/<format>/`` of ``checkpoint``: fp32 parity-checked against PyTorch,
-    int8 calibrated on ``data_dir``'s training windows (+ unlabelled soundscapes) and compared with
-    fp32 on its validation windows. A ``required`` format that fails raises
-    :class:`~training.export.ExportError`; another is refused with its reason. The chosen package
-    (int8 when published, else fp32) is registered ``register_as@candidate``. ``int8``: the
-    quantisation recipe (default :data:`~training.export.DEFAULT_INT8`)."""
+    int8 calibrated on 256 of ``data_dir``'s training windows (+ 256 of its unlabelled soundscapes)
+    and compared with fp32 on its validation windows (a seeded sample of ``check_windows`` when there
+    are more). Only those windows are decoded, so memory stays bounded at any dataset size. A
+    ``required`` format that fails raises :class:`~training.export.ExportError`; another is refused
+    with its reason. The chosen package (int8 when published, else fp32) is registered
+    ``register_as@candidate``. ``int8``: the quantisation recipe (default
+    :data:`~training.export.DEFAULT_INT8`)."""
     from shared_features import DEFAULT, log_mel
-    from training.bundle import windows_of
     from training.data import from_audio
-    from training.export import calibration_windows, export_edge_formats
+    from training.export import calibration_windows, check_features, export_edge_formats
 
     thresholds = thresholds or PublishThresholds()
     int8 = int8 or DEFAULT_INT8
@@ -524,6 +526,7 @@ def export_edge_packages(
         "thresholds": asdict(thresholds),
         "int8": {**asdict(int8), "keep_float": list(int8.keep_float)},
         "seed": seed,
+        "check_windows": check_windows,
     }
     if reuse:
         done = load_result(EdgeExport, out, "export_edge_packages", config)
@@ -532,11 +535,9 @@ def export_edge_packages(
     version = version or time.strftime("%Y%m%d%H%M%S", time.gmtime())
     with step_run("export_edge_packages", out, config, tracking, "silencio-edge", "edge-export") as tracker:
         data = from_audio(Path(data_dir), DEFAULT, seed=seed, soundscapes=False)
-        xt, _ = windows_of(data.train)
-        xv, yv = windows_of(data.val)
-        calib = calibration_windows(Path(data_dir), xt, seed)
+        calib = calibration_windows(Path(data_dir), data.train, seed)
         feats_cal = np.concatenate([log_mel(calib[i : i + 32], DEFAULT) for i in range(0, len(calib), 32)])
-        feats_val = np.concatenate([log_mel(xv[i : i + 32], DEFAULT) for i in range(0, len(xv), 32)])
+        feats_val, yv = check_features(data.val, check_windows, seed)
         mans, refused = export_edge_formats(
             Path(checkpoint),
             Path(out),

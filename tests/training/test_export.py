@@ -237,3 +237,50 @@ def test_int8_recipe_is_validated_and_recorded_in_the_package(tmp_path, tiny_stu
     }
     assert "int8_recipe" not in mans["onnx-fp32"]["validation"]
     assert isinstance(DEFAULT_INT8, Int8Recipe)
+
+
+def test_calibration_and_check_sets_decode_only_the_windows_they_use(synth_dir):
+    """At BirdCLEF scale a split's audio does not fit in memory: the export's calibration decodes
+    only its picked training windows, and its check set is a seeded sample of validation windows
+    (features only) equal to the log-mel of exactly those windows."""
+    from shared_features import log_mel
+    from training.bundle import waveforms
+    from training.data import from_audio
+    from training.export import calibration_windows, check_features
+
+    data = from_audio(synth_dir, DEFAULT, seed=0, soundscapes=False)
+
+    class Counting:
+        """A window set that records which windows were decoded."""
+
+        def __init__(self, ds):
+            self.ds, self.read = ds, []
+
+        def __len__(self):
+            return len(self.ds)
+
+        def __getitem__(self, i):
+            self.read.append(i)
+            return self.ds[i]
+
+        def target_matrix(self):
+            return self.ds.target_matrix()
+
+    train = Counting(data.train)
+    assert len(train) > 8
+    calib = calibration_windows(synth_dir, train, seed=3, n=8)
+    assert len(train.read) == 8 and len(set(train.read)) == 8  # the picked windows, nothing else
+    assert np.array_equal(calib[:8], waveforms(data.train, train.read))
+    assert calib.shape[1] == DEFAULT.window_samples
+
+    val = Counting(data.val)
+    n = len(val) // 2
+    feats, targets = check_features(val, n, seed=3, batch=4)
+    again, _ = check_features(data.val, n, seed=3)
+    picked = sorted(set(val.read))
+    assert len(val.read) == n == len(picked) and len(feats) == n  # seeded sample, each decoded once
+    assert np.array_equal(feats, again)  # the same sample for the same seed
+    assert np.allclose(feats, log_mel(waveforms(data.val, picked), DEFAULT), atol=1e-5)
+    assert np.array_equal(targets, np.asarray(data.val.target_matrix(), np.float32)[picked])
+    every, _ = check_features(data.val, len(data.val) + 5)  # fewer windows than n: all of them
+    assert len(every) == len(data.val)
