@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -347,6 +348,11 @@ _BATCH_WINDOWS = bentoml.metrics.Histogram(
     documentation="Windows per ensemble call formed by the Scorer's adaptive batcher",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
+_ALONE_WINDOWS = bentoml.metrics.Histogram(
+    name="silencio_scorer_alone_windows",
+    documentation="Windows per ensemble call of a request scored alone (nothing else in flight)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 
 # BentoML's client of a dependency replaces its HTTP session every 100 requests (and every 300 s) and
 # closes the old one with requests still in flight on it: each of those failed with "Server
@@ -386,6 +392,15 @@ class Scorer:
         _BATCH_WINDOWS.observe(len(windows))
         return self.identifier.package.predict(np.asarray(windows, np.float32)).probs
 
+    @bentoml.api
+    def score_alone(self, windows: np.ndarray) -> np.ndarray:
+        """The same scores, past the batcher: for a request while no other is scoring. BentoML's
+        dispatcher holds a lone request back waiting for batch-mates (its first cost model grows
+        with ``max_latency_ms``): one client's p50 went from 159 to 299 ms with the 30 s deadline
+        (benchmarks/cloud_load.py, README)."""
+        _ALONE_WINDOWS.observe(len(windows))
+        return self.identifier.package.predict(np.asarray(windows, np.float32)).probs
+
 
 #: the ecologists' console (cloud/console/): HTML pages behind a login, on the service's own store
 console = console_app(lambda: ConsoleDeps.from_cloud(_cloud()))
@@ -402,6 +417,8 @@ class Silencio:
     def __init__(self) -> None:
         die_with_parent()
         install_log_filter()
+        self._flight_lock = threading.Lock()
+        self._in_flight = 0  # Scorer calls in flight from this worker
         try:
             settings = CloudSettings()
             from cloud.inference import Identifier
@@ -419,14 +436,23 @@ class Silencio:
         twice at most: scoring is a pure function."""
         import aiohttp  # BentoML's client
 
-        for attempt in range(3):
-            try:
-                return np.asarray(self.scorer.score(windows), np.float32)
-            except aiohttp.ClientConnectionError as exc:
-                if attempt == 2:
-                    raise
-                log.warning("Scorer call lost its connection (%s); scoring again", exc)
-        raise AssertionError("unreachable")
+        # a request while no other is scoring goes past the batcher (nothing to batch it with)
+        with self._flight_lock:
+            self._in_flight += 1
+            alone = self._in_flight == 1 and len(windows) <= SCORER_MAX_BATCH
+        try:
+            for attempt in range(3):
+                try:
+                    call = self.scorer.score_alone if alone else self.scorer.score
+                    return np.asarray(call(windows), np.float32)
+                except aiohttp.ClientConnectionError as exc:
+                    if attempt == 2:
+                        raise
+                    log.warning("Scorer call lost its connection (%s); scoring again", exc)
+            raise AssertionError("unreachable")
+        finally:
+            with self._flight_lock:
+                self._in_flight -= 1
 
     async def __is_ready__(self) -> bool:
         """Ready once the scorer has loaded the model: BentoML's ``/readyz`` and ``/v1/ready`` ask

@@ -34,11 +34,12 @@ def _clips(n: int) -> list[bytes]:
     return out
 
 
-def _batches(base: str) -> tuple[float, float]:
+def _batches(base: str, path: str = "batch") -> tuple[float, float]:
+    """Windows and calls so far of the Scorer's batched (``batch``) or lone (``alone``) path."""
     text = httpx.get(f"{base}/metrics", timeout=10).text
     got = {}
     for kind in ("sum", "count"):
-        m = re.findall(rf"^silencio_scorer_batch_windows_{kind}(?:\{{[^}}]*\}})? ([0-9.e+]+)$", text, re.M)
+        m = re.findall(rf"^silencio_scorer_{path}_windows_{kind}(?:\{{[^}}]*\}})? ([0-9.e+]+)$", text, re.M)
         got[kind] = sum(float(v) for v in m)
     return got["sum"], got["count"]
 
@@ -83,15 +84,21 @@ def test_concurrent_requests_are_batched_and_scored_as_alone(tmp_path):
 
         identify(clips[0])  # warm-up: the batcher calibrates on its first calls
         s0, c0 = _batches(base)
+        a0, n0 = _batches(base, "alone")
         with ThreadPoolExecutor(len(clips)) as ex:
             together = list(ex.map(identify, clips))
         s1, c1 = _batches(base)
+        a1, n1 = _batches(base, "alone")
         alone = [identify(c) for c in clips]
+        s2, c2 = _batches(base)
+        a2, n2 = _batches(base, "alone")
     finally:
         _stop(proc)
-    windows, calls = s1 - s0, c1 - c0
+    windows, calls = s1 - s0 + a1 - a0, c1 - c0 + n1 - n0  # the first of them may find nothing in flight
     assert windows == len(clips)
     assert calls < len(clips), f"{len(clips)} concurrent requests were scored in {calls} calls: no batching"
+    # one request at a time: each goes past the batcher (no wait for batch-mates that cannot come)
+    assert (s2 - s1, c2 - c1) == (0, 0) and (a2 - a1, n2 - n1) == (len(clips), len(clips))
     for a, b in zip(together, alone):
         pa = {s["code"]: s["probability"] for s in a["windows"][0]["species"]}
         pb = {s["code"]: s["probability"] for s in b["windows"][0]["species"]}
