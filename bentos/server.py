@@ -127,25 +127,12 @@ def configure_logging() -> None:
 # ---------------------------------------------------------------------------------- worker side
 @contextlib.contextmanager
 def quiet_native_info() -> Iterator[None]:
-    """Native libraries write INFO lines straight to stderr (LiteRT: ``INFO: Created TensorFlow
-    Lite XNNPACK delegate for CPU.``). Inside this block stderr goes to a file; afterwards every
-    other line is written back (all of them with ``-v``)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            lines = tmp.read().decode("utf-8", "replace").splitlines(keepends=True)
-            keep = [ln for ln in lines if verbosity() > 0 or not ln.startswith("INFO: ")]
-            if keep:
-                sys.stderr.write("".join(keep))
-                sys.stderr.flush()
+    """Native libraries' ``INFO:`` lines on stderr dropped inside the block (all kept with ``-v``):
+    :func:`shared_features.native.quiet_native_info`."""
+    from shared_features.native import quiet_native_info as quiet
+
+    with quiet(verbosity() > 0):
+        yield
 
 
 def in_worker() -> bool:

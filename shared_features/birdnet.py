@@ -30,6 +30,7 @@ import numpy as np
 from shared_features.audio import resample
 from shared_features.config import DEFAULT, FeatureConfig
 from shared_features.labels import LabelSpace
+from shared_features.native import quiet_native_info
 
 log = logging.getLogger(__name__)
 
@@ -188,16 +189,18 @@ class _Runner:
         self, Interp: Any, model: Path, content: bytes | None, num_threads: int, embeddings: bool
     ) -> None:
         if content is not None:  # the embedding is a second output of the patched model
-            self._interp = Interp(model_content=content, num_threads=num_threads)
+            with quiet_native_info():  # LiteRT's "INFO: Created … XNNPACK delegate" line
+                self._interp = Interp(model_content=content, num_threads=num_threads)
         else:
             with warnings.catch_warnings():
                 # no flatbuffer schema to patch the model with: keep every tensor to read the embedding
                 warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
-                self._interp = Interp(
-                    model_path=str(model),
-                    num_threads=num_threads,
-                    experimental_preserve_all_tensors=embeddings,
-                )
+                with quiet_native_info():
+                    self._interp = Interp(
+                        model_path=str(model),
+                        num_threads=num_threads,
+                        experimental_preserve_all_tensors=embeddings,
+                    )
         self._batch = 0
         self._in = self._interp.get_input_details()[0]["index"]
         outs = self._interp.get_output_details()
@@ -210,7 +213,8 @@ class _Runner:
     def __call__(self, chunks: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         if chunks.shape[0] != self._batch:
             self._interp.resize_tensor_input(self._in, [chunks.shape[0], CHUNK_SAMPLES])
-            self._interp.allocate_tensors()
+            with quiet_native_info():
+                self._interp.allocate_tensors()
             self._batch = chunks.shape[0]
         self._interp.set_tensor(self._in, chunks)
         self._interp.invoke()

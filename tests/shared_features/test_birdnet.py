@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 
 import numpy as np
 import pytest
@@ -65,3 +66,28 @@ def test_embeddings_differ_between_recordings(model, mini):
     e = model.predict_windows(np.stack([a, b])).embeddings
     cos = float(e[0] @ e[1] / np.linalg.norm(e[0]) / np.linalg.norm(e[1]))
     assert cos < 0.99 and np.linalg.norm(e[0]) > 0
+
+
+def test_litert_info_line_stays_off_stderr_unless_verbose(tmp_path):
+    """LiteRT prints ``INFO: Created TensorFlow Lite XNNPACK delegate for CPU.`` on descriptor 2
+    when an interpreter is built: dropped without -v, kept with it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from shared_features import birdnet\n"
+        "from shared_features.labels import LabelSpace\n"
+        "b = birdnet.BirdNET(LabelSpace.default(), num_threads=1)\n"
+        "b.predict_windows(np.zeros((1, 160000), np.float32))\n"
+        "import sys; print('other line', file=sys.stderr)\n"
+    )
+    runs = {}
+    for v in ("0", "1"):
+        env = {**os.environ, "SILENCIO_VERBOSE": v}
+        runs[v] = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert runs[v].returncode == 0, runs[v].stderr[-2000:]
+    assert "XNNPACK" not in runs["0"].stderr and "other line" in runs["0"].stderr
+    assert "INFO: Created TensorFlow Lite XNNPACK delegate" in runs["1"].stderr
