@@ -225,6 +225,8 @@ def with_extra(data: TrainData, extra: ExtraClips | None) -> TrainData:
         return data
     features = isinstance(data.train, CachedWindows) or (len(data.train) > 0 and data.train[0][0].ndim == 2)
     cw = ClipWindows(extra, data.labels, data.feature_cfg, features=features)
+    if getattr(data.train, "int16", False):  # the base set's 16-bit PCM windows: the same here
+        cw.windows = [np.round(np.clip(w, -1.0, 32767 / 32768) * 32768).astype(np.int16) for w in cw.windows]
     return replace(
         data,
         train=WithExtra(data.train, cw),

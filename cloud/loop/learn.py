@@ -137,8 +137,41 @@ def learn_gate_ship(
     work: Path,
     stamp: str,
 ) -> LoopResult:
+    from training.tracking import tracked_run
+
+    work.mkdir(parents=True, exist_ok=True)
+
+    # ---------------------------------------------------------------- 1. the dataset, tracked
+    files = ds.write(loop_dir(home) / "datasets")
+    with tracked_run("silencio-loop", f"loop-{stamp}", track=cfg.track, tags={"loop": stamp}) as tracker:
+        _log_dataset(tracker, ds, files)
+        loop_run = tracker.run_id
+    try:
+        return _learn_gate_ship(
+            cfg, home, cloud, ds, production, train_rows, held_rows, work, stamp, loop_run
+        )
+    except BaseException:
+        if cfg.track and loop_run is not None:  # each step's own run already ended FAILED / KILLED
+            from mlflow import MlflowClient
+
+            MlflowClient().set_tag(loop_run, "outcome", "failed")
+        raise
+
+
+def _learn_gate_ship(
+    cfg: LoopConfig,
+    home: Path,
+    cloud: Any,
+    ds: FeedbackDataset,
+    production: Production,
+    train_rows: list[FeedbackRow],
+    held_rows: list[FeedbackRow],
+    work: Path,
+    stamp: str,
+    loop_run: str | None,
+) -> LoopResult:
     from cloud.loop.report import write_report
-    from training.data import ExtraClip, ExtraClips
+    from training.data import DataSource, ExtraClip, ExtraClips
     from training.gate import EdgeModel, FeedbackClip, FeedbackSet, heldout_from_dataset
     from training.loop import TrainConfig
     from training.models.checkpoint import read_meta
@@ -154,18 +187,10 @@ def learn_gate_ship(
         train_member,
     )
     from training.thresholds import ThresholdConfig
-    from training.tracking import tracked_run
-
-    work.mkdir(parents=True, exist_ok=True)
 
     def tracking(step: str) -> Tracking:
         return Tracking(experiment="silencio-loop", run_name=f"loop-{stamp}-{step}", track=cfg.track)
 
-    # ---------------------------------------------------------------- 1. the dataset, tracked
-    files = ds.write(loop_dir(home) / "datasets")
-    with tracked_run("silencio-loop", f"loop-{stamp}", track=cfg.track, tags={"loop": stamp}) as tracker:
-        _log_dataset(tracker, ds, files)
-        loop_run = tracker.run_id
     # ---------------------------------------------------------------- 2. learn
     extra = ExtraClips(
         f"{ds.name} training part",
@@ -183,8 +208,6 @@ def learn_gate_ship(
         patience=cfg.epochs + 1,
         **({} if cfg.augment else {"mixup_prob": 0.0, "specaugment": False, "wave_augment": False}),
     )
-    from training.data import DataSource
-
     member = train_member(
         DataSource(data_dir=Path(cfg.data_dir)),
         mcfg,
