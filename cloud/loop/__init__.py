@@ -9,12 +9,14 @@ exits without touching anything):
    hash equals the last run's (``loop/state.json``) nothing is new: the run says so and changes
    nothing.
 2. **Learn**: the clips are split, per (reported species, verdict), into a training part and a
-   held-back part (``holdback``, by the clip UUID's hash: deterministic). The student is re-trained
+   held-back part (``holdback``, by the clip UUID's hash: deterministic), with a calibration part
+   (``calibration``) between them. The student is re-trained
    from production's checkpoint (``init_from``) on the dataset plus the training part's clips
    (``wrong_species`` → the species it was, ``confirmed`` → the reported one, ``not_an_animal`` →
    an all-zero target), locally or under Ray Train (``--ray`` / ``RAY_ADDRESS``); the BirdNET
    embedding head likewise when production has one. The candidate is exported as an edge package
-   and per-species thresholds are fitted to its scores on the training part's verdicts
+   and per-species thresholds are fitted to its scores on the calibration part's verdicts (clips
+   it never trained on, so their scores are honest)
    (:func:`training.pipeline.fit_species_thresholds`: precision target 0.9, minimum evidence,
    shrinkage).
 3. **Gate** (:func:`training.pipeline.gate`): candidate vs production on the dataset's frozen
@@ -84,7 +86,7 @@ class LoopConfig:
     student: Path | None = None
     head: Path | None = None
     production_release: Path | None = None
-    epochs: int = 3
+    epochs: int = 5
     batch_size: int = 16
     lr: float = 5e-4
     seed: int = 0
@@ -92,7 +94,8 @@ class LoopConfig:
     augment: bool = True
     head_epochs: int = 200
     holdback: float = 0.3
-    feedback_weight: int = 3
+    calibration: float = 0.2
+    feedback_weight: int = 5
     target_precision: float = 0.9
     min_verdicts: int = 3
     formats: tuple[str, ...] = ("onnx-fp32", "onnx-int8")
@@ -103,8 +106,11 @@ class LoopConfig:
     dry_run: bool = False
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.holdback < 1.0:
-            raise LoopError(f"holdback must be in (0, 1), got {self.holdback}")
+        if not 0.0 < self.holdback < 1.0 or not 0.0 <= self.calibration < 1.0 - self.holdback:
+            raise LoopError(
+                "need 0 < holdback < 1 and 0 ≤ calibration < 1 − holdback, "
+                f"got {self.holdback} and {self.calibration}"
+            )
 
 
 @dataclass(frozen=True)
@@ -220,27 +226,35 @@ def resolve_production(home: Path, cfg: LoopConfig) -> Production:
 
 # ------------------------------------------------------------------------------ splits
 def split_feedback(
-    rows: tuple[FeedbackRow, ...], holdback: float
-) -> tuple[list[FeedbackRow], list[FeedbackRow]]:
-    """(training part, held-back part): per (reported species, verdict), the clips sorted by the
-    sha256 of their UUID; the first ``round(n·holdback)`` are held back (at least one of a group of
-    two or more). Deterministic, and a clip stays on its side as more verdicts arrive in its group
-    only when the rounding allows — the held-back part is re-drawn each run from all verdicts."""
+    rows: tuple[FeedbackRow, ...], holdback: float, calibration: float = 0.0
+) -> tuple[list[FeedbackRow], list[FeedbackRow], list[FeedbackRow]]:
+    """(training part, calibration part, held-back part). Per (reported species, verdict), the
+    clips sorted by the sha256 of their UUID: the first ``round(n·holdback)`` are held back for the
+    gate (at least one of a group of two or more), the next ``round(n·calibration)`` calibrate the
+    thresholds (never trained on, so the candidate's scores on them are honest), the rest train.
+    Deterministic; re-drawn each run from all verdicts. A clip without a reported species (a
+    reviewer's verdict on a random clip) can only train."""
     groups: dict[tuple[str, str], list[FeedbackRow]] = {}
     for r in rows:
         if not Path(r.path).is_file():
             continue
         groups.setdefault((r.reported or "", r.verdict), []).append(r)
     train: list[FeedbackRow] = []
+    calib: list[FeedbackRow] = []
     held: list[FeedbackRow] = []
     for key in sorted(groups):
         g = sorted(groups[key], key=lambda r: hashlib.sha256(r.clip_uuid.encode()).hexdigest())
+        if not key[0]:
+            train += g
+            continue
         k = round(len(g) * holdback)
         if len(g) >= 2:
             k = max(1, k)
-        held += g[:k] if key[0] else []  # a clip without a reported species cannot be gated on
-        train += g[k:] if key[0] else g
-    return train, held
+        c = round(len(g) * calibration)
+        held += g[:k]
+        calib += g[k : k + c]
+        train += g[k + c :]
+    return train, calib, held
 
 
 # ------------------------------------------------------------------------------ the run
@@ -285,11 +299,12 @@ def _run_locked(cfg: LoopConfig, home: Path, cloud: Any) -> LoopResult:
             ds.summary(),
         )
     production = resolve_production(home, cfg)
-    train_rows, held_rows = split_feedback(ds.rows, cfg.holdback)
+    train_rows, calib_rows, held_rows = split_feedback(ds.rows, cfg.holdback, cfg.calibration)
     if cfg.dry_run:
         return LoopResult(
             "dry_run",
-            f"would learn from {ds.name}: {len(train_rows)} training clips, {len(held_rows)} held back; "
+            f"would learn from {ds.name}: {len(train_rows)} training clips, {len(calib_rows)} for the "
+            f"thresholds, {len(held_rows)} held back; "
             f"production {production.release_version or production.edge_package}",
             ds.summary(),
         )
@@ -297,7 +312,7 @@ def _run_locked(cfg: LoopConfig, home: Path, cloud: Any) -> LoopResult:
     work = loop_dir(home) / "runs" / stamp
     from cloud.loop.learn import learn_gate_ship
 
-    out = learn_gate_ship(cfg, home, cloud, ds, production, train_rows, held_rows, work, stamp)
+    out = learn_gate_ship(cfg, home, cloud, ds, production, train_rows, calib_rows, held_rows, work, stamp)
     _write_json(
         loop_dir(home) / STATE_FILE,
         {
@@ -365,9 +380,12 @@ def register(sub: Any) -> None:
         default=None,
         help="release (or edge package) in production (first run)",
     )
-    r.add_argument("--epochs", type=int, default=3, help="re-training epochs from production")
+    r.add_argument("--epochs", type=int, default=5, help="re-training epochs from production")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--holdback", type=float, default=0.3, help="share of judged clips held back for the gate")
+    r.add_argument(
+        "--calibration", type=float, default=0.2, help="share of judged clips that only fit the thresholds"
+    )
     r.add_argument("--no-int8", action="store_true", help="publish ONNX fp32 only")
     r.add_argument("--no-cloud-confirmations", action="store_true", help="human verdicts only")
     r.add_argument(
@@ -407,6 +425,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         seed=args.seed,
         holdback=args.holdback,
+        calibration=args.calibration,
         formats=("onnx-fp32",) if args.no_int8 else ("onnx-fp32", "onnx-int8"),
         use_cloud_confirmations=not args.no_cloud_confirmations,
         ray=bool(args.ray or os.environ.get("RAY_ADDRESS")),

@@ -133,6 +133,7 @@ def learn_gate_ship(
     ds: FeedbackDataset,
     production: Production,
     train_rows: list[FeedbackRow],
+    calib_rows: list[FeedbackRow],
     held_rows: list[FeedbackRow],
     work: Path,
     stamp: str,
@@ -148,7 +149,7 @@ def learn_gate_ship(
         loop_run = tracker.run_id
     try:
         return _learn_gate_ship(
-            cfg, home, cloud, ds, production, train_rows, held_rows, work, stamp, loop_run
+            cfg, home, cloud, ds, production, train_rows, calib_rows, held_rows, work, stamp, loop_run
         )
     except BaseException:
         if cfg.track and loop_run is not None:  # each step's own run already ended FAILED / KILLED
@@ -165,6 +166,7 @@ def _learn_gate_ship(
     ds: FeedbackDataset,
     production: Production,
     train_rows: list[FeedbackRow],
+    calib_rows: list[FeedbackRow],
     held_rows: list[FeedbackRow],
     work: Path,
     stamp: str,
@@ -242,7 +244,9 @@ def _learn_gate_ship(
         seed=cfg.seed,
         tracking=tracking("edge-export"),
     )
-    scores, correct = _verdict_scores(exp.chosen, train_rows)
+    # thresholds from clips the candidate never trained on (all non-held-back ones without a
+    # calibration part: its scores on its own training clips are optimistic)
+    scores, correct = _verdict_scores(exp.chosen, calib_rows or train_rows)
     thr = fit_species_thresholds(
         scores,
         correct,
@@ -284,6 +288,7 @@ def _learn_gate_ship(
         report_dir,
         dataset=ds,
         train_clips=len(train_rows),
+        calib_clips=len(calib_rows),
         held_clips=len(held_rows),
         decision=decision.to_dict(),
         before=before,
@@ -300,6 +305,7 @@ def _learn_gate_ship(
         "after": {k: v for k, v in after.items() if k != "probs"},
         "thresholds": dict(thr.thresholds),
         "train_clips": len(train_rows),
+        "calibration_clips": len(calib_rows),
         "held_back_clips": len(held_rows),
         "student_checkpoint": str(member.checkpoint),
         "candidate_package": str(exp.chosen),

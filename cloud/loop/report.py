@@ -55,7 +55,7 @@ def _plots(
         ax.set_title(f"{key} at the shipped threshold")
         ax.set_ylim(0, 1.05)
     axes[0].legend(fontsize=8)
-    fig.suptitle("held-out soundscape windows, judged species", fontsize=10)
+    fig.suptitle("held-out soundscape windows, judged species (no bar: nothing reported)", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "species_precision_recall.png", dpi=110)
     plt.close(fig)
@@ -93,7 +93,7 @@ def _plots(
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("judged clips")
     ax.set_title("verdicts per species (what the clip was)", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(out / "verdicts.png", dpi=110)
     plt.close(fig)
@@ -122,6 +122,7 @@ def write_report(
     *,
     dataset: FeedbackDataset,
     train_clips: int,
+    calib_clips: int,
     held_clips: int,
     decision: dict[str, Any],
     before: dict[str, Any],
@@ -151,7 +152,8 @@ def write_report(
         "## Feedback dataset",
         "",
         f"`{s['name']}` (sha256 `{s['sha256'][:16]}…`): {s['clips']} judged clips — "
-        f"{train_clips} used for training and thresholds, {held_clips} held back for the gate. "
+        f"{train_clips} used for training, {calib_clips} for the thresholds (never trained on), "
+        f"{held_clips} held back for the gate. "
         f"Rule: {s['rule']}.",
         "",
         "| source | clips |",

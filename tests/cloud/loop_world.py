@@ -26,6 +26,8 @@ SEED = 13
 CLIP_S = 5.0
 #: field clips per kind (A, B, C alone; the whine alone) judged by guides
 PER_KIND = 20
+#: field clips of the whine alone (the machine runs near the trail every day)
+NOISE_CLIPS = 30
 #: the student: timm's ResNet-10t on 4× pooled mels (learns this data in a few CPU epochs)
 STUDENT = {"timm_name": "resnet10t", "input_downsample": 4}
 #: fresh clips per kind for the figures (never judged, never trained on)
@@ -171,7 +173,14 @@ def _wav(x: np.ndarray) -> bytes:
 
 
 def script_verdicts(
-    cloud, token: str, w: World, *, poison: bool = False, seed: int = SEED + 200, per_kind: int = PER_KIND
+    cloud,
+    token: str,
+    w: World,
+    *,
+    poison: bool = False,
+    seed: int = SEED + 200,
+    per_kind: int = PER_KIND,
+    noise_clips: int = NOISE_CLIPS,
 ) -> dict[str, int]:  # type: ignore[no-untyped-def]
     """One tour of field clips (A, B, C alone; the whine alone), each detected by production as its
     top species at threshold (clips it reports nothing on are not detections: no verdict); the
@@ -196,7 +205,7 @@ def script_verdicts(
     k = 0
     flagged_clips: list[tuple[str, str | None]] = []
     for _kind, species, noise, truth in kinds:
-        for _ in range(per_kind):
+        for _ in range(noise_clips if noise else per_kind):
             x = recorded(render_clip(CLIP_S, rng, species, noise=noise))
             probs = pkg.predict(x[None, : int(CLIP_S * SR)]).probs[0]
             top = int(np.argmax(probs))
