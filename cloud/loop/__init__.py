@@ -381,7 +381,7 @@ def register(sub: Any) -> None:
         help="release (or edge package) in production (first run)",
     )
     r.add_argument("--epochs", type=int, default=5, help="re-training epochs from production")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=int, default=0, help="seed of the re-training")
     r.add_argument("--holdback", type=float, default=0.3, help="share of judged clips held back for the gate")
     r.add_argument(
         "--calibration", type=float, default=0.2, help="share of judged clips that only fit the thresholds"
@@ -391,7 +391,7 @@ def register(sub: Any) -> None:
     r.add_argument(
         "--ray", action="store_true", help="re-train under Ray Train (also when RAY_ADDRESS is set)"
     )
-    r.add_argument("--ray-workers", type=int, default=2)
+    r.add_argument("--ray-workers", type=int, default=2, help="Ray Train workers (with --ray)")
     r.add_argument("--no-mlflow", action="store_true", help="track nothing (tests)")
     r.add_argument(
         "--dry-run", action="store_true", help="collect and say what would be learnt; change nothing"
@@ -400,10 +400,10 @@ def register(sub: Any) -> None:
     rb = g.add_parser(
         "rollback", help="switch the cloud back to the release before the loop's last promotion"
     )
-    rb.add_argument("--home", type=Path, default=None)
+    rb.add_argument("--home", type=Path, default=None, help="the SILENCIO_HOME to use")
     rb.set_defaults(func=cmd_rollback)
     st = g.add_parser("status", help="the last run, the dataset it saw and production")
-    st.add_argument("--home", type=Path, default=None)
+    st.add_argument("--home", type=Path, default=None, help="the SILENCIO_HOME to use")
     st.set_defaults(func=cmd_status)
 
 

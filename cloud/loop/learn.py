@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -55,7 +56,9 @@ def _log_dataset(tracker: Any, ds: FeedbackDataset, files: Sequence[Path]) -> No
             for r in ds.rows
         ]
     )
-    dataset = mlflow.data.from_pandas(df, source=str(files[0]), name=ds.name, digest=ds.sha256[:16])
+    with warnings.catch_warnings():  # MLflow registers two local-file source kinds and says so
+        warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways.*")
+        dataset = mlflow.data.from_pandas(df, source=str(files[0]), name=ds.name, digest=ds.sha256[:16])
     mlflow.log_input(dataset, context="feedback")
 
 

@@ -14,6 +14,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 
 from cloud.loop import LoopBusy, LoopConfig, loop_lock, read_state, rollback, run_loop
@@ -139,6 +140,18 @@ def test_scenario_confusions_and_noise_drop_auc_holds_edge_installs_second_run_n
     assert rollback(home, cloud)["active"] == "1" and cloud.store.current_release().version == "1"
 
 
+class _Plain(httpx.BaseTransport):
+    """The in-process app's streamed answers as plain bytes, for the edge's plain httpx.Client."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        resp = self.inner.handle_request(request)
+        resp.read()
+        return httpx.Response(resp.status_code, headers=resp.headers, content=resp.content, request=request)
+
+
 def _edge_installs(home: Path, token: str, tmp_path: Path, version: str, thresholds: dict) -> None:
     from starlette.testclient import TestClient
 
@@ -153,7 +166,7 @@ def _edge_installs(home: Path, token: str, tmp_path: Path, version: str, thresho
     try:
         with TestClient(cloud_asgi(), raise_server_exceptions=False) as tc:
             store = open_store(tmp_path / "edge.db")
-            client = SyncClient(store, "http://testserver", token, transport=tc._transport, retries=0)
+            client = SyncClient(store, "http://testserver", token, transport=_Plain(tc._transport), retries=0)
             res = check_and_update(
                 client, store, tmp_path / "models", None, release_key=load_key(home).public_key
             )
@@ -169,7 +182,7 @@ def _edge_installs(home: Path, token: str, tmp_path: Path, version: str, thresho
         mp.undo()
 
 
-def test_poisoned_verdicts_are_refused_aliases_unchanged_no_release(world, tmp_path, monkeypatch):
+def test_poisoned_verdicts_are_refused_aliases_unchanged_no_release(world, tmp_path, monkeypatch, capsys):
     w, registered, root = world
     home = tmp_path / "home"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
@@ -180,6 +193,8 @@ def test_poisoned_verdicts_are_refused_aliases_unchanged_no_release(world, tmp_p
     alias_before = _alias("silencio-edge", "production")
     res = run_loop(_config(w), home=home, cloud=cloud)
     assert res.status == "refused", res.message
+    with capsys.disabled():
+        print(f"\npoisoned verdicts: {res.message}")
     kinds = {r["kind"] for r in res.decision["refusals"]}
     assert kinds & {"heldout_drop", "no_improvement"}, res.decision
     assert _alias("silencio-edge", "production") == alias_before
