@@ -386,6 +386,9 @@ def register(sub: Any) -> None:
     r.add_argument(
         "--calibration", type=float, default=0.2, help="share of judged clips that only fit the thresholds"
     )
+    r.add_argument(
+        "--no-augment", action="store_true", help="re-train without mixup, SpecAugment, waveform augmentation"
+    )
     r.add_argument("--no-int8", action="store_true", help="publish ONNX fp32 only")
     r.add_argument("--no-cloud-confirmations", action="store_true", help="human verdicts only")
     r.add_argument(
@@ -426,6 +429,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         seed=args.seed,
         holdback=args.holdback,
         calibration=args.calibration,
+        augment=not args.no_augment,
         formats=("onnx-fp32",) if args.no_int8 else ("onnx-fp32", "onnx-int8"),
         use_cloud_confirmations=not args.no_cloud_confirmations,
         ray=bool(args.ray or os.environ.get("RAY_ADDRESS")),
