@@ -22,6 +22,7 @@ GROUPS: tuple[str, ...] = (
     "training.train_cli",
     "training.export_cli",
     "cloud.cli",
+    "cloud.loop",
     "edge.cli",
     "silencio.demo",
 )

@@ -17,6 +17,7 @@ import torch
 
 from shared_features import DEFAULT, FeatureConfig, LabelSpace
 from shared_features.birdnet import EmbeddingHead
+from training.data import ExtraClips
 from training.errors import TrainingError
 from training.metrics import birdclef_roc_auc
 from training.tracking import Tracker
@@ -127,12 +128,14 @@ def train_birdnet_head(
     embedder: object | None = None,
     progress: bool = True,
     init_from: Path | None = None,
+    extra: ExtraClips | None = None,
 ) -> dict[str, object]:
     """Embed the dataset's train / validation windows (and labelled soundscapes) with BirdNET, fit
-    the head (early stopping on validation; from ``init_from``'s head when given), save
-    ``head.npz`` and, with soundscape truth, a report."""
+    the head (early stopping on validation; from ``init_from``'s head when given; ``extra`` clips'
+    windows added to the training windows), save ``head.npz`` and, with soundscape truth, a
+    report."""
     from shared_features.birdnet import BirdNET
-    from training.data import from_audio, soundscape_waveforms
+    from training.data import from_audio, soundscape_waveforms, with_extra
     from training.dataset import BirdCLEFDataset, write_solution_csv
     from training.report import write_report
     from training.tracking import NullTracker
@@ -140,7 +143,7 @@ def train_birdnet_head(
     tracker = tracker or NullTracker()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = from_audio(data_dir, DEFAULT, seed=seed, soundscapes=False)
+    data = with_extra(from_audio(data_dir, DEFAULT, seed=seed, soundscapes=False), extra)
     bn = embedder if embedder is not None else BirdNET(data.labels, num_threads=2)  # or Perch
 
     def waves(ds: object) -> np.ndarray:

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -118,6 +119,120 @@ class AudioWindows(Dataset):  # type: ignore[type-arg]
             self._lru.move_to_end(rec.filename)
         wins = self._lru[rec.filename]
         return torch.from_numpy(wins[min(w, len(wins) - 1)]), torch.from_numpy(self.targets[rec.filename])
+
+
+@dataclass(frozen=True)
+class ExtraClip:
+    """One clip added to a training set (e.g. a judged feedback clip): every 5 s window of it is
+    a training example of ``label`` — a species code, or ``None`` for "not an animal" (an
+    all-zero target: a negative for every species)."""
+
+    path: Path
+    label: str | None
+
+
+@dataclass(frozen=True)
+class ExtraClips:
+    """Clips added to the training windows of a member or a head (the closed loop's feedback
+    clips); ``weight`` repeats each clip's windows that many times (≥ 1) so a few judged clips are
+    not drowned by the dataset."""
+
+    name: str
+    clips: tuple[ExtraClip, ...]
+    weight: int = 1
+
+    def __post_init__(self) -> None:
+        if self.weight < 1:
+            raise TrainingError(f"extra clips' weight must be ≥ 1, got {self.weight}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (absolute paths: Ray workers read the same files) with each file's sha256."""
+        return {
+            "name": self.name,
+            "weight": self.weight,
+            "clips": [
+                {
+                    "path": str(Path(c.path).resolve()),
+                    "label": c.label,
+                    "sha256": hashlib.sha256(Path(c.path).read_bytes()).hexdigest(),
+                }
+                for c in self.clips
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ExtraClips:
+        clips = tuple(ExtraClip(Path(c["path"]), c.get("label")) for c in d["clips"])
+        return cls(str(d["name"]), clips, int(d.get("weight", 1)))
+
+
+class ClipWindows(Dataset):  # type: ignore[type-arg]
+    """The windows of :class:`ExtraClips`: items like the base set's — log-mel features
+    (``[n_mels, frames] float32``, a feature cache's kind) or waveforms (``[window_samples]
+    float32``, training from audio) — with one-hot (or all-zero) targets."""
+
+    def __init__(self, extra: ExtraClips, labels: LabelSpace, cfg: FeatureConfig, *, features: bool) -> None:
+        wins: list[np.ndarray] = []
+        targets: list[np.ndarray] = []
+        for c in extra.clips:
+            if c.label is not None and c.label not in labels:
+                raise TrainingError(f"{c.path}: species {c.label!r} is not in the label space")
+            w, _ = frame_windows(load_audio(c.path, cfg), cfg)
+            w = np.asarray(w, np.float32)
+            if features:
+                w = np.concatenate([log_mel(w[i : i + 32], cfg) for i in range(0, len(w), 32)])
+            y = labels.encode(c.label, [], 0.0) if c.label is not None else np.zeros(len(labels), np.float32)
+            for _ in range(extra.weight):
+                wins.extend(w)
+                targets.extend([np.asarray(y, np.float32)] * len(w))
+        self.windows = wins
+        self.targets = np.stack(targets) if targets else np.zeros((0, len(labels)), np.float32)
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def target_matrix(self) -> np.ndarray:
+        return self.targets
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(self.windows[k]), torch.from_numpy(self.targets[k])
+
+
+class WithExtra(Dataset):  # type: ignore[type-arg]
+    """A training set followed by extra clip windows (a :class:`WindowSet`)."""
+
+    def __init__(self, base: Any, extra: ClipWindows) -> None:
+        self.base, self.extra = base, extra
+
+    def __len__(self) -> int:
+        return len(self.base) + len(self.extra)
+
+    def target_matrix(self) -> np.ndarray:
+        return np.concatenate([np.asarray(self.base.target_matrix(), np.float32), self.extra.target_matrix()])
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(self.base)
+        if k < n:
+            x, y = self.base[k]
+            return x, y
+        return self.extra[k - n]
+
+
+def with_extra(data: TrainData, extra: ExtraClips | None) -> TrainData:
+    """``data`` with ``extra``'s windows appended to its *training* part (validation and the
+    held-out soundscapes stay as they are)."""
+    if extra is None or not extra.clips:
+        return data
+    features = isinstance(data.train, CachedWindows) or (len(data.train) > 0 and data.train[0][0].ndim == 2)
+    cw = ClipWindows(extra, data.labels, data.feature_cfg, features=features)
+    if getattr(data.train, "int16", False):  # the base set's 16-bit PCM windows: the same here
+        cw.windows = [np.round(np.clip(w, -1.0, 32767 / 32768) * 32768).astype(np.int16) for w in cw.windows]
+    return replace(
+        data,
+        train=WithExtra(data.train, cw),
+        description=f"{data.description} + {len(cw)} windows of {len(extra.clips)} extra clips "
+        f"({extra.name}, weight {extra.weight})",
+    )
 
 
 @dataclass

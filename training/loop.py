@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from training.augment import WaveAugConfig, augment_waveforms
-from training.data import DataSource, TrainData, WindowSet, select_data
+from training.data import DataSource, ExtraClips, TrainData, WindowSet, select_data
 from training.errors import MetricError, TrainingError
 from training.metrics import birdclef_roc_auc
 from training.models.checkpoint import save_checkpoint
@@ -67,14 +67,21 @@ class TrainConfig:
 
 
 def select_training_data(
-    source: DataSource, mcfg: ModelConfig, tcfg: TrainConfig, *, soundscapes: bool = True
+    source: DataSource,
+    mcfg: ModelConfig,
+    tcfg: TrainConfig,
+    *,
+    soundscapes: bool = True,
+    extra: ExtraClips | None = None,
 ) -> TrainData:
     """The windows a member trains and early-stops on, from its configs alone: the member's
     feature preset, ``tcfg.seed``'s split, ``tcfg.secondary_weight`` and ``tcfg.min_snr_db``.
-    Local runs and every Ray worker call this, so they select identical examples."""
+    Local runs and every Ray worker call this, so they select identical examples. ``extra``:
+    clips appended to the training part (the closed loop's judged feedback clips)."""
     from shared_features import get_preset
+    from training.data import with_extra
 
-    return select_data(
+    data = select_data(
         source,
         get_preset(mcfg.feature_preset),
         seed=tcfg.seed,
@@ -82,6 +89,7 @@ def select_training_data(
         min_snr_db=tcfg.min_snr_db,
         soundscapes=soundscapes,
     )
+    return with_extra(data, extra)
 
 
 def seed_everything(seed: int, threads: int | None = None) -> None:

@@ -43,7 +43,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from shared_features import LabelSpace
-from training.data import DataSource
+from training.data import DataSource, ExtraClips
 from training.distill import DistillConfig
 from training.errors import TrainingError
 from training.export import DEFAULT_INT8, Int8Recipe, PublishThresholds
@@ -79,6 +79,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "DataSource",
     "EdgeExport",
+    "ExtraClips",
     "EnsemblePackage",
     "HeadResult",
     "MemberResult",
@@ -204,12 +205,15 @@ def train_member(
     ray: RayOptions | None = None,
     progress: bool = True,
     reuse: bool = False,
+    extra: ExtraClips | None = None,
 ) -> MemberResult:
     """Train one member on :func:`select_training_data` of ``source`` (locally, or under Ray Train
     with ``ray``: the same selection on every worker); register it ``silencio-<member>@candidate``.
     ``init_from``: continue from that checkpoint; with a feature cache, old vs new model on both
     time-ordered parts is logged (``retrain_comparison.json``). ``merge_lora`` folds LoRA adapters
-    into ``model_merged.pt``. Outputs in ``out``: ``model.pt``, ``config.json``, ``report/``."""
+    into ``model_merged.pt``. ``extra``: clips added to the training windows (the closed loop's
+    judged feedback clips; "not an animal" ones as all-zero targets), locally and on every Ray
+    worker alike. Outputs in ``out``: ``model.pt``, ``config.json``, ``report/``."""
     config = {
         "source": source.to_dict(),
         "model": mcfg.to_dict(),
@@ -219,6 +223,7 @@ def train_member(
         "merge_lora": merge_lora,
         "ray": asdict(ray) if ray else None,
         "device": device,
+        "extra": extra.to_dict() if extra is not None else None,
     }
     if reuse and not resume:
         done = load_result(MemberResult, out, "train_member", config)
@@ -241,6 +246,7 @@ def train_member(
                 max_failures=ray.max_failures,
                 tracker=tracker,
                 init_from=init_from,
+                extra=extra,
             )
         else:
             from training.loop import fit
@@ -248,7 +254,7 @@ def train_member(
             res = fit(
                 mcfg,
                 tcfg,
-                select_training_data(source, mcfg, tcfg),
+                select_training_data(source, mcfg, tcfg, extra=extra),
                 out,
                 tracker=tracker,
                 device=device,
@@ -303,10 +309,12 @@ def train_embedding_head(
     tracking: Tracking | None = None,
     progress: bool = True,
     reuse: bool = False,
+    extra: ExtraClips | None = None,
 ) -> HeadResult:
     """The linear head over BirdNET v2.4 embeddings (or ``embedder``'s: Perch) for every species
     of ``data_dir``, early-stopped on validation (continuing from the head ``init_from``, e.g.
-    production's); ``out/head.npz`` and, with truth, ``report/``."""
+    production's; ``extra`` clips added to its training windows); ``out/head.npz`` and, with
+    truth, ``report/``."""
     from training.birdnet_head import train_birdnet_head
     from training.loop import seed_everything
 
@@ -318,6 +326,7 @@ def train_embedding_head(
         "embedder": name,
         "init_from": str(Path(init_from).resolve()) if init_from else None,
         "init_sha256": file_sha(Path(init_from)) if init_from else None,
+        "extra": extra.to_dict() if extra is not None else None,
     }
     if reuse:
         done = load_result(HeadResult, out, "train_embedding_head", config)
@@ -335,6 +344,8 @@ def train_embedding_head(
             tracker=tracker,
             embedder=embedder,
             progress=progress,
+            init_from=init_from,
+            extra=extra,
         )
         val = res["val"]
         assert isinstance(val, dict)
@@ -707,11 +718,14 @@ def make_release(
     version: str | None = None,
     source_runs: Mapping[str, str | None] | None = None,
     tracking: Tracking | None = None,
+    loop_report: str | None = None,
 ) -> Release:
     """The edge release of ``package`` with per-species ``thresholds`` (format and manifest:
     :mod:`training.release`). With a gate ``decision``, only a promoted candidate is released
     (:class:`~training.release.ReleaseError` otherwise); ``None`` is a release without a gate (a
-    first release, or an operator's own choice), and the manifest says so."""
+    first release, or an operator's own choice), and the manifest says so. ``loop_report``: the
+    closed loop's report (a path relative to ``$SILENCIO_HOME`` or absolute) that the console
+    shows with the release."""
     if decision is not None and not decision.promoted:
         raise ReleaseError(f"not released: the gate {decision.reason}")
     thresholds = dict(thresholds or {})
@@ -725,6 +739,7 @@ def make_release(
         "gate_run": decision.run_id if decision else None,
         "name": name,
         "version": version,
+        "loop_report": loop_report,
     }
     out_root = Path(out_root)
     from shared_features.package import load_package
@@ -743,6 +758,7 @@ def make_release(
                 "thresholds_fit": {"n_species": len(thresholds), "fit": fit_info},
                 "gate": jsonable(decision.to_dict()) if decision else {"promoted": None, "reason": "no gate"},
                 "source_runs": {k: v for k, v in (source_runs or {}).items() if v},
+                **({"loop_report": loop_report} if loop_report else {}),
             },
         )
         tracker.log_artifact(files.directory / "release.json", "release")

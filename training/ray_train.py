@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from training.data import DataSource, TrainData
+from training.data import DataSource, ExtraClips, TrainData
 from training.errors import TrainingError
 from training.loop import FitResult, TrainConfig
 from training.models.config import ModelConfig
@@ -43,6 +43,7 @@ def ray_config(
     *,
     strategy: str = "ddp",
     init_from: Path | None = None,
+    extra: ExtraClips | None = None,
 ) -> dict[str, Any]:
     """The ``train_loop_config`` every Ray worker receives: plain JSON-ready data (paths absolute:
     the data and ``init_from`` must be on storage every worker reads)."""
@@ -52,6 +53,7 @@ def ray_config(
         "source": source.to_dict(),
         "strategy": strategy,
         "init_from": str(Path(init_from).resolve()) if init_from else None,
+        "extra": extra.to_dict() if extra is not None else None,
     }
 
 
@@ -65,6 +67,7 @@ def worker_data(config: dict[str, Any], *, soundscapes: bool = False) -> TrainDa
         ModelConfig.from_dict(config["model"]),
         TrainConfig(**config["train"]),
         soundscapes=soundscapes,
+        extra=ExtraClips.from_dict(config["extra"]) if config.get("extra") else None,
     )
 
 
@@ -134,6 +137,7 @@ def fit_ray(
     max_failures: int = 2,
     tracker: Tracker | None = None,
     init_from: Path | None = None,
+    extra: ExtraClips | None = None,
 ) -> FitResult:
     """Train one member under Ray Train on ``source`` (the selection of a local run of the same
     configs); the driver logs the run to ``tracker`` (its status is the caller's: see
@@ -159,7 +163,7 @@ def fit_ray(
                 log_to_driver=False,
                 configure_logging=False,
             )
-    config = ray_config(mcfg, tcfg, source, strategy=strategy, init_from=init_from)
+    config = ray_config(mcfg, tcfg, source, strategy=strategy, init_from=init_from, extra=extra)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,

@@ -24,6 +24,7 @@ beside it (``<name>-<version>.tar``, members under ``package/`` … exactly as t
     thresholds        {"n_species": k, "fit": {…}} — how they were fitted, when known
     gate              the promotion decision (GateDecision.to_dict()), when one was made
     source_runs       MLflow run ids that produced it (step → run id)
+    loop_report       (optional) the closed loop's report.md, relative to $SILENCIO_HOME or absolute
 
 The cloud signs a release when it publishes it (docs/contracts.md §11): its signed statement names
 the archive's sha256 and ``thresholds.json``'s sha256, so the manifest is never rewritten to be

@@ -432,3 +432,92 @@ def generate(
         out,
     )
     return summary
+
+
+# ------------------------------------------------------------------ the closed loop's scenario
+def species_of(dataset: Path) -> list[SpeciesSpec]:
+    """The species of a synthetic dataset (from its ``synth_config.json``)."""
+    summary = json.loads((Path(dataset) / "synth_config.json").read_text())
+    return [SpeciesSpec(**s) for s in summary["species"]]
+
+
+def whine(n: int, rng: np.random.Generator) -> np.ndarray:
+    """The scenario's noise source — not an animal: a machine's whine (a steady tone near 3.4 kHz
+    with harmonics and a slow wobble) chopped by a ticking relay, ``[n] float32`` peak 1."""
+    t = np.arange(n) / SR
+    f = 3400.0 * rng.uniform(0.98, 1.02) * (1 + 0.01 * np.sin(2 * np.pi * 0.7 * t))
+    x = _tone(f, 3) * (0.6 + 0.4 * (np.sin(2 * np.pi * 9.0 * t) > 0))
+    return (x / (np.abs(x).max() + 1e-9)).astype(np.float32)
+
+
+def render_clip(
+    seconds: float,
+    rng: np.random.Generator,
+    species: list[SpeciesSpec] | tuple[SpeciesSpec, ...] = (),
+    *,
+    noise: bool = False,
+    snr_db: tuple[float, float] = (6.0, 14.0),
+) -> np.ndarray:
+    """A field recording of ``seconds``: background, a call bout of each of ``species`` at a random
+    time, and with ``noise`` the :func:`whine` over its whole length. ``[n] float32``."""
+    n = int(seconds * SR)
+    x = _background(n, rng, level=rng.uniform(0.01, 0.02))
+    nrms = float(np.sqrt(np.mean(x**2)) + 1e-9)
+    for sp in species:
+        pos = int(rng.uniform(0.1, 0.5) * SR)
+        while pos < n - SR // 2:
+            call = render_call(sp, rng)
+            _mix(x, call, pos, rng.uniform(*snr_db), nrms)
+            pos += call.size + int(rng.uniform(0.2, 1.0) * SR)
+    if noise:
+        _mix(x, whine(n, rng), 0, rng.uniform(*snr_db), nrms)
+    peak = float(np.abs(x).max())
+    return (x * (0.9 / peak) if peak > 0.9 else x).astype(np.float32)
+
+
+def confound(
+    dataset: Path,
+    code: str,
+    *,
+    also: SpeciesSpec | None = None,
+    noise: bool = False,
+    relabel_from: str | None = None,
+    relabel: int = 0,
+    seed: int = 0,
+) -> dict[str, int]:
+    """Make a synthetic dataset mislead a model the way real training data does (the closed loop's
+    scenario): mix ``also``'s calls (not annotated) and/or the :func:`whine` into every training
+    recording of ``code``, and move ``relabel`` recordings of ``relabel_from`` to ``code``'s label
+    (a mislabelled archive recording). Rewrites the files and ``train.csv`` in place."""
+    dataset = Path(dataset)
+    rng = np.random.default_rng(seed)
+    with open(dataset / "train.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    moved = 0
+    if relabel_from is not None and relabel:
+        for r in rows:
+            if r["primary_label"] == relabel_from and moved < relabel:
+                r["primary_label"] = code
+                moved += 1
+    mixed = 0
+    for r in rows:
+        if r["primary_label"] != code or (also is None and not noise):
+            continue
+        path = dataset / "train_audio" / r["filename"]
+        x, _ = soundfile.read(path, dtype="float32")
+        nrms = float(np.sqrt(np.mean(x[: SR // 2] ** 2)) + 1e-4)
+        if also is not None:
+            pos = int(rng.uniform(0.1, 0.8) * SR)
+            while pos < x.size - SR // 2:
+                call = render_call(also, rng)
+                _mix(x, call, pos, rng.uniform(6, 14), nrms)
+                pos += call.size + int(rng.uniform(0.3, 1.5) * SR)
+        if noise:
+            _mix(x, whine(x.size, rng), 0, rng.uniform(8, 14), nrms)
+        _write(path, x)
+        mixed += 1
+    with open(dataset / "train.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return {"mixed": mixed, "relabelled": moved}
