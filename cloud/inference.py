@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +46,10 @@ MAX_UPLOAD_CHANNELS = 8
 
 
 def birdnet_only_package(root: Path, taxonomy: Path) -> Path:
-    """Write (once) a package whose only member is BirdNET zero-shot over ``taxonomy``."""
+    """Write a package whose only member is BirdNET zero-shot over ``taxonomy`` (again only when it
+    changed). The manifest is replaced atomically: the service's processes (API worker, Scorer)
+    write it at the same start, and a process killed while writing must not leave a half-written
+    ``package.json`` that refuses every later start (tests/reliability/test_cloud_kills.py)."""
     from shared_features.birdnet import BirdNET
 
     labels = LabelSpace.from_taxonomy_csv(taxonomy)
@@ -70,7 +75,19 @@ def birdnet_only_package(root: Path, taxonomy: Path) -> Path:
         "note": "no trained ensemble: BirdNET v2.4 zero-shot only (birds it knows; "
         "no frogs, insects, mammals)",
     }
-    (root / "package.json").write_text(json.dumps(manifest, indent=2))
+    text = json.dumps(manifest, indent=2)
+    target = root / "package.json"
+    try:
+        if target.read_text() == text:
+            return root
+    except (OSError, UnicodeDecodeError):
+        pass  # missing or unreadable: written below
+    tmp = root / f".package.json.{os.getpid()}.{threading.get_ident()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
     return root
 
 
@@ -85,7 +102,6 @@ def resolve_model(model: str | None, home: Path, taxonomy: Path | None) -> tuple
                 raise NotReady(
                     f"{model}: loading from the MLflow registry needs mlflow (pip install 'silencio[train]')"
                 ) from None
-            import os
 
             uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
             mlflow.set_tracking_uri(uri)  # the same embedded default as training's

@@ -316,7 +316,9 @@ def test_event_merging_never_loses_or_duplicates_a_window(
             det.reset()
             seg, index = seg + 1, 0
         w = Window(index, index * 2.5, index * 2.5 + 5.0, 5.0)
-        active, ended = det.events(WindowResult(w, np.array(row, np.float32), np.zeros(1, np.float32)))
+        active, ended = det.events(
+            WindowResult(w, np.array(row, np.float32), np.zeros(1, np.float32), np.zeros((1, 1), np.float32))
+        )
         closed += [id(e) for e in ended]
         assert len({e.species.code for e in active}) == len(active)  # one event per species and window
         for e in active:
