@@ -302,6 +302,7 @@ def _learn_gate_ship(
         candidate=version,
         head=head.val_roc_auc if head is not None else None,
         mlflow_run=loop_run,
+        labels=_package_labels(exp.chosen),
     )
     figures = {
         "before": {k: v for k, v in before.items() if k != "probs"},
@@ -383,3 +384,10 @@ def _learn_gate_ship(
         loop_run,
         figures=figures,
     )
+
+
+def _package_labels(package_dir: Path) -> Any:
+    """The label space a package's manifest names (no runtime loaded)."""
+    from shared_features.labels import LabelSpace
+
+    return LabelSpace.from_dict(json.loads((Path(package_dir) / "package.json").read_text())["labels"])

@@ -133,9 +133,20 @@ def write_report(
     candidate: str,
     head: float | None,
     mlflow_run: str | None,
+    labels: Any | None = None,
 ) -> Path:
-    """``out/report.md`` + PNGs; returns the markdown's path."""
+    """``out/report.md`` + PNGs; returns the markdown's path. ``labels``: the model's
+    :class:`~shared_features.labels.LabelSpace`, to name each species by code, scientific and
+    common name and taxon class (codes alone without it)."""
     out.mkdir(parents=True, exist_ok=True)
+    index = {sp.code: sp for sp in (labels.species if labels is not None else ())}
+
+    def named(code: str) -> str:
+        sp = index.get(code)
+        if sp is None:
+            return str(code)
+        return f"`{code}` {sp.common_name} (*{sp.scientific_name}*, {sp.taxon_class})"
+
     classes = sorted({c["truth"] for c in before["held_back"]} - {NOT_AN_ANIMAL}) + (
         [NOT_AN_ANIMAL] if any(c["truth"] == NOT_AN_ANIMAL for c in before["held_back"]) else []
     )
@@ -167,7 +178,8 @@ def write_report(
         "| species (what it was) | confirmed | wrong species | not an animal |",
         "|---|---|---|---|",
         *[
-            f"| {sp} | {v.get('confirmed', 0)} | {v.get('wrong_species', 0)} | {v.get('not_an_animal', 0)} |"
+            f"| {named(sp)} | {v.get('confirmed', 0)} | {v.get('wrong_species', 0)} | "
+            f"{v.get('not_an_animal', 0)} |"
             for sp, v in s["per_species"].items()
         ],
         "",
@@ -206,7 +218,7 @@ def write_report(
     for c in [c for c in codes if c in judged]:
         b, a = before["species"][c], after["species"][c]
         lines.append(
-            f"| {c} | {b['threshold']:.2f} → {a['threshold']:.2f} | {_pct(b['precision'])} → "
+            f"| {named(c)} | {b['threshold']:.2f} → {a['threshold']:.2f} | {_pct(b['precision'])} → "
             f"{_pct(a['precision'])} | {_pct(b['recall'])} → {_pct(a['recall'])} |"
         )
     if before["held_back"]:
@@ -218,13 +230,13 @@ def write_report(
             "",
             "| what it was | production | candidate |",
             "|---|---|---|",
-            *[f"| {k} | {wrong_b.get(k, 0)} | {wrong_a.get(k, 0)} |" for k in classes],
+            *[f"| {named(k)} | {wrong_b.get(k, 0)} | {wrong_a.get(k, 0)} |" for k in classes],
         ]
     if thresholds:
         lines += [
             "",
             "Thresholds shipped (others: the default): "
-            + ", ".join(f"`{c}` {t:.2f}" for c, t in sorted(thresholds.items()))
+            + ", ".join(f"{named(c)} {t:.2f}" for c, t in sorted(thresholds.items()))
             + ".",
         ]
     lines += ["", "## Plots", ""]

@@ -119,6 +119,13 @@ def test_scenario_confusions_and_noise_drop_auc_holds_edge_installs_second_run_n
     assert thresholds == pytest.approx(res.figures["thresholds"])
     assert (res.report.parent / "species_precision_recall.png").stat().st_size > 1000
     assert (res.report.parent / "confusions.png").exists() and "## The gate" in res.report.read_text()
+    # every species named by code, scientific and common name and taxon class
+    from shared_features.labels import LabelSpace
+
+    sp = next(x for x in LabelSpace.from_taxonomy_csv(w.data / "taxonomy.csv").species if x.code == w.a)
+    assert (
+        f"`{sp.code}` {sp.common_name} (*{sp.scientific_name}*, {sp.taxon_class})" in res.report.read_text()
+    )
     # MLflow: the dataset input, the report attached, the alias moved to the candidate
     from mlflow import MlflowClient
 
