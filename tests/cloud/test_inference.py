@@ -1,5 +1,3 @@
-
-
 def test_birdnet_only_manifest_is_replaced_atomically_and_repaired(tmp_path):
     """The service's processes write the BirdNET-only package at the same start, and a process
     killed while writing must not leave a manifest that refuses every later start."""
