@@ -9,8 +9,8 @@ exits without touching anything):
    hash equals the last run's (``loop/state.json``) nothing is new: the run says so and changes
    nothing.
 2. **Learn**: the clips are split, per (reported species, verdict), into a training part and a
-   held-back part (``holdback``, by the clip UUID's hash: deterministic), with a calibration part
-   (``calibration``) between them. The student is re-trained
+   held-back part (``holdback``, by the hash of the clip's content-addressed file name:
+   deterministic), with a calibration part (``calibration``) between them. The student is re-trained
    from production's checkpoint (``init_from``) on the dataset plus the training part's clips
    (``wrong_species`` → the species it was, ``confirmed`` → the reported one, ``not_an_animal`` →
    an all-zero target), locally or under Ray Train (``--ray`` / ``RAY_ADDRESS``); the BirdNET
@@ -229,7 +229,9 @@ def split_feedback(
     rows: tuple[FeedbackRow, ...], holdback: float, calibration: float = 0.0
 ) -> tuple[list[FeedbackRow], list[FeedbackRow], list[FeedbackRow]]:
     """(training part, calibration part, held-back part). Per (reported species, verdict), the
-    clips sorted by the sha256 of their UUID: the first ``round(n·holdback)`` are held back for the
+    clips sorted by the sha256 of their stored file's name (the cloud stores clips by content, so
+    the same audio splits the same way whatever UUIDs the devices drew; the UUID breaks ties): the
+    first ``round(n·holdback)`` are held back for the
     gate (at least one of a group of two or more), the next ``round(n·calibration)`` calibrate the
     thresholds (never trained on, so the candidate's scores on them are honest), the rest train.
     Deterministic; re-drawn each run from all verdicts. A clip without a reported species (a
@@ -243,7 +245,9 @@ def split_feedback(
     calib: list[FeedbackRow] = []
     held: list[FeedbackRow] = []
     for key in sorted(groups):
-        g = sorted(groups[key], key=lambda r: hashlib.sha256(r.clip_uuid.encode()).hexdigest())
+        g = sorted(
+            groups[key], key=lambda r: (hashlib.sha256(Path(r.path).name.encode()).hexdigest(), r.clip_uuid)
+        )
         if not key[0]:
             train += g
             continue
