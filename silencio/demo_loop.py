@@ -158,7 +158,8 @@ def loop_step(
                 f"      sync: {rep.detections} detections, {rep.feedback} verdicts, {rep.clips} clips",
                 flush=True,
             )
-            record_path.write_text(json.dumps(entry, indent=2))
+            record = dict(entry)
+            record_path.write_text(json.dumps(record, indent=2))
         # ------------------------------------------------------------ 3. one loop run
         cfg = LoopConfig(
             data_dir=data,
@@ -207,12 +208,13 @@ def loop_step(
             entry["report"] = entry.get("report") or state.get("last_report")
         _say_gate(entry)
         # ------------------------------------------------------------ 4. the device's update
+        # a release to install: this run's promotion, or (nothing new) the one an earlier run promoted
         prod_file = loop_dir(chome) / PRODUCTION_FILE
-        version = (
-            json.loads(prod_file.read_text())["current"].get("release_version")
-            if prod_file.exists()
-            else None
-        )
+        version = None
+        if res.status == "promoted" and res.release:
+            version = str(res.release["version"])
+        elif res.status == "nothing_new" and entry.get("outcome") == "promoted" and prod_file.exists():
+            version = json.loads(prod_file.read_text())["current"].get("release_version")
         before_model = store.active_model()
         updated = False
         if version is not None:
@@ -246,7 +248,7 @@ def loop_step(
             )
             entry["device_update"] = {k: upd.get(k) for k in ("updated", "version", "reason")}
         else:
-            print("      no new release: the device keeps its model", flush=True)
+            print("      no new release from the loop: the device keeps its model", flush=True)
             entry["device_update"] = {"updated": False, "reason": "no release promoted"}
         # ------------------------------------------------------------ 5. replay, before / after
         events = read_events(data / "soundscape_events.csv").get(edge.scape.stem, [])
