@@ -9,7 +9,7 @@ exits without touching anything):
    hash equals the last run's (``loop/state.json``) nothing is new: the run says so and changes
    nothing.
 2. **Learn**: the clips are split, per (reported species, verdict), into a training part and a
-   held-back part (``holdback``, by the hash of the clip's content-addressed file name:
+   held-back part (``holdback``, by the hash of the clip's decoded samples:
    deterministic), with a calibration part (``calibration``) between them. The student is re-trained
    from production's checkpoint (``init_from``) on the dataset plus the training part's clips
    (``wrong_species`` → the species it was, ``confirmed`` → the reported one, ``not_an_animal`` →
@@ -225,12 +225,25 @@ def resolve_production(home: Path, cfg: LoopConfig) -> Production:
 
 
 # ------------------------------------------------------------------------------ splits
+def content_key(path: str | Path) -> str:
+    """The sha256 of a clip's decoded samples: the same audio gives the same key however it was
+    encoded (an Ogg stream carries a random serial number, so two encodings of one clip differ in
+    their bytes); a file that does not decode is keyed by its bytes."""
+    import soundfile
+
+    try:
+        x, sr = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (RuntimeError, OSError, ValueError):
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return hashlib.sha256(str(sr).encode() + x.tobytes()).hexdigest()
+
+
 def split_feedback(
     rows: tuple[FeedbackRow, ...], holdback: float, calibration: float = 0.0
 ) -> tuple[list[FeedbackRow], list[FeedbackRow], list[FeedbackRow]]:
     """(training part, calibration part, held-back part). Per (reported species, verdict), the
-    clips sorted by the sha256 of their stored file's name (the cloud stores clips by content, so
-    the same audio splits the same way whatever UUIDs the devices drew; the UUID breaks ties): the
+    clips sorted by :func:`content_key` (the same audio splits the same way whatever UUIDs the
+    devices drew and however they encoded it; the UUID breaks ties): the
     first ``round(n·holdback)`` are held back for the
     gate (at least one of a group of two or more), the next ``round(n·calibration)`` calibrate the
     thresholds (never trained on, so the candidate's scores on them are honest), the rest train.
@@ -245,9 +258,7 @@ def split_feedback(
     calib: list[FeedbackRow] = []
     held: list[FeedbackRow] = []
     for key in sorted(groups):
-        g = sorted(
-            groups[key], key=lambda r: (hashlib.sha256(Path(r.path).name.encode()).hexdigest(), r.clip_uuid)
-        )
+        g = sorted(groups[key], key=lambda r: (content_key(r.path), r.clip_uuid))
         if not key[0]:
             train += g
             continue
