@@ -169,6 +169,7 @@ def loop_step(
             seed=args.seed,
             formats=("onnx-fp32",) if args.quick else ("onnx-fp32", "onnx-int8"),
             use_cloud_confirmations=False,
+            split_by="audio",  # the same split on every run: the device draws random clip UUIDs
         )
         with ticking("silencio loop run: collect, re-train from production, export, fit thresholds, gate"):
             res = run_loop(cfg, home=chome)
