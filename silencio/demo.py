@@ -14,11 +14,17 @@
    service is stopped then, unless ``--keep-serving`` keeps it up until Ctrl-C;
 8. the edge agent installs the release and replays a held-out soundscape (the TUI when a terminal
    is attached, plain output otherwise), syncs, and the cloud's tour report is compared with the
-   soundscape's ground truth.
+   soundscape's ground truth;
+9. the closed loop (:mod:`silencio.demo_loop`): the device replays fresh field soundscapes (not in
+   the training data, not in the held-out set), a scripted guide judges every detection from their
+   truth, the verdicts sync, one ``silencio loop run`` (:func:`cloud.loop.run_loop`) re-trains,
+   gates and, when it promotes, ships a release the device's updater installs; the held-out
+   soundscape is replayed again and the corrected species compared before and after. A refusal
+   by the gate is printed with its reasons and the demo goes on.
 
 Steps 3–6 are the functions of :mod:`training.pipeline`, the same the ``silencio train`` and
-``silencio export`` commands call. A second run reuses every step whose recorded configuration is
-unchanged. Every process the demo starts is stopped before it returns.
+``silencio export`` commands call; step 9 is the loop's own function. A second run reuses every
+step whose recorded configuration is unchanged. Every process the demo starts is stopped before it returns.
 
 Reproducible: ``--seed`` seeds the data, the splits, the initial weights, the augmentations and
 data order, the BirdNET head, the weight search and the edge replay; training stops after a fixed
@@ -45,7 +51,10 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from silencio.demo_loop import EdgeRun
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +95,7 @@ def register(sub: Any) -> None:
 #: runs train the same models; about what the former 1.5-minute budget allowed on 2 cores.
 MEMBER_EPOCHS = 2
 STUDENT_EPOCHS = 5
-STEPS = 10
+STEPS = 11
 #: Loggers whose INFO lines are noise in the demo's output (shown again with ``-v``): third-party
 #: libraries, and our own libraries too — the demo prints one line per result, bars show progress.
 NOISY_LOGGERS = (
@@ -194,6 +203,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from shared_features.paths import home
+    from silencio.demo_loop import loop_step
 
     root = home() / "demo"
     data, work = _dataset(args, root)
@@ -208,7 +218,8 @@ def _demo(args: argparse.Namespace) -> int:
         student = _student(args, data, work, ens, summary)
         release = _export(args, data, work, student, summary)
         server, url, tokens = _serve(args, work, ens, release)
-        _edge(args, data, work, url, tokens, summary)
+        edge = _edge(args, data, work, url, tokens, summary)
+        loop_step(args, data, work, url, tokens, edge, student, release, summary)
         console = (f"{url}/console/login", tokens["reviewer"])
         summary["console"] = console[0]
         if keep:
@@ -576,7 +587,7 @@ def _edge(
     url: str,
     tokens: dict[str, str],
     summary: dict[str, Any],
-) -> None:
+) -> EdgeRun:
     import httpx
 
     from cloud.signing import load_key
@@ -678,6 +689,10 @@ def _edge(
         }
     summary["edge_db"] = str(s.db_path)
     summary["cloud_db"] = str(work / "cloud_home" / "cloud" / "cloud.db")
+    store.close()
+    from silencio.demo_loop import EdgeRun
+
+    return EdgeRun(s, scape, str(tour))
 
 
 def _replay_file(data: Path) -> Path:

@@ -441,6 +441,26 @@ def species_of(dataset: Path) -> list[SpeciesSpec]:
     return [SpeciesSpec(**s) for s in summary["species"]]
 
 
+def field_soundscapes(dataset: Path, out: Path, count: int, seed: int) -> tuple[list[Path], Path]:
+    """``count`` fresh 60 s soundscapes of ``dataset``'s species, as a guide's later tours would
+    record them: drawn like the dataset's soundscapes (same mix, noise and distractors) from their
+    own seed, so they are in neither the training data nor the frozen held-out set. Written to
+    ``out/train_soundscapes/FIELDnn_….ogg`` with every call in ``out/field_events.csv`` (their truth);
+    deterministic for a seed, and an existing complete set is reused. Returns (files, events csv)."""
+    out = Path(out)
+    events_csv = out / "field_events.csv"
+    summary = json.loads((Path(dataset) / "synth_config.json").read_text())
+    cfg = SynthConfig(**{**summary["config"], "clip_seconds": tuple(summary["config"]["clip_seconds"])})
+    names = [f"FIELD{k:02d}_20250201_{6 + k % 12:02d}0000" for k in range(count)]
+    files = [out / "train_soundscapes" / f"{n}.ogg" for n in names]
+    if events_csv.exists() and all(f.exists() for f in files):
+        return files, events_csv
+    rng = np.random.default_rng([seed, 0xF1E1D])
+    events, _ = _soundscapes(out, cfg, count, "FIELD", "20250201", species_of(dataset), rng, lambda: None)
+    _write_events(events_csv, events)
+    return files, events_csv
+
+
 def whine(n: int, rng: np.random.Generator) -> np.ndarray:
     """The scenario's noise source — not an animal: a machine's whine (a steady tone near 3.4 kHz
     with harmonics and a slow wobble) chopped by a ticking relay, ``[n] float32`` peak 1."""

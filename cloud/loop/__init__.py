@@ -9,14 +9,14 @@ exits without touching anything):
    hash equals the last run's (``loop/state.json``) nothing is new: the run says so and changes
    nothing.
 2. **Learn**: the clips are split, per (reported species, verdict), into a training part and a
-   held-back part (``holdback``, by the clip UUID's hash: deterministic), with a calibration part
-   (``calibration``) between them. The student is re-trained
-   from production's checkpoint (``init_from``) on the dataset plus the training part's clips
-   (``wrong_species`` → the species it was, ``confirmed`` → the reported one, ``not_an_animal`` →
-   an all-zero target), locally or under Ray Train (``--ray`` / ``RAY_ADDRESS``); the BirdNET
-   embedding head likewise when production has one. The candidate is exported as an edge package
-   and per-species thresholds are fitted to its scores on the calibration part's verdicts (clips
-   it never trained on, so their scores are honest)
+   held-back part (``holdback``, by the clip UUID's hash, or with ``split_by="audio"`` by the hash
+   of its decoded samples: deterministic), with a calibration part (``calibration``) between them.
+   The student is re-trained from production's checkpoint (``init_from``) on the dataset plus the
+   training part's clips (``wrong_species`` → the species it was, ``confirmed`` → the reported one,
+   ``not_an_animal`` → an all-zero target), locally or under Ray Train (``--ray`` /
+   ``RAY_ADDRESS``); the BirdNET embedding head likewise when production has one. The candidate is
+   exported as an edge package and per-species thresholds are fitted to its scores on the
+   calibration part's verdicts (clips it never trained on, so their scores are honest)
    (:func:`training.pipeline.fit_species_thresholds`: precision target 0.9, minimum evidence,
    shrinkage).
 3. **Gate** (:func:`training.pipeline.gate`): candidate vs production on the dataset's frozen
@@ -73,6 +73,7 @@ class LoopBusy(LoopError):
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (LoopError,)
+SPLIT_BY = ("uuid", "audio")
 
 
 # ------------------------------------------------------------------------------ configuration
@@ -102,6 +103,10 @@ class LoopConfig:
     use_cloud_confirmations: bool = True
     ray: bool = False
     ray_workers: int = 2
+    #: what orders the clips for the split (:func:`split_feedback`): ``uuid`` (the clip's UUID, drawn
+    #: by the device) or ``audio`` (its decoded samples: the same audio splits the same way on every
+    #: run, e.g. the demo's, whatever UUIDs the device drew)
+    split_by: str = "uuid"
     track: bool = True
     dry_run: bool = False
 
@@ -111,6 +116,8 @@ class LoopConfig:
                 "need 0 < holdback < 1 and 0 ≤ calibration < 1 − holdback, "
                 f"got {self.holdback} and {self.calibration}"
             )
+        if self.split_by not in SPLIT_BY:
+            raise LoopError(f"split_by must be one of {SPLIT_BY}, got {self.split_by!r}")
 
 
 @dataclass(frozen=True)
@@ -225,11 +232,25 @@ def resolve_production(home: Path, cfg: LoopConfig) -> Production:
 
 
 # ------------------------------------------------------------------------------ splits
+def audio_key(path: str | Path) -> str:
+    """The sha256 of a clip's decoded samples: the same audio gives the same key however it was
+    encoded (an Ogg stream carries a random serial number, so two encodings of one clip differ in
+    their bytes); a file that does not decode is keyed by its bytes."""
+    import soundfile
+
+    try:
+        x, sr = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (RuntimeError, OSError, ValueError):
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return hashlib.sha256(str(sr).encode() + x.tobytes()).hexdigest()
+
+
 def split_feedback(
-    rows: tuple[FeedbackRow, ...], holdback: float, calibration: float = 0.0
+    rows: tuple[FeedbackRow, ...], holdback: float, calibration: float = 0.0, split_by: str = "uuid"
 ) -> tuple[list[FeedbackRow], list[FeedbackRow], list[FeedbackRow]]:
     """(training part, calibration part, held-back part). Per (reported species, verdict), the
-    clips sorted by the sha256 of their UUID: the first ``round(n·holdback)`` are held back for the
+    clips sorted by the sha256 of their UUID (``split_by="audio"``: by :func:`audio_key`, the
+    UUID breaking ties): the first ``round(n·holdback)`` are held back for the
     gate (at least one of a group of two or more), the next ``round(n·calibration)`` calibrate the
     thresholds (never trained on, so the candidate's scores on them are honest), the rest train.
     Deterministic; re-drawn each run from all verdicts. A clip without a reported species (a
@@ -243,7 +264,10 @@ def split_feedback(
     calib: list[FeedbackRow] = []
     held: list[FeedbackRow] = []
     for key in sorted(groups):
-        g = sorted(groups[key], key=lambda r: hashlib.sha256(r.clip_uuid.encode()).hexdigest())
+        if split_by == "audio":
+            g = sorted(groups[key], key=lambda r: (audio_key(r.path), r.clip_uuid))
+        else:
+            g = sorted(groups[key], key=lambda r: hashlib.sha256(r.clip_uuid.encode()).hexdigest())
         if not key[0]:
             train += g
             continue
@@ -299,7 +323,7 @@ def _run_locked(cfg: LoopConfig, home: Path, cloud: Any) -> LoopResult:
             ds.summary(),
         )
     production = resolve_production(home, cfg)
-    train_rows, calib_rows, held_rows = split_feedback(ds.rows, cfg.holdback, cfg.calibration)
+    train_rows, calib_rows, held_rows = split_feedback(ds.rows, cfg.holdback, cfg.calibration, cfg.split_by)
     if cfg.dry_run:
         return LoopResult(
             "dry_run",

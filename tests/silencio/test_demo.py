@@ -1,6 +1,7 @@
 """``silencio demo --quick`` (the CI size) runs the whole loop through the pipeline functions,
-prints quiet output with hints that work as printed, stops what it started, and reuses every
-step on a second run."""
+the closed loop included (guide verdicts, one loop run, the device's update), prints quiet output
+with hints that work as printed, stops what it started, and reuses every step on a second run (the
+loop's with nothing new)."""
 
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ def test_demo_quick_runs_the_whole_loop_and_reuses(capfd, tmp_path, monkeypatch)
         left = [p for p in started.leftover(timeout=15) if "bentos" in p.args or "bentoml" in p.args]
         assert left == [], [(p.pid, p.args[:100]) for p in left]
     out, err = capfd.readouterr()
-    for step in range(1, 11):
-        assert f"[{step}/10]" in out
+    for step in range(1, 12):
+        assert f"[{step}/11]" in out
     assert "MLflow run" in out and "onnx-fp32" in out and "ground truth of SYN00" in out
     assert "service stopped" in out and "model update: installed" in out
     assert "gate: promoted: no production model" in out and "release silencio-demo-edge" in out
@@ -83,12 +84,38 @@ def test_demo_quick_runs_the_whole_loop_and_reuses(capfd, tmp_path, monkeypatch)
         assert cloud_store.authenticate_user(token).role == "reviewer"  # a real login, not a device's
     finally:
         cloud_store.close()
+    # the closed loop (step 11): verdicts on fresh field soundscapes (never the held-out ones), one
+    # loop run, promoted or refused — either is an outcome, both are said and recorded
+    loop = summary["loop"]
+    assert "[11/11] the closed loop" in out and "audio for the verdicts: 4 field soundscapes FIELD00" in out
+    assert loop["judged_detections"] > 0 and sum(loop["verdicts"].values()) == loop["judged_detections"]
+    assert "held-out set" in loop["verdicts_from"] and "SYN" not in loop["verdicts_from"].split("FIELD")[0]
+    assert loop["status"] in ("promoted", "refused"), loop
+    assert Path(loop["report"]).is_file() and loop["gate"]["reason"].startswith(loop["status"])
+    assert f"loop: {loop['status']}:" in out and "loop report: " in out
+    if loop["status"] == "promoted":
+        assert loop["device_update"]["updated"] and f"model update: installed {loop['release']}" in out
+        assert loop["species"] and "held out), detections right / wrong" in out
+        for sp in loop["species"]:
+            assert {"code", "scientific_name", "common_name", "taxon_class", "before", "after"} <= set(sp)
+            assert (
+                f"{sp['code']:9s} {sp['common_name']} ({sp['scientific_name']}, {sp['taxon_class']})" in out
+            )
+    else:
+        assert loop["release"] is None and "refused (" in out and not loop["device_update"]["updated"]
+    assert re.search(r"step 11 took \d+ s", out)
+    assert open_store(summary["edge_db"]).pending().detections == 0  # the field tours synced too
 
     assert main(["demo", "--quick", "--species", "5", "--workers", "1", "--no-tui"]) == 0
     out, _ = capfd.readouterr()
-    assert "reusing" in out and "files reused" in out and "[10/10]" in out
-    assert out.count("reusing") >= 6  # dataset, 3 members, ensemble, student, edge packages
+    assert "reusing" in out and "files reused" in out and "[11/11]" in out
+    assert out.count("reusing") >= 7  # dataset, 3 members, ensemble, student, edge packages, verdicts
     assert f"reviewer token: {token}\n" in out  # the same login as the first run
+    # the loop has nothing new: a no-op; the outcome of the first run stands and is shown again
+    again = json.loads((work / "demo_summary.json").read_text())["loop"]
+    assert "loop: nothing_new: nothing new since the last run" in out and again["status"] == "nothing_new"
+    assert again["outcome"] == loop["status"] and again["report"] == loop["report"]
+    assert again["species"] == loop["species"]  # the same figures (seeded, deterministic replay)
 
 
 def test_keep_serving_waits_for_the_service_until_stopped():
