@@ -23,6 +23,8 @@ figures in ``package.json``.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import shutil
@@ -238,18 +240,24 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, recipe: Int8Re
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         exclude = float_nodes(onnx.load(str(pre)), recipe.keep_float)
-        quantize_static(
-            str(pre),
-            str(out),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=recipe.per_channel,
-            weight_type=QuantType.QInt8,
-            activation_type=QuantType.QUInt8,
-            calibrate_method=method,
-            nodes_to_exclude=exclude,
-            extra_options=extra,
-        )
+        # ONNX Runtime's histogram calibrators print() their progress ("Collecting tensor data and
+        # making histogram ...") onto stdout: into the debug log instead
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            quantize_static(
+                str(pre),
+                str(out),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=recipe.per_channel,
+                weight_type=QuantType.QInt8,
+                activation_type=QuantType.QUInt8,
+                calibrate_method=method,
+                nodes_to_exclude=exclude,
+                extra_options=extra,
+            )
+        if printed.getvalue().strip():
+            log.debug("onnxruntime calibration: %s", printed.getvalue().strip())
     # quantisation drops custom metadata: carry it over from the fp32 model
     src, q = onnx.load(str(fp32)), onnx.load(str(out))
     del q.metadata_props[:]
