@@ -396,6 +396,7 @@ class Agent:
                     edge_top=tuple(
                         EdgeScore(labels[int(j)].code, round(float(r.probs[j]), 4)) for j in order
                     ),
+                    recorded_at=self._time(r.window.start),
                 ),
             )
         if self.on_window is not None:

@@ -87,6 +87,9 @@ class ClipSource:
     source_offset: float | None = None
     start_offset: float = 0.0
     edge_top: tuple[EdgeScore, ...] = ()
+    #: when the clip's audio was recorded (UTC ISO; a replayed file's recording time + offset);
+    #: None: now
+    recorded_at: str | None = None
 
 
 @dataclass
@@ -308,6 +311,7 @@ class Sampler:
                     source_offset=where.source_offset,
                     duration_s=round(np.asarray(samples).size / sr, 3),
                     edge_top=where.edge_top,
+                    recorded_at=where.recorded_at,
                 )
             )
         except StorageFullError:

@@ -90,7 +90,8 @@ def test_analyze_inputs_failures_times_and_tours(tmp_path, labels, edge_settings
     (rec / "bad.ogg").write_text("this is not audio")  # looks like audio: tried, fails
     sf.write(rec / "empty.wav", np.zeros(0, np.float32), 32_000)
     (tmp_path / "empty").mkdir()
-    agent = Agent(edge_settings, scorer=FakeScorer(labels), seed=0)
+    every_window = edge_settings.model_copy(update={"random_clip_rate": 1.0})  # clips too
+    agent = Agent(every_window, scorer=FakeScorer(labels), seed=0)
     rep = analyze(agent, [rec, tmp_path / "missing.wav", tmp_path / "empty"])
     errors = {r.path.name: r.error for r in rep.failed}
     assert set(errors) == {"bad.ogg", "empty.wav", "missing.wav", "empty"}
@@ -115,6 +116,14 @@ def test_analyze_inputs_failures_times_and_tours(tmp_path, labels, edge_settings
             assert t.started_at <= d.start_time and d.end_time <= t.ended_at
             assert d.offset_end <= agent.store.recording(d.recording_uuid).duration_s
         assert t.ended_at.startswith("2023-04-2")  # the recording's end, not the time of analysis
+    agent.sampler.drain()
+    clips = agent.store.clips()
+    assert len(clips) >= 3
+    for c in clips:  # a clip is timed like its detections: recording time + offset
+        started = datetime.fromisoformat(agent.store.recording(c.recording_uuid).started_at)
+        assert c.recorded_at == (started + timedelta(seconds=c.source_offset)).isoformat(
+            timespec="milliseconds"
+        )
     with pytest.raises(InputError, match="one recording"):
         analyze(agent, [rec / "site"], start=datetime(2024, 1, 1, tzinfo=UTC))
 
