@@ -435,6 +435,7 @@ class Agent:
                             recording_uuid=det.recording_uuid,
                             source=rec.source if rec is not None else None,
                             source_offset=det.offset_start,
+                            recorded_at=det.start_time,  # the detection's own time
                         ),
                     )
             else:

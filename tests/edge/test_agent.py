@@ -117,6 +117,7 @@ def test_feedback_flags_the_detection_audio(tmp_path, labels, edge_settings):
     assert out["clip"]  # saved from the audio still in memory
     (clip,) = [c for c in agent.store.clips() if c.detection_uuid == det.uuid]
     assert clip.reason == "flagged" and clip.source == "a.wav" and clip.source_offset == det.offset_start
+    assert clip.recorded_at == det.start_time  # timed by its detection, not when the guide judged it
     after = agent.store.detection(det.uuid)
     # the guide's verdict is its own field; the cloud's verdict (status) is untouched
     assert after.guide_verdict == "wrong_species" and after.status == "pending"
