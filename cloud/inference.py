@@ -50,11 +50,11 @@ def birdnet_only_package(root: Path, taxonomy: Path) -> Path:
     changed). The manifest is replaced atomically: the service's processes (API worker, Scorer)
     write it at the same start, and a process killed while writing must not leave a half-written
     ``package.json`` that refuses every later start (tests/reliability/test_cloud_kills.py)."""
-    from shared_features.birdnet import BirdNET
+    from shared_features.birdnet import known_species
 
     labels = LabelSpace.from_taxonomy_csv(taxonomy)
     root.mkdir(parents=True, exist_ok=True)
-    known = BirdNET(labels, embeddings=False).known
+    known = known_species(labels)
     manifest = {
         "format": PACKAGE_FORMAT,
         "package_version": PACKAGE_VERSION,

@@ -82,6 +82,21 @@ class BirdNETOutput:
     known: np.ndarray  # [n_species] bool
 
 
+def _label_index(birdnet_labels: list[str], labels: LabelSpace) -> np.ndarray:
+    """For each species of ``labels``, its BirdNET class index (by scientific name), -1 if none."""
+    by_sci: dict[str, int] = {}
+    for i, lab in enumerate(birdnet_labels):
+        by_sci.setdefault(lab.split("_", 1)[0].strip().lower(), i)
+    return np.array([by_sci.get(s.scientific_name.lower(), -1) for s in labels], dtype=np.int64)
+
+
+def known_species(labels: LabelSpace) -> np.ndarray:
+    """Which species of ``labels`` BirdNET v2.4 knows (bool per species), from its label file alone:
+    no interpreter is built."""
+    _, label_file = locate()
+    return _label_index(label_file.read_text(encoding="utf-8").splitlines(), labels) >= 0
+
+
 class BirdNET:
     """The BirdNET v2.4 member. ``labels``: the label space to map to (all 6,522 BirdNET classes
     are available through :meth:`chunk_logits`).
@@ -110,11 +125,8 @@ class BirdNET:
             self._pool.put(_Runner(Interp, model, content, num_threads, embeddings))
         self.interpreters = max(1, interpreters)
         self.birdnet_labels = label_file.read_text(encoding="utf-8").splitlines()
-        by_sci: dict[str, int] = {}
-        for i, lab in enumerate(self.birdnet_labels):
-            by_sci.setdefault(lab.split("_", 1)[0].strip().lower(), i)
         self.labels = labels
-        self.index = np.array([by_sci.get(s.scientific_name.lower(), -1) for s in labels], dtype=np.int64)
+        self.index = _label_index(self.birdnet_labels, labels)
         self.known = self.index >= 0
         log.info("BirdNET v2.4: %d of %d species known", int(self.known.sum()), len(labels))
 
