@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-from cloud.settings import VERBOSE_ENV  # ``silencio -v`` count, passed on to the server and its workers
+from shared_features.native import verbosity
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +102,6 @@ def _serve(host: str, port: int, workers: int | None) -> None:
         svc.config["workers"] = workers  # type: ignore[union-attr]
     svc.inject_config()  # type: ignore[union-attr]
     serve_http(SERVICE, working_dir=root, host=host, port=port, timeout_graceful_shutdown=int(SHUTDOWN_GRACE))
-
-
-def verbosity() -> int:
-    try:
-        return int(os.environ.get(VERBOSE_ENV, "0"))
-    except ValueError:
-        return 0
 
 
 def configure_logging() -> None:

@@ -19,11 +19,16 @@ VERBOSE_ENV = "SILENCIO_VERBOSE"
 _lock = threading.Lock()  # descriptor 2 is the process's: one redirection at a time
 
 
-def verbose() -> bool:
+def verbosity() -> int:
+    """The ``silencio -v`` count (``SILENCIO_VERBOSE``; 0 when unset or not a number)."""
     try:
-        return int(os.environ.get(VERBOSE_ENV, "0")) > 0
+        return int(os.environ.get(VERBOSE_ENV, "0"))
     except ValueError:
-        return False
+        return 0
+
+
+def verbose() -> bool:
+    return verbosity() > 0
 
 
 @contextmanager
