@@ -3,7 +3,7 @@ same run: capture replay (FileSource, as fast as possible) + streaming features 
 store + clip sampling (speech gate, OGG encoding, durable writes — on the sampler's worker thread).
 
     .venv/bin/python benchmarks/edge_pipeline.py [--packages EXPORT_ROOT] [--minutes 10] [--rounds 2]
-                                                 [--profile DIR]
+                                                 [--profile DIR] [--clip-policy product,same]
 
 ``--packages``: a root holding ``onnx-fp32/``, ``onnx-int8/``, ``tflite/`` edge packages (from
 ``silencio export edge`` / ``scripts/export_tflite.sh``); without it the default student
@@ -22,7 +22,10 @@ alternating, and the best round is kept. Real-time factor = seconds spent / seco
 is faster); "× real time" is its inverse. The model is loaded (and run once) before the clock
 starts, for every backend alike. ``--profile DIR``: each backend's run under cProfile timed by the
 agent thread's CPU clock (the clip worker's CPU is in the CPU column, not in the table), its top
-functions written to ``DIR/<backend>.txt`` (cumulative time).
+functions written to ``DIR/<backend>.txt`` (cumulative time). ``--clip-policy`` (see
+:data:`CLIP_POLICIES`): ``product`` runs the device's defaults, whose clips depend on the model's
+scores; ``same`` makes every backend keep clips at the same windows, so that its ratio to BirdNET is
+the pipeline's own cost; both in one run with ``product,same``.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ def hwm_mb():
             return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-s = EdgeSettings(home=Path({home!r}), taxonomy=Path({tax!r}), threads=1)
+s = EdgeSettings(home=Path({home!r}), taxonomy=Path({tax!r}), threads=1, **{settings!r})
 scorer = load_scorer(Path({pkg!r}) if {pkg!r} else None, s.taxonomy_path, 1)
 agent = Agent(s, scorer=scorer, seed=0)
 import numpy as np
@@ -132,11 +135,28 @@ def long_audio(path: Path, minutes: float) -> float:
 NOT_ON_DEVICE = ("pandas", "pyarrow", "torch", "mlflow", "ray")
 
 
+#: ``--clip-policy``: the edge settings of each policy. ``product``: the defaults a device runs
+#: (detection starts at 50 %, uncertain windows paced per species, 5 % at random: how many clips
+#: depends on the model's scores). ``same``: every backend keeps its clips at the same windows — 5 %
+#: of them at random, from the same seeded draw (one draw per window, whatever the scores), no
+#: uncertain clips — so the backends differ only in what the pipeline itself costs.
+CLIP_POLICIES: dict[str, dict[str, object]] = {
+    "product": {},
+    "same": {"random_clip_rate": 0.05, "detection_clip_rate": 0.05, "uncertain_clips": False},
+}
+
+
 def run_backend(
-    pkg: str, home: Path, audio: Path, profile: Path | None = None, dev_venv: bool = False
+    pkg: str,
+    home: Path,
+    audio: Path,
+    profile: Path | None = None,
+    dev_venv: bool = False,
+    policy: str = "product",
 ) -> dict[str, object]:
     """One agent run in a fresh process; its figures as a dict."""
     code = CHILD.format(
+        settings=CLIP_POLICIES[policy],
         blocked=() if dev_venv else NOT_ON_DEVICE,
         repo=str(_HERE.parent),
         home=str(home),
@@ -212,6 +232,12 @@ def _main(tmp: Path) -> None:
     ap.add_argument("--rounds", type=int, default=1, help="runs per backend, alternating; best kept")
     ap.add_argument("--profile", type=Path, help="write each backend's cProfile table here")
     ap.add_argument(
+        "--clip-policy",
+        default="product",
+        help="comma-separated: product (the device's defaults: clips depend on the model's scores), "
+        "same (every backend keeps clips at the same 5 %% of windows: the pipeline's own cost)",
+    )
+    ap.add_argument(
         "--dev-venv",
         action="store_true",
         help="let the child import pandas/pyarrow if installed (the edge extra installs neither)",
@@ -228,38 +254,50 @@ def _main(tmp: Path) -> None:
     runs += [
         (f"student {f}", str(root / f)) for f in ("onnx-fp32", "onnx-int8", "tflite") if (root / f).exists()
     ]
+    policies = [p.strip() for p in args.clip_policy.split(",") if p.strip()]
+    unknown = sorted(set(policies) - set(CLIP_POLICIES))
+    if unknown or not policies:
+        ap.error(f"--clip-policy: unknown {unknown}; known: {sorted(CLIP_POLICIES)}")
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-    best: dict[str, dict[str, object]] = {}
+    best: dict[tuple[str, str], dict[str, object]] = {}
     for k in range(args.rounds):
-        for name, pkg in runs:
-            slug = name.split()[0] if not pkg else Path(pkg).name
-            prof = args.profile / f"{slug}.txt" if args.profile and k == 0 else None
-            r = run_backend(pkg, tmp / f"home-{slug}-{k}", audio, prof, args.dev_venv)
-            if name not in best or float(r["cpu"]) < float(best[name]["cpu"]):  # type: ignore[arg-type]
-                best[name] = r
-    base = best[runs[0][0]]
+        for policy in policies:
+            for name, pkg in runs:
+                slug = name.split()[0] if not pkg else Path(pkg).name
+                prof = (
+                    args.profile / f"{slug}.txt"
+                    if args.profile and k == 0 and policy == policies[0]
+                    else None
+                )
+                r = run_backend(pkg, tmp / f"home-{slug}-{policy}-{k}", audio, prof, args.dev_venv, policy)
+                key = (policy, name)
+                if key not in best or float(r["cpu"]) < float(best[key]["cpu"]):  # type: ignore[arg-type]
+                    best[key] = r
     rows = []
-    for name, _ in runs:
-        r = best[name]
-        sec, wall, cpu, main_cpu = (float(r[k]) for k in ("seconds", "wall", "cpu", "main_cpu"))  # type: ignore[arg-type]
-        win, clips = int(r["windows"]), int(r["clips"]) + int(r["speech"])  # type: ignore[call-overload]
-        rows.append(
-            [
-                name,
-                win,
-                r["detections"],
-                f"{r['clips']} (+{r['speech']} speech)",
-                wall,
-                cpu,
-                1e3 * main_cpu / win,
-                1e3 * (cpu - main_cpu) / clips if clips else "",
-                sec / cpu,
-                float(base["cpu"]) / cpu,  # type: ignore[arg-type]
-                float(base["wall"]) / wall,  # type: ignore[arg-type]
-                float(r["rss_mb"]),  # type: ignore[arg-type]
-            ]
-        )
+    for policy in policies:
+        base = best[(policy, runs[0][0])]
+        for name, _ in runs:
+            r = best[(policy, name)]
+            sec, wall, cpu, main_cpu = (float(r[k]) for k in ("seconds", "wall", "cpu", "main_cpu"))  # type: ignore[arg-type]
+            win, clips = int(r["windows"]), int(r["clips"]) + int(r["speech"])  # type: ignore[call-overload]
+            rows.append(
+                [
+                    name,
+                    policy,
+                    win,
+                    r["detections"],
+                    f"{r['clips']} (+{r['speech']} speech)",
+                    wall,
+                    cpu,
+                    1e3 * main_cpu / win,
+                    1e3 * (cpu - main_cpu) / clips if clips else "",
+                    sec / cpu,
+                    float(base["cpu"]) / cpu,  # type: ignore[arg-type]
+                    float(base["wall"]) / wall,  # type: ignore[arg-type]
+                    float(r["rss_mb"]),  # type: ignore[arg-type]
+                ]
+            )
     print(
         f"audio: {secs / 60:.1f} min of real recordings (../shared/data), stride 2.5 s, 1 thread, "
         f"best of {args.rounds} round(s); "
@@ -271,6 +309,7 @@ def _main(tmp: Path) -> None:
         table(
             [
                 "backend",
+                "clip policy",
                 "windows",
                 "detections",
                 "clips kept",
@@ -292,13 +331,17 @@ def _main(tmp: Path) -> None:
         "durable write + row, per clip it handled (kept or suppressed as speech). The clips kept follow "
         "the sampler's policy (random, detection starts, uncertain windows), so they depend on the "
         "model's scores. The baseline is BirdNET inside this agent: three 3 s chunks per 5 s window "
-        "every 2.5 s (3.6x the chunks of BirdNET's own analyzer; benchmarks/edge_models.py has that)."
+        "every 2.5 s (3.6x the chunks of BirdNET's own analyzer; benchmarks/edge_models.py has that). "
+        "Clip policy: product = the device's defaults (the clips kept depend on the model's scores); "
+        "same = every backend keeps its clips at the same 5 % of windows (one seeded draw per window, "
+        "no uncertain clips), so its ratio is the pipeline's own cost. Ratios are against BirdNET "
+        "under the same policy."
     )
     if args.profile:
         names = [n for n, _ in runs]
         slugs = ["BirdNET" if not pkg else Path(pkg).name for _, pkg in runs]
         parts = {
-            n: dict(breakdown(args.profile / f"{s}.prof", int(best[n]["windows"])))
+            n: dict(breakdown(args.profile / f"{s}.prof", int(best[(policies[0], n)]["windows"])))
             for n, s in zip(names, slugs)
         }  # type: ignore[call-overload]
         stages = list(next(iter(parts.values())))

@@ -128,6 +128,8 @@ class Agent:
             int(s.min_free_mb * 1e6),
             s.detection_clip_rate,
             uncertain_gap_s=s.uncertain_clip_gap_s,
+            uncertain_max_gap_s=s.uncertain_clip_max_gap_s,
+            uncertain=s.uncertain_clips,
         )
         self.on_detection = on_detection
         self.on_window = on_window

@@ -4,10 +4,12 @@ watermark, and the speech gate.
 About ``random_rate`` of the windows at random, and ``detection_rate`` of the windows where a
 detection event starts (a stratified random sample: the cloud confirms detections only through
 their clips); *uncertain* windows (the top score within
-``margin`` of its threshold, or two or more species between 0.3 and 0.7), at most one per top
-species every ``uncertain_gap_s`` seconds of audio (a long stretch of one ambiguous caller or noise
-would otherwise keep every window: 117 of 239 windows in 10 minutes of real audio with the demo's
-student, each costing the speech gate and the encoder ~28 ms and the tour's budget ~50 kB); and
+``margin`` of its threshold, or two or more species between 0.3 and 0.7), paced per top species:
+the first at once, the next after ``uncertain_gap_s`` seconds of audio, and each further one after
+twice the previous wait, up to ``uncertain_max_gap_s`` (a long stretch of one ambiguous caller or
+noise would otherwise keep every window: 117 of 239 windows in 10 minutes of real audio with the
+demo's student, each costing the speech gate and the encoder ~24 ms of CPU and the tour's budget
+~45 kB; the pacing starts again with each stream of audio); ``uncertain=False`` keeps none; and
 everything the guide flags. Before a clip is written:
 
 1. the speech gate listens: a window with human speech keeps its detection but not its audio
@@ -17,6 +19,11 @@ everything the guide flags. Before a clip is written:
    keep committing; it resumes by itself once there is room again;
 3. the budgets: when a clip does not fit, already-synced clips are evicted oldest first; unsynced
    clips (and detections) are never deleted — if nothing can be evicted, the clip is skipped.
+
+Space and budgets are checked twice: before the speech gate and the encoder, against the size of
+the last clip written (a clip that cannot fit costs no CPU: a full tour budget on a long tour or a
+paused disk would otherwise gate and encode every candidate only to drop it), and again with the
+encoded size before the write.
 
 A full disk while writing the clip (``ENOSPC``) or its row (:class:`StorageFullError`) pauses audio
 the same way; the partial file is removed. Clips are stored compressed (OGG Vorbis, or FLAC) under
@@ -108,8 +115,12 @@ class Sampler:
     stats: SamplerStats = field(default_factory=SamplerStats)
     #: clips waiting for the worker at most; :meth:`submit` blocks beyond that
     queue_clips: int = 8
-    #: seconds of audio between two uncertain clips of the same top species (0: every one)
+    #: seconds of audio before the second uncertain clip of the same top species (0: every one);
+    #: each further one waits twice as long as the one before, up to ``uncertain_max_gap_s``
     uncertain_gap_s: float = 30.0
+    uncertain_max_gap_s: float = 600.0
+    #: keep uncertain windows at all (random, detection and flagged clips are not affected)
+    uncertain: bool = True
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -121,8 +132,9 @@ class Sampler:
         self._jobs: queue.Queue[_Job] = queue.Queue(maxsize=max(1, self.queue_clips))
         self._worker: threading.Thread | None = None
         self._error: BaseException | None = None
-        # top species index -> audio time of its last uncertain clip
-        self._last_uncertain: dict[int, float] = {}
+        # top species index -> (audio time of its last uncertain clip, uncertain clips kept so far)
+        self._last_uncertain: dict[int, tuple[float, int]] = {}
+        self._typical_bytes = 0  # size of the last clip written: the pre-check's estimate
 
     def reason(
         self, probs: np.ndarray, thr: np.ndarray, new_event: bool = False, at: float | None = None
@@ -135,16 +147,28 @@ class Sampler:
         t = float(thr[top])
         # the margin scales with low thresholds
         near = abs(float(probs[top]) - t) <= self.margin * min(1.0, t / 0.5)
-        if near or int(((probs >= 0.3) & (probs <= 0.7)).sum()) >= 2:
-            last = self._last_uncertain.get(top)
-            if at is None or last is None or at - last >= self.uncertain_gap_s or at < last:
-                if at is not None:
-                    self._last_uncertain[top] = at
+        if self.uncertain and (near or int(((probs >= 0.3) & (probs <= 0.7)).sum()) >= 2):
+            if at is None:
+                return ClipReason.UNCERTAIN
+            last, kept = self._last_uncertain.get(top, (None, 0))
+            if last is None or at < last:  # the first of this species, or a new stream of audio
+                last, kept = None, 0
+            if last is None or at - last >= self.uncertain_wait(kept):
+                self._last_uncertain[top] = (at, kept + 1)
                 return ClipReason.UNCERTAIN
         rate = max(self.random_rate, self.detection_rate) if new_event else self.random_rate
         if self.rng.random() < rate:
             return ClipReason.RANDOM
         return None
+
+    def uncertain_wait(self, kept: int) -> float:
+        """Seconds of audio an uncertain clip of a species waits after the last one, when ``kept``
+        (≥ 1) of them were kept so far: ``uncertain_gap_s``, then doubling, at most
+        ``uncertain_max_gap_s``."""
+        if kept <= 0 or self.uncertain_gap_s <= 0:
+            return 0.0
+        cap = max(self.uncertain_max_gap_s, self.uncertain_gap_s)
+        return min(self.uncertain_gap_s * 2.0 ** min(kept - 1, 30), cap)
 
     def encode(self, samples: np.ndarray, sr: int) -> bytes:
         buf = io.BytesIO()
@@ -196,13 +220,41 @@ class Sampler:
         return True
 
     # ------------------------------------------------------------------ budgets
+    def _fits(self, size: int, tour_uuid: str | None, flagged: bool) -> bool:
+        total_ok = self.store.clip_bytes() + size <= self.total_budget
+        tour_ok = flagged or tour_uuid is None or self.store.clip_bytes(tour_uuid) + size <= self.tour_budget
+        return total_ok and tour_ok
+
+    def _may_fit(self, size: int, tour_uuid: str | None, flagged: bool) -> bool:
+        """Whether a clip of ``size`` bytes fits, or would after evicting synced clips (nothing is
+        evicted here)."""
+        if self._fits(size, tour_uuid, flagged):
+            return True
+        evictable = self.store.evictable_clips()
+        if tour_uuid is not None and not flagged and self.store.clip_bytes() + size <= self.total_budget:
+            return any(c.tour_uuid == tour_uuid for c in evictable)  # only the tour budget is full
+        return bool(evictable)
+
+    def _precheck(self, reason: ClipReason, where: ClipSource) -> bool:
+        """Before the speech gate and the encoder: is there room for a clip of the last clip's size
+        (before the first clip, of one byte)?
+        A clip that cannot be kept is counted (space or budget) and costs no more CPU."""
+        est = max(self._typical_bytes, 1)  # before the first clip: any clip is at least a byte
+        with self._lock:
+            if not self._room_on_disk(est):
+                self.stats.skipped_space += 1
+                self._count(Counter.CLIPS_SKIPPED_SPACE)
+                return False
+            if not self._may_fit(est, where.tour_uuid, reason is ClipReason.FLAGGED):
+                self.stats.skipped_budget += 1
+                self._count(Counter.CLIPS_SKIPPED_BUDGET)
+                log.info("clip budget full: %s clip skipped before encoding (~%d bytes)", reason, est)
+                return False
+        return True
+
     def _make_room(self, size: int, tour_uuid: str | None, flagged: bool) -> bool:
         def fits() -> bool:
-            total_ok = self.store.clip_bytes() + size <= self.total_budget
-            tour_ok = (
-                flagged or tour_uuid is None or self.store.clip_bytes(tour_uuid) + size <= self.tour_budget
-            )
-            return total_ok and tour_ok
+            return self._fits(size, tour_uuid, flagged)
 
         if fits():
             return True
@@ -260,6 +312,8 @@ class Sampler:
     def save(self, samples: np.ndarray, sr: int, reason: ClipReason, where: ClipSource) -> str | None:
         """Gate, encode and store one clip now; returns its UUID, or None when it was not kept
         (speech, low space, no budget — each counted). Thread-safe."""
+        if not self._precheck(reason, where):
+            return None
         with self._gate_lock:
             speech = self.gate.has_speech(samples, sr)
         if speech:
@@ -321,6 +375,7 @@ class Sampler:
             return None
         setattr(self.stats, str(reason), getattr(self.stats, str(reason)) + 1)
         self.stats.bytes_written += len(data)
+        self._typical_bytes = len(data)
         return u
 
 

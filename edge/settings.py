@@ -37,8 +37,12 @@ class EdgeSettings(BaseSettings):
     #: share of the windows where a detection event starts that are kept (for the cloud to confirm)
     detection_clip_rate: float = Field(default=0.5, ge=0, le=1)
     uncertain_margin: float = 0.1
-    #: seconds of audio between two uncertain clips of the same top species (0: keep every one)
+    #: seconds of audio before the second uncertain clip of the same top species (0: keep every one);
+    #: each further one waits twice as long as the one before, up to uncertain_clip_max_gap_s
     uncertain_clip_gap_s: float = Field(default=30.0, ge=0)
+    uncertain_clip_max_gap_s: float = Field(default=600.0, ge=0)
+    #: keep uncertain windows' audio at all (off: only random, detection and flagged clips)
+    uncertain_clips: bool = True
     tour_clip_budget_mb: float = 50.0
     total_clip_budget_mb: float = 500.0
     clip_format: str = "OGG"  # OGG (Vorbis) or FLAC

@@ -58,18 +58,29 @@ def test_per_species_threshold_and_bands(tmp_path, labels, edge_settings):
     assert band_of(0.9) == "high" and band_of(0.7) == "medium" and band_of(0.3) == "low"
 
 
-def test_one_uncertain_clip_per_species_every_gap(tmp_path, labels, edge_settings):
-    """A long stretch where one species stays near its threshold keeps one uncertain clip every
-    uncertain_clip_gap_s seconds of audio, not one per window."""
-    s = edge_settings.model_copy(update={"threshold": 0.25, "uncertain_clip_gap_s": 20.0})
+def test_uncertain_clips_of_a_species_are_paced_with_a_doubling_gap(tmp_path, labels, edge_settings):
+    """A long stretch where one species stays near its threshold keeps its first uncertain clip, the
+    next after uncertain_clip_gap_s seconds of audio, then after twice the previous wait, at most
+    uncertain_clip_max_gap_s — not one per window; with uncertain_clips off, none."""
+    s = edge_settings.model_copy(
+        update={"threshold": 0.25, "uncertain_clip_gap_s": 10.0, "uncertain_clip_max_gap_s": 40.0}
+    )
     agent = Agent(s, scorer=FakeScorer(labels), seed=0)
     agent.start_tour()
-    noise = (0.01 * np.random.default_rng(1).standard_normal(60 * 32_000)).astype(np.float32)
+    noise = (0.01 * np.random.default_rng(1).standard_normal(120 * 32_000)).astype(np.float32)
     summary = agent.run(FileSource(_file(tmp_path, noise)))
-    clips = agent.store.clips()
-    assert summary.windows > 20  # every one of them uncertain
-    assert sorted(c.source_offset for c in clips) == [0.0, 20.0, 40.0]
-    assert agent.sampler.stats.uncertain == 3
+    assert summary.windows > 40  # every one of them uncertain
+    assert sorted(c.source_offset for c in agent.store.clips()) == [0.0, 10.0, 30.0, 70.0, 110.0]
+    assert agent.sampler.stats.uncertain == 5
+    assert [agent.sampler.uncertain_wait(k) for k in range(5)] == [0.0, 10.0, 20.0, 40.0, 40.0]
+    # a new stream of audio starts the pacing again
+    agent.run(FileSource(_file(tmp_path, noise[: 15 * 32_000], "b.wav")))
+    assert sorted(c.source_offset for c in agent.store.clips() if c.source == "b.wav") == [0.0, 10.0]
+
+    off = Agent(s.model_copy(update={"uncertain_clips": False}), scorer=FakeScorer(labels), seed=0)
+    off.start_tour()
+    off.run(FileSource(_file(tmp_path, noise[: 30 * 32_000], "c.wav")))
+    assert off.sampler.stats.uncertain == 0
 
 
 def test_uncertain_windows_are_sampled_within_budget_with_eviction(tmp_path, labels, edge_settings):

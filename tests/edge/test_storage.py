@@ -189,3 +189,45 @@ def test_a_full_database_holds_detections_until_it_takes_them(tmp_path, labels, 
     assert res.held == 0 and agent.sampler.stats.skipped_space > 0  # audio stopped while it was full
     # every event was closed once the store took it
     assert all(d.closed for d in store.detections() if d.tour_uuid != filler_tour)
+
+
+def test_a_clip_that_cannot_be_kept_costs_no_speech_check_and_no_encoding(
+    tmp_path, labels, edge_settings, monkeypatch
+):
+    """Space and budgets are checked before the speech gate and the encoder: on a long tour with a
+    full budget (nothing synced to evict) or a disk below the watermark, candidates are counted as
+    skipped without being listened to or encoded."""
+    from edge.sampler import Sampler
+    from edge.speech import NoSpeechGate
+
+    calls = {"gate": 0, "encode": 0}
+
+    class CountingGate(NoSpeechGate):
+        def has_speech(self, samples, sr):
+            calls["gate"] += 1
+            return False
+
+    encode = Sampler.encode
+
+    def counting_encode(self, samples, sr):
+        calls["encode"] += 1
+        return encode(self, samples, sr)
+
+    monkeypatch.setattr(Sampler, "encode", counting_encode)
+    s = edge_settings.model_copy(update={"random_clip_rate": 1.0, "tour_clip_budget_mb": 0.1})
+    agent = Agent(s, scorer=FakeScorer(labels), seed=0, speech_gate=CountingGate())
+    tour = agent.start_tour()
+    noise = (0.01 * np.random.default_rng(0).standard_normal(60 * 32_000)).astype(np.float32)
+    res = agent.run(FileSource(_file(tmp_path, noise)))  # every window a candidate; noise does not compress
+    kept = len(agent.store.clips())
+    assert 0 < kept < res.windows and agent.store.clip_bytes(tour) <= 100_000
+    assert agent.sampler.stats.skipped_budget == res.windows - kept
+    # at most one candidate after the budget filled was gated and encoded (its real size decided)
+    assert calls["gate"] <= kept + 1 and calls["encode"] <= kept + 1
+
+    calls.update(gate=0, encode=0)
+    agent.sampler.min_free_bytes = int(1e15)  # below the watermark from now on
+    agent.start_tour()
+    res = agent.run(FileSource(_file(tmp_path, noise[: 20 * 32_000], "b.wav")))
+    assert calls == {"gate": 0, "encode": 0} and agent.sampler.stats.skipped_space == res.windows
+    assert agent.store.audio_pause() is not None
