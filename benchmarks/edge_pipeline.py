@@ -115,16 +115,23 @@ def long_audio(path: Path, minutes: float) -> float:
 
     parts, total = [], 0
     files = [p for p in sorted(DATA.rglob("*")) if p.suffix.lower() in (".ogg", ".wav", ".mp3", ".flac")]
+    if not files:
+        raise SystemExit(f"no recordings under {DATA} (the shared data folder beside the repository)")
     while total < minutes * 60 * 32_000:
+        before = total
         for p in files:
             try:
                 x = load_audio(p)
             except Exception:  # noqa: BLE001 - skip what the decoder refuses
                 continue
+            if not x.size:
+                continue
             parts.append(x)
             total += x.size
             if total >= minutes * 60 * 32_000:
                 break
+        if total == before:
+            raise SystemExit(f"none of the {len(files)} recordings under {DATA} decodes")
     x = np.concatenate(parts)[: int(minutes * 60 * 32_000)]
     sf.write(path, x, 32_000, subtype="PCM_16")
     return x.size / 32_000
