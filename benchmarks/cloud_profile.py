@@ -6,8 +6,11 @@ concurrent scorer, at 1 window and at a batch.
 
 Rows: the shared log-mel; every feature member (ONNX / TFLite) on the log-mel; BirdNET's part —
 resampling to 48 kHz and cutting the three 3 s chunks, then the LiteRT invoke — and its head;
-then ``ModelPackage.predict`` both ways. Each figure is the best of ``--repeat`` runs, in ms per
-window, with ``--threads`` threads for the runtime (intra-op) or the pool (concurrent).
+then ``ModelPackage.predict`` both ways, and the cloud Scorer's call (concurrent,
+``members=False``: members of weight 0 are not run). Each figure is the best of ``--repeat`` runs,
+in ms per window, with ``--threads`` threads for the runtime (intra-op) or the pool (concurrent).
+numpy's BLAS runs on ``--blas-threads`` threads (1, as in the service's workers; the log-mel's
+filterbank product is the BLAS call).
 """
 
 from __future__ import annotations
@@ -54,7 +57,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32, help="windows in the batched rows")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--blas-threads", type=int, default=1, help="numpy's BLAS threads (the service: 1)")
     args = ap.parse_args()
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=args.blas_threads, user_api="blas")
 
     from shared_features import log_mel
     from shared_features.birdnet import BirdNET
@@ -130,8 +137,18 @@ def main() -> None:
         lambda: conc.predict(one),
         lambda: conc.predict(wins),
     )
+    skipped = [m.name for m in conc.members if m.weight <= 0]
+    row(
+        "ensemble, the Scorer's call (concurrent, members=False"
+        + (f"; weight 0, not run: {', '.join(skipped)})" if skipped else ")"),
+        lambda: conc.predict(one, members=False),
+        lambda: conc.predict(wins, members=False),
+    )
     conc.close()
-    print(f"package {seq.describe()}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n")
+    print(
+        f"package {seq.describe()}; {os.cpu_count()} CPUs, BLAS threads {args.blas_threads}, "
+        f"load average {os.getloadavg()[0]:.1f}\n"
+    )
     b = args.batch
     print(
         table(

@@ -363,6 +363,19 @@ _ALONE_WINDOWS = bentoml.metrics.Histogram(
 _ONE_SESSION = {"max_requests": 2**31 - 1, "max_age": 10.0 * 365 * 24 * 3600}
 
 
+def single_threaded_blas() -> None:
+    """numpy's BLAS (OpenBLAS: 2 threads here) on one thread in this worker: the package already
+    runs its work on ``threads`` pool threads, and BLAS threads on top of them only spin — the
+    log-mel's filterbank product cost 7.5 instead of 2.8 CPU ms per window with 2 BLAS threads
+    (``benchmarks/cloud_profile.py``). The scores differ by float rounding only (≤ 1e-6)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - a dependency of the cloud extra
+        log.warning("threadpoolctl missing: numpy's BLAS keeps its own thread count")
+        return
+    threadpool_limits(limits=1, user_api="blas")
+
+
 @bentoml.service(name="silencio_scorer", traffic={"timeout": 120}, runner_connection=_ONE_SESSION)
 class Scorer:
     """The ensemble behind an adaptive-batching API: concurrent requests' windows are scored in one
@@ -378,9 +391,12 @@ class Scorer:
             s = CloudSettings()
             from cloud.inference import Identifier
 
+            single_threaded_blas()
             self.identifier = Identifier.load(s.model, s.home, s.taxonomy_path, s.threads)
-            with quiet_native_info():
-                self.identifier.package.predict(np.zeros((1, DEFAULT.window_samples), np.float32))
+            with quiet_native_info():  # the members the scores need (weight > 0)
+                self.identifier.package.predict(
+                    np.zeros((1, DEFAULT.window_samples), np.float32), members=False
+                )
         except Exception as exc:  # noqa: BLE001 - whatever stops the model from loading is fatal
             _start_failed("the model could not be loaded", exc)
         self.ready = True
@@ -390,7 +406,7 @@ class Scorer:
     )
     def score(self, windows: np.ndarray) -> np.ndarray:
         _BATCH_WINDOWS.observe(len(windows))
-        return self.identifier.package.predict(np.asarray(windows, np.float32)).probs
+        return self.identifier.package.predict(np.asarray(windows, np.float32), members=False).probs
 
     @bentoml.api
     def score_alone(self, windows: np.ndarray) -> np.ndarray:
@@ -399,7 +415,7 @@ class Scorer:
         with ``max_latency_ms``): one client's p50 went from 159 to 299 ms with the 30 s deadline
         (benchmarks/cloud_load.py, README)."""
         _ALONE_WINDOWS.observe(len(windows))
-        return self.identifier.package.predict(np.asarray(windows, np.float32)).probs
+        return self.identifier.package.predict(np.asarray(windows, np.float32), members=False).probs
 
 
 #: the ecologists' console (cloud/console/): HTML pages behind a login, on the service's own store
@@ -420,6 +436,7 @@ class Silencio:
         self._flight_lock = threading.Lock()
         self._in_flight = 0  # Scorer calls in flight from this worker
         try:
+            single_threaded_blas()
             settings = CloudSettings()
             from cloud.inference import Identifier
 

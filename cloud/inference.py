@@ -188,7 +188,7 @@ class Identifier:
     def scores(self, windows: np.ndarray, members: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if self.score is not None and not members:
             return self.score(windows), {}
-        s = self.package.predict(windows)
+        s = self.package.predict(windows, members=members)  # without members: only what probs need
         return s.probs, s.members
 
     def decode(self, data: bytes | Path, name: str = "upload") -> np.ndarray:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
-import queue
+import threading
 import warnings
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -120,10 +120,11 @@ class BirdNET:
         model, label_file = locate()
         Interp = interpreter_class()
         content = _with_embedding_output(model) if embeddings else None
-        self._pool: queue.SimpleQueue[_Runner] = queue.SimpleQueue()
-        for _ in range(max(1, interpreters)):
-            self._pool.put(_Runner(Interp, model, content, num_threads, embeddings))
-        self.interpreters = max(1, interpreters)
+        self._idle = [
+            _Runner(Interp, model, content, num_threads, embeddings) for _ in range(max(1, interpreters))
+        ]
+        self._free = threading.Condition()
+        self.interpreters = len(self._idle)
         self.birdnet_labels = label_file.read_text(encoding="utf-8").splitlines()
         self.labels = labels
         self.index = _label_index(self.birdnet_labels, labels)
@@ -131,12 +132,22 @@ class BirdNET:
         log.info("BirdNET v2.4: %d of %d species known", int(self.known.sum()), len(labels))
 
     def chunk_logits(self, chunks: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """``[n, 144000]`` float32 at 48 kHz → (``[n, 6522]`` logits, ``[n, 1024]`` embeddings)."""
-        runner = self._pool.get()
+        """``[n, 144000]`` float32 at 48 kHz → (``[n, 6522]`` logits, ``[n, 1024]`` embeddings).
+
+        Runs on an idle interpreter, preferably one already sized for ``n`` chunks: resizing costs
+        a tensor re-allocation, and a window's three chunks split 2 + 1 over two interpreters
+        would otherwise flip both interpreters' sizes on most calls."""
+        with self._free:
+            while not self._idle:
+                self._free.wait()
+            k = next((i for i, r in enumerate(self._idle) if r.batch == len(chunks)), len(self._idle) - 1)
+            runner = self._idle.pop(k)
         try:
             return runner(np.ascontiguousarray(chunks, dtype=np.float32))
         finally:
-            self._pool.put(runner)
+            with self._free:
+                self._idle.append(runner)
+                self._free.notify()
 
     @staticmethod
     def chunks_of(window: np.ndarray, cfg: FeatureConfig = DEFAULT) -> np.ndarray:
@@ -213,7 +224,8 @@ class _Runner:
                         num_threads=num_threads,
                         experimental_preserve_all_tensors=embeddings,
                     )
-        self._batch = 0
+        self.batch = 0  # the chunks the interpreter is sized for
+        self.resizes = 0
         self._in = self._interp.get_input_details()[0]["index"]
         outs = self._interp.get_output_details()
         self._out = outs[0]["index"]
@@ -223,11 +235,12 @@ class _Runner:
         self._emb = emb[0] if (emb and embeddings) else None
 
     def __call__(self, chunks: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        if chunks.shape[0] != self._batch:
+        if chunks.shape[0] != self.batch:
             self._interp.resize_tensor_input(self._in, [chunks.shape[0], CHUNK_SAMPLES])
             with quiet_native_info():
                 self._interp.allocate_tensors()
-            self._batch = chunks.shape[0]
+            self.batch = chunks.shape[0]
+            self.resizes += 1
         self._interp.set_tensor(self._in, chunks)
         self._interp.invoke()
         logits = np.array(self._interp.get_tensor(self._out))

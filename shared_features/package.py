@@ -343,14 +343,16 @@ class ModelPackage:
         out: np.ndarray = self._head.predict(emb)
         return out
 
-    def _feature_members(self, windows: np.ndarray, batch: int) -> dict[str, np.ndarray]:
-        """Every feature member's ``[n, C]`` on ``windows``: the log-mel once per feature preset,
-        then each member in batches of ``batch``."""
+    def _feature_members(
+        self, windows: np.ndarray, batch: int, names: set[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Every feature member's (of ``names``, default all) ``[n, C]`` on ``windows``: the log-mel
+        once per feature preset, then each member in batches of ``batch``."""
         feats: dict[str, np.ndarray] = {}
         out: dict[str, np.ndarray] = {}
         n = len(windows)
         for m in self.members:
-            if m.runtime not in ("onnx", "tflite"):
+            if m.runtime not in ("onnx", "tflite") or (names is not None and m.name not in names):
                 continue
             if m.feature_preset not in feats:  # in slices: a batch's STFT frames take ~5 MB a window
                 cfg = get_preset(m.feature_preset)
@@ -361,13 +363,17 @@ class ModelPackage:
             out[m.name] = np.concatenate([run(f[i : i + batch]) for i in range(0, n, batch)])
         return out
 
-    def predict(self, windows: np.ndarray, batch: int = 16) -> Scores:
+    def predict(self, windows: np.ndarray, batch: int = 16, members: bool = True) -> Scores:
         """``[n, window_samples]`` float32 at the package's sample rate → :class:`Scores`.
 
         Concurrent scoring (see the class) gives the pool one task per slice of at most ``batch``
         windows — fewer when that leaves a worker idle — computing the slice's log-mel and running
         every feature member on it, and spreads BirdNET's chunks over its interpreters; it must not
-        be called from the package's own pool."""
+        be called from the package's own pool.
+
+        ``members=False``: only what the combined ``probs`` need — a member of weight 0 adds
+        nothing to them (:func:`~shared_features.ensemble.combine`), so it is not run, and
+        ``Scores.members`` holds the members that were (``probs`` are bit-identical)."""
         windows = np.atleast_2d(np.asarray(windows, np.float32))
         if windows.shape[1] != self.feature_cfg.window_samples:
             raise PackageError(
@@ -376,8 +382,10 @@ class ModelPackage:
                 f"{self.feature_cfg.sample_rate} Hz)"
             )
         n = len(windows)
-        uses_birdnet = any(m.runtime in ("birdnet", "birdnet-head") for m in self.members)
-        uses_features = any(m.runtime in ("onnx", "tflite") for m in self.members)
+        active = self.members if members else [m for m in self.members if m.weight > 0]
+        uses_birdnet = any(m.runtime in ("birdnet", "birdnet-head") for m in active)
+        uses_features = any(m.runtime in ("onnx", "tflite") for m in active)
+        names = {m.name for m in active}
         raw: dict[str, np.ndarray] = {}
         bn: Any = None
         if self.concurrent:
@@ -385,7 +393,10 @@ class ModelPackage:
             step = max(1, min(batch, -(-n // self.threads)))
             # feature slices first: the pool works on them while this thread resamples for BirdNET
             parts = (
-                [pool.submit(self._feature_members, windows[i : i + step], step) for i in range(0, n, step)]
+                [
+                    pool.submit(self._feature_members, windows[i : i + step], step, names)
+                    for i in range(0, n, step)
+                ]
                 if uses_features
                 else []
             )
@@ -393,10 +404,12 @@ class ModelPackage:
             done = [fu.result() for fu in parts]
             raw = {k: np.concatenate([d[k] for d in done]) for k in (done[0] if done else {})}
         else:
-            raw = self._feature_members(windows, batch)
+            raw = self._feature_members(windows, batch, names)
             bn = self._birdnet_out(windows) if uses_birdnet else None
         out: dict[str, np.ndarray] = {}
-        for m in self.members:
+        if not active:  # every weight 0: no species is scored
+            return Scores(np.zeros((n, len(self.labels)), np.float32), out, dict(self._known))
+        for m in active:
             if m.runtime == "birdnet":
                 p = bn.probs
             elif m.runtime == "birdnet-head":
@@ -405,7 +418,7 @@ class ModelPackage:
                 p = raw[m.name]
             out[m.name] = np.where(self._known[m.name], p, 0.0).astype(np.float32)
         probs = combine(
-            [out[m.name] for m in self.members], [self._known[m.name] for m in self.members], self.weights
+            [out[m.name] for m in active], [self._known[m.name] for m in active], [m.weight for m in active]
         )
         return Scores(probs, out, dict(self._known))
 

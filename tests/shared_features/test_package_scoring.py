@@ -153,3 +153,50 @@ def test_embedding_output_equals_the_kept_intermediate_tensor(windows):
     assert ea is not None and eb is not None and ea.shape == (len(chunks), 1024)
     np.testing.assert_allclose(la, lb, atol=1e-5, rtol=0)
     np.testing.assert_allclose(ea, eb, atol=1e-6, rtol=0)
+
+
+def test_members_of_weight_zero_are_not_run_for_the_combined_scores(ensemble, windows, tmp_path):
+    """``predict(members=False)`` (the cloud's Scorer) skips a member whose weight is 0 — it adds
+    nothing to the combination — and its probabilities are bit-identical to the full path's."""
+    import shutil
+
+    root = tmp_path / "pkg"
+    shutil.copytree(ensemble, root)
+    manifest = json.loads((root / "package.json").read_text())
+    for m in manifest["members"]:
+        if m["name"] in ("cnn1", "birdnet"):
+            m["weight"] = 0.0
+    (root / "package.json").write_text(json.dumps(manifest))
+    for threads in (1, 2):
+        full = load_package(root, threads=threads)
+        lean = load_package(root, threads=threads)
+        try:
+            want = full.predict(windows[:3])
+            got = lean.predict(windows[:3], members=False)
+        finally:
+            full.close()
+            lean.close()
+        assert set(want.members) == {"cnn0", "cnn1", "birdnet_head", "birdnet"}
+        assert set(got.members) == {"cnn0", "birdnet_head"}
+        assert "cnn1" not in lean._runners and "cnn1" in full._runners  # never loaded, never run
+        np.testing.assert_array_equal(got.probs, want.probs)
+        assert got.probs.max() > 0
+
+
+def test_birdnet_interpreters_keep_their_chunk_counts(windows):
+    """One window's three chunks go 2 + 1 to two interpreters; each is picked again for the count
+    it is sized for (a resize re-allocates its tensors), and the scores are those of one
+    interpreter without a pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    labels = LabelSpace.default()
+    bn = birdnet.BirdNET(labels, embeddings=True, interpreters=2)
+    ref = birdnet.BirdNET(labels, embeddings=True, interpreters=1)
+    with ThreadPoolExecutor(2) as pool:
+        outs = [bn.predict_windows(windows[k % 2][None], pool=pool) for k in range(6)]
+    assert sorted(r.batch for r in bn._idle) == [1, 2]
+    assert sum(r.resizes for r in bn._idle) == 2  # each sized once, not flipped on every call
+    for k, o in enumerate(outs):
+        want = ref.predict_windows(windows[k % 2][None])
+        np.testing.assert_allclose(o.probs, want.probs, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(o.embeddings, want.embeddings, atol=1e-5, rtol=0)
