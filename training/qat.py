@@ -81,7 +81,8 @@ def _fq_weight(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
 class _ActRange:
     """A uint8 activation range (lo ≤ 0 ≤ hi) fixed from calibration; None until observed."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "") -> None:
+        self.name = name
         self.samples: list[torch.Tensor] = []
         self.scale = 0.0
         self.zero = 0
@@ -124,29 +125,35 @@ class _Simulator:
         self.ranges: list[_ActRange] = []
         self.handles: list[Any] = []
         self.weights: list[nn.Module] = []
+        # tensors already rounded in this forward pass (a BatchNorm output read by the next
+        # convolution is one tensor in the ONNX graph, rounded once): id → tensor, kept alive
+        self.rounded: dict[int, torch.Tensor] = {}
+        self.handles.append(backbone.register_forward_pre_hook(lambda *_: self.rounded.clear()))
         for name, mod in backbone.named_modules():
             if name in keep_float:
                 continue
             if isinstance(mod, _QUANTISED):
-                r_in = _ActRange()
+                r_in = _ActRange(f"{name} input")
                 self.ranges.append(r_in)
                 self.weights.append(mod)
                 self.handles.append(mod.register_forward_pre_hook(self._pre(mod, r_in)))
             elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
-                r_out = _ActRange()
+                r_out = _ActRange(f"{name} output")
                 self.ranges.append(r_out)
                 self.handles.append(mod.register_forward_hook(self._post(r_out)))
                 act = getattr(mod, "act", None)
                 if isinstance(act, nn.Module) and not isinstance(act, _FUSED_ACTS):
                     # ONNX Runtime rounds the convolution's output before a hard-swish (its own QDQ
                     # pair; ReLU is fused into the convolution's range instead)
-                    r_pre = _ActRange()
+                    r_pre = _ActRange(f"{name} before {type(act).__name__}")
                     self.ranges.append(r_pre)
                     self.handles.append(act.register_forward_pre_hook(self._pre(act, r_pre)))
 
     def _pre(self, mod: nn.Module, r: _ActRange) -> Callable[..., Any]:
         def hook(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
             x = args[0]
+            if id(x) in self.rounded:
+                return args
             if self.mode == "observe":
                 r.observe(x)
             elif self.mode == "quant":
@@ -159,8 +166,11 @@ class _Simulator:
         def hook(_m: nn.Module, _args: Any, out: torch.Tensor) -> torch.Tensor:
             if self.mode == "observe":
                 r.observe(out)
-                return out
-            return r(out) if self.mode == "quant" else out
+            elif self.mode == "quant":
+                out = r(out)
+            if self.mode != "off":
+                self.rounded[id(out)] = out
+            return out
 
         return hook
 
