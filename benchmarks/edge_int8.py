@@ -57,6 +57,19 @@ def _probs(path: Path, feats: np.ndarray) -> np.ndarray:
     return np.concatenate([run(feats[i : i + 32]) for i in range(0, len(feats), 32)])
 
 
+def _names(arg: str) -> list[str]:
+    """Recipe names from a comma-separated list (a name may itself hold a comma)."""
+    names, part = [], ""
+    for tok in arg.split(","):
+        part = f"{part},{tok}" if part else tok.strip()
+        if part in RECIPES:
+            names.append(part)
+            part = ""
+    if part:
+        raise SystemExit(f"unknown recipe {part!r}; known: {list(RECIPES)}")
+    return names
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint", type=Path)
@@ -91,9 +104,7 @@ def main() -> None:
     if d.soundscapes is not None:
         _, _, ys = read_solution_csv(d.soundscapes.truth_csv, d.labels)
         sets["held-out soundscapes"] = (d.soundscapes.features, ys >= 0.5)
-    names = (
-        list(RECIPES) if args.recipes == "all" else [n.strip() for n in args.recipes.split(",") if n.strip()]
-    )
+    names = list(RECIPES) if args.recipes == "all" else _names(args.recipes)
     recipes = {name: Int8Recipe(**RECIPES[name]) for name in names}  # type: ignore[arg-type]
     for e in (int(x) for x in args.qat_epochs.split(",") if x.strip()):
         recipes[f"SE+head float, percentile 99.99 + QAT {e} epoch{'s' if e > 1 else ''}"] = Int8Recipe(

@@ -15,13 +15,19 @@ What is simulated, in the parts the :class:`~training.export.Int8Recipe` quantis
   and symmetric per-channel rounding commutes with that factor: rounding the raw weight is rounding
   the folded one.
 * **activations**: the input of every quantised ``Conv2d`` / ``Linear`` and the output of every
-  BatchNorm(+activation) — what ONNX Runtime's QDQ graph rounds — as uint8 over a range fixed from
-  the calibration windows (``percentile`` of the values, as the export's calibration), recomputed
-  at the start of each epoch; straight-through gradient inside the range, none outside.
+  BatchNorm(+activation) and the convolution output before a hard-swish — what ONNX Runtime's QDQ
+  graph rounds; a tensor is rounded once per pass — as uint8 over a range set from the calibration
+  windows at the start of each epoch (ONNX Runtime's ``percentile`` rule: of ``|x|``, within
+  min…max) and then following a moving average of each batch's range while the weights train;
+  straight-through gradient inside the range, none outside.
 
-The loss distils the quantised student towards the frozen fp32 student's own logits (mean squared
-error): the goal is that int8 agrees with fp32, not a new model. Only :func:`qat_finetune` is
-public; :func:`training.export.export_edge_formats` calls it when asked (``qat_epochs``).
+The loss distils the quantised student towards the frozen fp32 student's own outputs
+(``objective``: ``rank`` = softmax KL across species, for the top-1, plus sigmoid cross-entropy
+against the fp32 probabilities, for their ranking; or ``mse`` of the logits): the goal is that int8
+agrees with fp32, not a new model. Measured on the demo's students (README "Edge performance",
+``benchmarks/edge_int8.py --qat-epochs``), it does not reliably beat post-training quantisation,
+so the export's default stays off (``Int8Recipe.qat_epochs`` = 0). Only :func:`qat_finetune` is
+public; :func:`training.export.int8_export` calls it when asked (``qat_epochs``).
 """
 
 from __future__ import annotations
@@ -86,6 +92,7 @@ class _ActRange:
         self.samples: list[torch.Tensor] = []
         self.scale = 0.0
         self.zero = 0
+        self.lo = self.hi = 0.0
         self.ready = False
 
     def observe(self, x: torch.Tensor, per_call: int = 4096) -> None:
@@ -94,19 +101,34 @@ class _ActRange:
             flat = flat[torch.randint(0, flat.numel(), (per_call,), device=flat.device)]
         self.samples.append(flat.float().cpu())
 
+    @staticmethod
+    def _bounds(v: torch.Tensor, percentile: float | None) -> tuple[float, float]:
+        lo, hi = float(v.min()), float(v.max())
+        if percentile is not None:  # ONNX Runtime's percentile: of |x|, symmetric, within min..max
+            t = float(torch.quantile(v.abs(), percentile / 100.0))
+            lo, hi = max(lo, -t), min(hi, t)
+        return min(lo, 0.0), max(hi, 0.0)
+
+    def _set(self, lo: float, hi: float) -> None:
+        self.lo, self.hi = lo, hi
+        self.scale = max(hi - lo, 1e-8) / 255.0
+        self.zero = int(round(-lo / self.scale))
+        self.ready = True
+
     def fix(self, percentile: float | None) -> None:
         if not self.samples:
             return
         v = torch.cat(self.samples)
         self.samples = []
-        lo, hi = float(v.min()), float(v.max())
-        if percentile is not None:  # ONNX Runtime's percentile: of |x|, symmetric, within min..max
-            t = float(torch.quantile(v.abs(), percentile / 100.0))
-            lo, hi = max(lo, -t), min(hi, t)
-        lo, hi = min(lo, 0.0), max(hi, 0.0)
-        self.scale = max(hi - lo, 1e-8) / 255.0
-        self.zero = int(round(-lo / self.scale))
-        self.ready = True
+        self._set(*self._bounds(v, percentile))
+
+    def track(self, x: torch.Tensor, percentile: float | None, momentum: float) -> None:
+        """Follow the weights as they train: a moving average of each batch's range."""
+        if not self.ready:
+            return
+        self.observe(x)
+        lo, hi = self._bounds(self.samples.pop(), percentile)
+        self._set(momentum * self.lo + (1 - momentum) * lo, momentum * self.hi + (1 - momentum) * hi)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not self.ready:
@@ -121,6 +143,8 @@ class _Simulator:
 
     def __init__(self, backbone: nn.Module, keep_float: set[str], per_channel: bool) -> None:
         self.mode = "off"
+        self.percentile: float | None = None
+        self.momentum: float | None = None  # set: ranges follow each batch (while training)
         self.per_channel = per_channel
         self.ranges: list[_ActRange] = []
         self.handles: list[Any] = []
@@ -157,6 +181,8 @@ class _Simulator:
             if self.mode == "observe":
                 r.observe(x)
             elif self.mode == "quant":
+                if self.momentum is not None:
+                    r.track(x, self.percentile, self.momentum)
                 x = r(x)
             return (x, *args[1:])
 
@@ -167,6 +193,8 @@ class _Simulator:
             if self.mode == "observe":
                 r.observe(out)
             elif self.mode == "quant":
+                if self.momentum is not None:
+                    r.track(out, self.percentile, self.momentum)
                 out = r(out)
             if self.mode != "off":
                 self.rounded[id(out)] = out
@@ -202,6 +230,20 @@ class _QuantWeights:
         self.saved = []
 
 
+def _distillation_loss(got: torch.Tensor, target: torch.Tensor, objective: str) -> torch.Tensor:
+    """``mse``: of the logits; ``rank``: softmax KL across species (the top-1) plus the sigmoid
+    cross-entropy against the fp32 probabilities (their ranking across windows: ROC-AUC)."""
+    if objective == "mse":
+        return torch.mean((got - target) ** 2)
+    if objective == "rank":
+        kl = nn.functional.kl_div(
+            got.log_softmax(1), target.log_softmax(1), log_target=True, reduction="batchmean"
+        )
+        bce = nn.functional.binary_cross_entropy_with_logits(got, torch.sigmoid(target))
+        return kl + bce
+    raise TrainingError(f"unknown QAT objective {objective!r} (mse, rank)")
+
+
 def _batches(n: int, size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
     order = rng.permutation(n)
     for i in range(0, n, size):
@@ -218,9 +260,11 @@ def qat_finetune(
     keep_float: tuple[str, ...] = ("se", "head"),
     per_channel: bool = True,
     percentile: float | None = 99.99,
-    lr: float = 1e-4,
+    lr: float = 5e-5,
     batch_size: int = 32,
     seed: int = 0,
+    momentum: float | None = 0.9,
+    objective: str = "rank",
 ) -> dict[str, Any]:
     """Fine-tune ``ckpt`` for ``epochs`` passes over ``train_feats`` (log-mel ``[n, n_mels, frames]``)
     with int8 simulated, distilling towards the fp32 model's logits; write the result to ``out``
@@ -245,6 +289,7 @@ def qat_finetune(
         p.requires_grad_(False)
     before = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
     sim = _Simulator(model.backbone, _float_module_names(model.backbone, keep_float), per_channel)
+    sim.percentile = percentile
     params = [p for p in model.backbone.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
     feats_t = torch.from_numpy(train_feats)
@@ -276,7 +321,7 @@ def qat_finetune(
             fix_ranges()
             if not agreement:
                 agreement.append(simulated_agreement())
-            sim.mode = "quant"
+            sim.mode, sim.momentum = "quant", momentum
             total, count = 0.0, 0
             for idx in _batches(len(feats_t), batch_size, rng):
                 x = feats_t[torch.from_numpy(idx)]
@@ -284,12 +329,13 @@ def qat_finetune(
                     target = teacher.backbone(teacher.features(x))
                 with _QuantWeights(sim):
                     got = model.backbone(model.features(x))
-                loss = torch.mean((got - target) ** 2)
+                loss = _distillation_loss(got, target, objective)
                 opt.zero_grad()
                 loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
                 total += float(loss.detach()) * len(idx)
                 count += len(idx)
+            sim.momentum = None
             losses.append(total / count)
             log.info("QAT epoch %d/%d: distillation MSE %.5f", len(losses), epochs, losses[-1])
         fix_ranges()
@@ -309,6 +355,8 @@ def qat_finetune(
         "lr": lr,
         "batch_size": batch_size,
         "seed": seed,
+        "momentum": momentum,
+        "objective": objective,
         "loss": losses,
         "simulated_top1_agreement": {"before": agreement[0], "after": agreement[-1]},
         "max_abs_weight_change": moved,
