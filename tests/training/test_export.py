@@ -302,6 +302,29 @@ def test_int8_with_qat_fine_tunes_and_is_checked_against_the_original_fp32(tmp_p
     assert not list((tmp_path / "qat").rglob("*.qat.*"))  # the fine-tuned copy is not left behind
 
 
+def test_export_cli_passes_the_qat_epochs_to_the_export_step(tmp_path, monkeypatch):
+    """``silencio export edge --int8-qat-epochs N``: the export step gets the default recipe with
+    N epochs of QAT (0, post-training only, without the flag)."""
+    import training.pipeline
+    from silencio.cli import main
+    from training.export import DEFAULT_INT8
+
+    seen = []
+
+    def step(*_args, **kwargs):
+        seen.append(kwargs["int8"])
+        raise ExportError("stopped after the arguments")
+
+    monkeypatch.setattr(training.pipeline, "export_edge_packages", step)
+    for extra in (["--int8-qat-epochs", "3"], []):
+        assert (
+            main(["export", "edge", str(tmp_path / "m.pt"), "--data", str(tmp_path), "--no-mlflow", *extra])
+            != 0
+        )
+    assert seen[0].qat_epochs == 3 and seen[0].keep_float == DEFAULT_INT8.keep_float
+    assert seen[1] == DEFAULT_INT8
+
+
 def test_calibration_and_check_sets_decode_only_the_windows_they_use(synth_dir):
     """At BirdCLEF scale a split's audio does not fit in memory: the export's calibration decodes
     only its picked training windows, and its check set is a seeded sample of validation windows
