@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 __all__ = ["qat_finetune"]
 
 _QUANTISED = (nn.Conv2d, nn.Linear)
+#: activation values sampled per tensor and batch to set its range
+PER_CALL = 4096
 #: activations ONNX Runtime folds into the preceding convolution's output range
 _FUSED_ACTS = (nn.Identity, nn.ReLU, nn.ReLU6)
 
@@ -95,7 +97,7 @@ class _ActRange:
         self.lo = self.hi = 0.0
         self.ready = False
 
-    def observe(self, x: torch.Tensor, per_call: int = 4096) -> None:
+    def observe(self, x: torch.Tensor, per_call: int = PER_CALL) -> None:
         flat = x.detach().flatten()
         if flat.numel() > per_call:
             flat = flat[torch.randint(0, flat.numel(), (per_call,), device=flat.device)]
