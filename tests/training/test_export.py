@@ -370,3 +370,28 @@ def test_calibration_and_check_sets_decode_only_the_windows_they_use(synth_dir):
     assert np.array_equal(targets, np.asarray(data.val.target_matrix(), np.float32)[picked])
     every, _ = check_features(data.val, len(data.val) + 5)  # fewer windows than n: all of them
     assert len(every) == len(data.val)
+
+
+def test_edge_int8_benchmark_prints_a_qat_row(tmp_path, synth_dir):
+    """``benchmarks/edge_int8.py --qat-epochs 1`` on a tiny student: the QAT row and its note are
+    printed beside the post-training row (a recipe name holding a comma is accepted)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    labels = LabelSpace.from_taxonomy_csv(synth_dir / "taxonomy.csv")
+    torch.manual_seed(0)
+    model = build_model(member_config("student", **TINY["student"]), len(labels)).eval()
+    ckpt = save_checkpoint(tmp_path / "s.pt", model, labels)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "edge_int8.py"), str(ckpt), "--data", str(synth_dir),
+         "--recipes", "SE+head float, percentile 99.99", "--qat-epochs", "1", "--repeat", "2"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "| int8: SE+head float, percentile 99.99 " in out
+    assert "| int8: SE+head float, percentile 99.99 + QAT 1 epoch " in out
+    assert "fine-tuned 1 epochs on" in out and "simulated int8 top-1 agreement" in out
