@@ -1,6 +1,7 @@
 """int8 recipes for the edge student, side by side with its fp32 export, on one dataset in one run.
 
     .venv/bin/python benchmarks/edge_int8.py CHECKPOINT --data DATASET [--recipes all] [--repeat 50]
+        [--qat-epochs 1,2]
 
 ``CHECKPOINT``: a trained student (``silencio train distill`` / the demo's ``student.pt``);
 ``DATASET``: the dataset it was trained on (the demo's synthetic one, or a BirdCLEF download). The
@@ -11,6 +12,9 @@ soundscapes (never trained on). For every recipe (:class:`training.export.Int8Re
 agreement with fp32 and macro ROC-AUC on both window sets, file size, and the model's latency on
 one 5 s window (1 thread, best of ``--repeat``), and whether ``export_edge`` would publish it
 (:class:`training.export.PublishThresholds`, judged on the validation windows as the export does).
+``--qat-epochs N[,M…]`` adds, per N, the default recipe after N epochs of quantisation-aware
+fine-tuning (:mod:`training.qat`, as ``silencio export edge --int8-qat-epochs N`` does; compared
+with the *original* fp32 export), and prints each fine-tuning's CPU time and simulated agreement.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -52,12 +57,26 @@ def _probs(path: Path, feats: np.ndarray) -> np.ndarray:
     return np.concatenate([run(feats[i : i + 32]) for i in range(0, len(feats), 32)])
 
 
+def _names(arg: str) -> list[str]:
+    """Recipe names from a comma-separated list (a name may itself hold a comma)."""
+    names, part = [], ""
+    for tok in arg.split(","):
+        part = f"{part},{tok}" if part else tok.strip()
+        if part in RECIPES:
+            names.append(part)
+            part = ""
+    if part:
+        raise SystemExit(f"unknown recipe {part!r}; known: {list(RECIPES)}")
+    return names
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint", type=Path)
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--recipes", default="all", help="comma-separated names of RECIPES, or all")
     ap.add_argument("--repeat", type=int, default=50)
+    ap.add_argument("--qat-epochs", default="", help="comma-separated QAT epochs for extra rows (e.g. 1,2)")
     args = ap.parse_args()
 
     from threadpoolctl import threadpool_limits
@@ -66,7 +85,14 @@ def main() -> None:
     from training.bundle import windows_of
     from training.data import from_audio
     from training.dataset import read_solution_csv
-    from training.export import Int8Recipe, PublishThresholds, calibration_windows, export_onnx, quantize_int8
+    from training.export import (
+        DEFAULT_INT8,
+        Int8Recipe,
+        PublishThresholds,
+        calibration_windows,
+        export_onnx,
+        int8_export,
+    )
     from training.metrics import birdclef_roc_auc
 
     d = from_audio(args.data, DEFAULT, soundscapes=True)
@@ -78,7 +104,13 @@ def main() -> None:
     if d.soundscapes is not None:
         _, _, ys = read_solution_csv(d.soundscapes.truth_csv, d.labels)
         sets["held-out soundscapes"] = (d.soundscapes.features, ys >= 0.5)
-    names = list(RECIPES) if args.recipes == "all" else [n.strip() for n in args.recipes.split(",")]
+    names = list(RECIPES) if args.recipes == "all" else _names(args.recipes)
+    recipes = {name: Int8Recipe(**RECIPES[name]) for name in names}  # type: ignore[arg-type]
+    for e in (int(x) for x in args.qat_epochs.split(",") if x.strip()):
+        recipes[f"SE+head float, percentile 99.99 + QAT {e} epoch{'s' if e > 1 else ''}"] = Int8Recipe(
+            **{**asdict(DEFAULT_INT8), "qat_epochs": e}
+        )
+    qat_notes: list[str] = []
     limits = PublishThresholds()
     with tempfile.TemporaryDirectory() as tmp, threadpool_limits(1):
         fp32 = Path(tmp) / "fp32.onnx"
@@ -105,11 +137,17 @@ def main() -> None:
             return [*cells, path.stat().st_size / 1e6, lat * 1e3, "yes" if ok else "no"]
 
         rows = [row("fp32 (reference)", fp32)]
-        for name in names:
-            recipe = Int8Recipe(**RECIPES[name])  # type: ignore[arg-type]
+        for name, recipe in recipes.items():
             out = Path(tmp) / f"{len(rows)}.onnx"
-            quantize_int8(fp32, out, calib, recipe)
+            _, qat = int8_export(args.checkpoint, fp32, out, calib, fv[:8], recipe)
             rows.append(row(f"int8: {name}", out))
+            if qat is not None:
+                sim, mse = qat["simulated_top1_agreement"], [round(x, 4) for x in qat["loss"]]
+                qat_notes.append(
+                    f"{name}: fine-tuned {qat['epochs']} epochs on {qat['windows']} calibration windows in "
+                    f"{qat['seconds']:.0f} s; distillation MSE per epoch {mse}; "
+                    f"simulated int8 top-1 agreement on them {sim['before']:.3f} → {sim['after']:.3f}"
+                )
     header = ["export"]
     for k in sets:
         header += [f"top-1 agreement ({k})", f"ROC-AUC ({k})"]
@@ -121,6 +159,8 @@ def main() -> None:
         f"{limits.min_top1_agreement}, ROC-AUC drop ≤ {limits.max_roc_auc_drop} (validation)\n"
     )
     print(table(header, rows))
+    for note in qat_notes:
+        print(note)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ and ``package_version``.
   :class:`Int8Recipe` (default :data:`DEFAULT_INT8`: per-channel int8 weights, uint8 activations,
   99.99th-percentile calibration, the squeeze-excitation blocks and the classifier head kept in
   float — the recipe with the smallest ROC-AUC drop in ``benchmarks/edge_int8.py``, README
-  "Edge performance"); it is compared with fp32 on held-out real windows (top-1 agreement, macro ROC-AUC drop
-  against their labels) and refused below :class:`PublishThresholds`.
+  "Edge performance"); optionally after quantisation-aware fine-tuning (``Int8Recipe.qat_epochs``,
+  :mod:`training.qat`); it is compared with the fp32 export on held-out real windows (top-1
+  agreement, macro ROC-AUC drop against their labels) and refused below :class:`PublishThresholds`.
 * **TFLite** comes from ``scripts/export_tflite.sh`` (litert-torch in its own environment).
 
 Each export is wrapped as an ``edge`` model package (:mod:`shared_features.package`) with its
@@ -55,6 +56,7 @@ __all__ = [
     "export_edge_formats",
     "export_onnx",
     "float_nodes",
+    "int8_export",
     "quantize_int8",
     "sha256_file",
 ]
@@ -153,12 +155,17 @@ class Int8Recipe:
     ``minmax``, ``entropy`` (KL) or ``percentile`` (``percentile`` of the absolute values).
     ``entropy`` is offered but gives min-max's ranges: ONNX Runtime's static path searches the KL
     threshold over 128 histogram bins for 128 quantised levels (it takes no option to change them),
-    so the full range is its only candidate (``benchmarks/edge_int8.py`` shows identical figures)."""
+    so the full range is its only candidate (``benchmarks/edge_int8.py`` shows identical figures).
+    ``qat_epochs``: when > 0, the checkpoint is first fine-tuned for that many passes over the
+    calibration windows with this recipe's int8 rounding simulated (:func:`training.qat.qat_finetune`,
+    distilling towards its own fp32 outputs), and the fine-tuned weights are what is quantised; the
+    int8 is still compared with the *original* fp32 export."""
 
     keep_float: tuple[str, ...] = ()
     per_channel: bool = True
     calibration: str = "minmax"
     percentile: float = 99.999
+    qat_epochs: int = 0
 
     def __post_init__(self) -> None:
         bad = sorted(set(self.keep_float) - set(FLOAT_PARTS))
@@ -166,12 +173,15 @@ class Int8Recipe:
             raise ExportError(f"keep_float: unknown parts {bad}; known: {list(FLOAT_PARTS)}")
         if self.calibration not in CALIBRATION_METHODS:
             raise ExportError(f"calibration {self.calibration!r} not in {list(CALIBRATION_METHODS)}")
+        if self.qat_epochs < 0:
+            raise ExportError(f"qat_epochs must be ≥ 0, got {self.qat_epochs}")
 
     def describe(self) -> str:
         keep = "+".join(self.keep_float) if self.keep_float else "nothing"
         return (
             f"{'per-channel' if self.per_channel else 'per-tensor'}, {self.calibration}"
             f"{f' {self.percentile}' if self.calibration == 'percentile' else ''}, float: {keep}"
+            f"{f', QAT {self.qat_epochs} epochs' if self.qat_epochs else ''}"
         )
 
 
@@ -267,6 +277,46 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, recipe: Int8Re
     onnx.save(q, str(out))
     log.info("int8 (%s): %d nodes kept in float", recipe.describe(), len(exclude))
     return Path(out)
+
+
+def int8_export(
+    ckpt: Path,
+    fp32: Path,
+    out: Path,
+    calibration: np.ndarray,
+    parity: np.ndarray,
+    recipe: Int8Recipe | None = None,
+    *,
+    tolerance: float = 1e-4,
+) -> tuple[Path, dict[str, Any] | None]:
+    """The int8 ONNX file ``out`` of ``ckpt`` (whose fp32 export is ``fp32``) following ``recipe``:
+    :func:`quantize_int8` of ``fp32``, or — ``recipe.qat_epochs`` > 0 — of a quantisation-aware
+    fine-tuned copy (trained on ``calibration``, exported beside ``out`` and parity-checked on
+    ``parity``). Returns (``out``, the QAT record or None)."""
+    recipe = recipe or DEFAULT_INT8
+    if recipe.qat_epochs == 0:
+        return quantize_int8(fp32, out, calibration, recipe), None
+    from training.qat import qat_finetune
+
+    out = Path(out)
+    tuned, tuned_onnx = out.with_suffix(".qat.pt"), out.with_suffix(".qat.onnx")
+    record = qat_finetune(
+        ckpt,
+        tuned,
+        calibration,
+        calibration,
+        epochs=recipe.qat_epochs,
+        keep_float=recipe.keep_float,
+        per_channel=recipe.per_channel,
+        percentile=recipe.percentile if recipe.calibration == "percentile" else None,
+    )
+    try:
+        export_onnx(tuned, tuned_onnx, parity, tolerance=tolerance)
+        quantize_int8(tuned_onnx, out, calibration, recipe)
+    finally:
+        tuned.unlink(missing_ok=True)
+        tuned_onnx.unlink(missing_ok=True)
+    return out, record
 
 
 @dataclass(frozen=True)
@@ -375,8 +425,11 @@ def export_edge_formats(
         info = export_onnx(ckpt, fp32, parity, tolerance=tolerance)
         ref = _onnx_probs(fp32, check)
         files = {"onnx-fp32": fp32}
+        qat: dict[str, Any] | None = None
         if "onnx-int8" in formats:
-            files["onnx-int8"] = quantize_int8(fp32, Path(tmp) / "model.int8.onnx", calibration, int8)
+            files["onnx-int8"], qat = int8_export(
+                ckpt, fp32, Path(tmp) / "model.int8.onnx", calibration, parity, int8, tolerance=tolerance
+            )
         validations: dict[str, dict[str, Any]] = {}
         for fmt in formats:  # check every format before publishing any
             validation: dict[str, Any] = {"parity": info["parity"]}
@@ -386,6 +439,8 @@ def export_edge_formats(
                 validation["thresholds"] = asdict(thresholds)
                 if fmt == "onnx-int8":
                     validation["int8_recipe"] = {**asdict(int8), "keep_float": list(int8.keep_float)}
+                    if qat is not None:
+                        validation["qat"] = qat
                 bad = cmp["top1_agreement"] < thresholds.min_top1_agreement or (
                     cmp.get("roc_auc_drop", 0.0) > thresholds.max_roc_auc_drop
                 )

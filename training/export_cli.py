@@ -37,14 +37,23 @@ def register(sub: Any) -> None:
         default=4096,
         help="validation windows the exports are checked on (a seeded sample when there are more)",
     )
+    e.add_argument(
+        "--int8-qat-epochs",
+        type=int,
+        default=0,
+        help="quantisation-aware fine-tuning epochs (over the calibration windows) before the int8 "
+        "quantisation; 0 = post-training quantisation only (default)",
+    )
     e.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     e.add_argument("--experiment", default="silencio-edge", help="MLflow experiment name")
     e.set_defaults(func=cmd_edge)
 
 
 def cmd_edge(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from shared_features.paths import home
-    from training.export import PublishThresholds
+    from training.export import DEFAULT_INT8, PublishThresholds
     from training.pipeline import Tracking, export_edge_packages
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -61,6 +70,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
         thresholds=PublishThresholds(args.min_agreement, args.max_auc_drop),
         seed=args.seed,
         check_windows=args.check_windows,
+        int8=replace(DEFAULT_INT8, qat_epochs=args.int8_qat_epochs),
         tracking=Tracking(experiment=args.experiment, run_name="edge-export", track=not args.no_mlflow),
     )
     for fmt, path in res.packages.items():

@@ -519,7 +519,8 @@ def export_edge_packages(
     ``required`` format that fails raises :class:`~training.export.ExportError`; another is refused
     with its reason. The chosen package (int8 when published, else fp32) is registered
     ``register_as@candidate``. ``int8``: the quantisation recipe (default
-    :data:`~training.export.DEFAULT_INT8`)."""
+    :data:`~training.export.DEFAULT_INT8`; its ``qat_epochs`` fine-tunes quantisation-aware on the
+    calibration windows first, :mod:`training.qat`)."""
     from shared_features import DEFAULT, log_mel
     from training.data import from_audio
     from training.export import calibration_windows, check_features, export_edge_formats
@@ -535,7 +536,12 @@ def export_edge_packages(
         "name": name,
         "version": version,
         "thresholds": asdict(thresholds),
-        "int8": {**asdict(int8), "keep_float": list(int8.keep_float)},
+        # qat_epochs only when used: an export without QAT reuses its earlier results
+        "int8": {
+            k: v
+            for k, v in {**asdict(int8), "keep_float": list(int8.keep_float)}.items()
+            if k != "qat_epochs" or v
+        },
         "seed": seed,
         "check_windows": check_windows,
     }

@@ -236,9 +236,93 @@ def test_int8_recipe_is_validated_and_recorded_in_the_package(tmp_path, tiny_stu
         "per_channel": True,
         "calibration": "percentile",
         "percentile": 99.99,
+        "qat_epochs": 0,
     }
+    assert "qat" not in mans["onnx-int8"]["validation"]
     assert "int8_recipe" not in mans["onnx-fp32"]["validation"]
     assert isinstance(DEFAULT_INT8, Int8Recipe)
+
+
+def test_qat_rounding_matches_the_export_and_spares_the_float_parts(tiny_student):
+    """The simulated int8 is the export's: per-channel symmetric weights (so rounding commutes with
+    the per-channel BatchNorm fold), and nothing simulated in the parts the recipe keeps float."""
+    from training.qat import _float_module_names, _fq_weight, _Simulator
+
+    w = torch.randn(8, 4, 3, 3)
+    fold = torch.rand(8, 1, 1, 1) + 0.1
+    assert torch.allclose(_fq_weight(w * fold, True), _fq_weight(w, True) * fold, atol=1e-6)
+    q = _fq_weight(w, True)
+    steps = q.flatten(1) / (w.abs().flatten(1).amax(1, keepdim=True) / 127)
+    assert torch.allclose(steps, steps.round(), atol=1e-3) and len(torch.unique(q[0])) <= 255
+    ckpt, _, _, _ = tiny_student
+    model, _, _ = load_checkpoint(ckpt)
+    keep = _float_module_names(model.backbone, ("se", "head"))
+    assert any(".se." in n for n in keep) and {"conv_head", "classifier"} <= keep
+    sim = _Simulator(model.backbone, keep, per_channel=True)
+    names = {id(m): n for n, m in model.backbone.named_modules()}
+    simulated = {names[id(m)] for m in sim.weights}
+    assert "conv_stem" in simulated and not simulated & keep
+    assert any(n.endswith("conv_pwl") for n in simulated)
+    sim.remove()
+
+
+def test_int8_with_qat_fine_tunes_and_is_checked_against_the_original_fp32(tmp_path, tiny_student):
+    """``qat_epochs``: the int8 is quantised from fine-tuned weights (its file differs from the
+    post-training int8's), recorded in the package, and compared with the original fp32 export."""
+    from training.export import DEFAULT_INT8, Int8Recipe
+    from training.qat import qat_finetune
+
+    with pytest.raises(ExportError, match="qat_epochs"):
+        Int8Recipe(qat_epochs=-1)
+    ckpt, _, feats, ys = tiny_student
+    rec = qat_finetune(ckpt, tmp_path / "q.pt", feats[:16], feats[:16], epochs=1, lr=1e-3)
+    assert rec["max_abs_weight_change"] > 0 and rec["epochs"] == 1 and len(rec["loss"]) == 1
+    assert 0 <= rec["simulated_top1_agreement"]["before"] <= 1
+    tuned, _, blob = load_checkpoint(tmp_path / "q.pt")
+    orig, _, _ = load_checkpoint(ckpt)
+    assert blob["qat"]["epochs"] == 1
+    assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), orig.state_dict().values()))
+    common = dict(
+        parity=feats[:2],
+        calibration=feats[:16],
+        check=feats[16:40],
+        check_targets=ys[16:40],
+        thresholds=PublishThresholds(min_top1_agreement=0.0, max_roc_auc_drop=1.0),
+    )
+    ptq = export_edge(ckpt, tmp_path / "ptq", **common, int8=DEFAULT_INT8)
+    qat = export_edge(
+        ckpt, tmp_path / "qat", **common, int8=Int8Recipe(**{**DEFAULT_INT8.__dict__, "qat_epochs": 1})
+    )
+    v = qat["onnx-int8"]["validation"]
+    assert v["int8_recipe"]["qat_epochs"] == 1 and v["qat"]["epochs"] == 1 and v["qat"]["windows"] == 16
+    assert 0.0 <= v["vs_fp32"]["top1_agreement"] <= 1.0 and "roc_auc_drop" in v["vs_fp32"]
+    assert qat["onnx-int8"]["members"][0]["sha256"] != ptq["onnx-int8"]["members"][0]["sha256"]
+    # the reference is the original model: the fp32 package is the same export in both
+    assert v["vs_fp32"]["roc_auc_fp32"] == ptq["onnx-int8"]["validation"]["vs_fp32"]["roc_auc_fp32"]
+    assert not list((tmp_path / "qat").rglob("*.qat.*"))  # the fine-tuned copy is not left behind
+
+
+def test_export_cli_passes_the_qat_epochs_to_the_export_step(tmp_path, monkeypatch):
+    """``silencio export edge --int8-qat-epochs N``: the export step gets the default recipe with
+    N epochs of QAT (0, post-training only, without the flag)."""
+    import training.pipeline
+    from silencio.cli import main
+    from training.export import DEFAULT_INT8
+
+    seen = []
+
+    def step(*_args, **kwargs):
+        seen.append(kwargs["int8"])
+        raise ExportError("stopped after the arguments")
+
+    monkeypatch.setattr(training.pipeline, "export_edge_packages", step)
+    for extra in (["--int8-qat-epochs", "3"], []):
+        assert (
+            main(["export", "edge", str(tmp_path / "m.pt"), "--data", str(tmp_path), "--no-mlflow", *extra])
+            != 0
+        )
+    assert seen[0].qat_epochs == 3 and seen[0].keep_float == DEFAULT_INT8.keep_float
+    assert seen[1] == DEFAULT_INT8
 
 
 def test_calibration_and_check_sets_decode_only_the_windows_they_use(synth_dir):
@@ -286,3 +370,28 @@ def test_calibration_and_check_sets_decode_only_the_windows_they_use(synth_dir):
     assert np.array_equal(targets, np.asarray(data.val.target_matrix(), np.float32)[picked])
     every, _ = check_features(data.val, len(data.val) + 5)  # fewer windows than n: all of them
     assert len(every) == len(data.val)
+
+
+def test_edge_int8_benchmark_prints_a_qat_row(tmp_path, synth_dir):
+    """``benchmarks/edge_int8.py --qat-epochs 1`` on a tiny student: the QAT row and its note are
+    printed beside the post-training row (a recipe name holding a comma is accepted)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    labels = LabelSpace.from_taxonomy_csv(synth_dir / "taxonomy.csv")
+    torch.manual_seed(0)
+    model = build_model(member_config("student", **TINY["student"]), len(labels)).eval()
+    ckpt = save_checkpoint(tmp_path / "s.pt", model, labels)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "edge_int8.py"), str(ckpt), "--data", str(synth_dir),
+         "--recipes", "SE+head float, percentile 99.99", "--qat-epochs", "1", "--repeat", "2"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "| int8: SE+head float, percentile 99.99 " in out
+    assert "| int8: SE+head float, percentile 99.99 + QAT 1 epoch " in out
+    assert "fine-tuned 1 epochs on" in out and "simulated int8 top-1 agreement" in out
