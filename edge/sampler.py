@@ -225,44 +225,25 @@ class Sampler:
         tour_ok = flagged or tour_uuid is None or self.store.clip_bytes(tour_uuid) + size <= self.tour_budget
         return total_ok and tour_ok
 
+    def _only_tour_full(self, size: int, tour_uuid: str | None, flagged: bool) -> bool:
+        """Whether a clip of ``size`` bytes fits the total budget and only its tour's is exceeded:
+        then only that tour's synced clips may be evicted for it."""
+        return tour_uuid is not None and not flagged and self.store.clip_bytes() + size <= self.total_budget
+
     def _may_fit(self, size: int, tour_uuid: str | None, flagged: bool) -> bool:
         """Whether a clip of ``size`` bytes fits, or would after evicting synced clips (nothing is
         evicted here)."""
         if self._fits(size, tour_uuid, flagged):
             return True
-        evictable = self.store.evictable_clips()
-        if tour_uuid is not None and not flagged and self.store.clip_bytes() + size <= self.total_budget:
-            return any(c.tour_uuid == tour_uuid for c in evictable)  # only the tour budget is full
-        return bool(evictable)
-
-    def _precheck(self, reason: ClipReason, where: ClipSource) -> bool:
-        """Before the speech gate and the encoder: is there room for a clip of the last clip's size
-        (before the first clip, of one byte)?
-        A clip that cannot be kept is counted (space or budget) and costs no more CPU."""
-        est = max(self._typical_bytes, 1)  # before the first clip: any clip is at least a byte
-        with self._lock:
-            if not self._room_on_disk(est):
-                self.stats.skipped_space += 1
-                self._count(Counter.CLIPS_SKIPPED_SPACE)
-                return False
-            if not self._may_fit(est, where.tour_uuid, reason is ClipReason.FLAGGED):
-                self.stats.skipped_budget += 1
-                self._count(Counter.CLIPS_SKIPPED_BUDGET)
-                log.info("clip budget full: %s clip skipped before encoding (~%d bytes)", reason, est)
-                return False
-        return True
+        only_tour = self._only_tour_full(size, tour_uuid, flagged)
+        return any(not only_tour or c.tour_uuid == tour_uuid for c in self.store.evictable_clips())
 
     def _make_room(self, size: int, tour_uuid: str | None, flagged: bool) -> bool:
-        def fits() -> bool:
-            return self._fits(size, tour_uuid, flagged)
-
-        if fits():
+        if self._fits(size, tour_uuid, flagged):
             return True
         for c in self.store.evictable_clips():
-            if tour_uuid is not None and not flagged and self.store.clip_bytes() + size <= self.total_budget:
-                # only the tour budget is exceeded: evict this tour's synced clips first
-                if c.tour_uuid != tour_uuid:
-                    continue
+            if self._only_tour_full(size, tour_uuid, flagged) and c.tour_uuid != tour_uuid:
+                continue  # only the tour budget is exceeded: evict this tour's synced clips first
             try:
                 Path(c.path).unlink(missing_ok=True)
             except OSError as exc:
@@ -270,9 +251,37 @@ class Sampler:
                 continue
             self.store.mark_evicted(c.uuid)
             self.stats.evicted += 1
-            if fits():
+            if self._fits(size, tour_uuid, flagged):
                 return True
-        return fits()
+        return self._fits(size, tour_uuid, flagged)
+
+    def _admit(self, size: int, reason: ClipReason, where: ClipSource, *, evict: bool) -> bool:
+        """Room for a clip of ``size`` bytes on disk (above the watermark) and in the budgets —
+        evicting synced clips when ``evict``, else only checking that evicting would make room.
+        A clip without room is counted (space or budget). Call under ``_lock``."""
+        if not self._room_on_disk(size):
+            self.stats.skipped_space += 1
+            self._count(Counter.CLIPS_SKIPPED_SPACE)
+            return False
+        flagged = reason is ClipReason.FLAGGED
+        fits = (self._make_room if evict else self._may_fit)(size, where.tour_uuid, flagged)
+        if not fits:
+            self.stats.skipped_budget += 1
+            self._count(Counter.CLIPS_SKIPPED_BUDGET)
+            log.info(
+                "clip budget full: %s clip skipped (%s%d bytes)",
+                reason,
+                "" if evict else "before encoding, ~",
+                size,
+            )
+        return fits
+
+    def _precheck(self, reason: ClipReason, where: ClipSource) -> bool:
+        """Before the speech gate and the encoder: is there room for a clip of the last clip's size
+        (before the first clip, of one byte)? A clip that cannot be kept is counted (space or
+        budget) and costs no more CPU."""
+        with self._lock:
+            return self._admit(max(self._typical_bytes, 1), reason, where, evict=False)
 
     # ------------------------------------------------------------------ the worker
     def submit(self, samples: np.ndarray, sr: int, reason: ClipReason, where: ClipSource) -> None:
@@ -329,14 +338,7 @@ class Sampler:
     def _store(
         self, data: bytes, samples: np.ndarray, sr: int, reason: ClipReason, where: ClipSource
     ) -> str | None:
-        if not self._room_on_disk(len(data)):
-            self.stats.skipped_space += 1
-            self._count(Counter.CLIPS_SKIPPED_SPACE)
-            return None
-        if not self._make_room(len(data), where.tour_uuid, reason is ClipReason.FLAGGED):
-            self.stats.skipped_budget += 1
-            self._count(Counter.CLIPS_SKIPPED_BUDGET)
-            log.info("clip budget full: %s clip skipped (%d bytes)", reason, len(data))
+        if not self._admit(len(data), reason, where, evict=True):
             return None
         digest = hashlib.sha256(data).hexdigest()
         ext = "ogg" if self.fmt.upper() == "OGG" else "flac"

@@ -177,29 +177,29 @@ class _Simulator:
                     self.ranges.append(r_pre)
                     self.handles.append(act.register_forward_pre_hook(self._pre(act, r_pre)))
 
+    def _apply(self, r: _ActRange, x: torch.Tensor) -> torch.Tensor:
+        """``x`` observed (``observe``), rounded to ``r``'s range (``quant``; the range follows
+        the batch when ``momentum`` is set) or left alone (``off``)."""
+        if self.mode == "observe":
+            r.observe(x)
+        elif self.mode == "quant":
+            if self.momentum is not None:
+                r.track(x, self.percentile, self.momentum)
+            x = r(x)
+        return x
+
     def _pre(self, mod: nn.Module, r: _ActRange) -> Callable[..., Any]:
         def hook(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
             x = args[0]
             if id(x) in self.rounded:
                 return args
-            if self.mode == "observe":
-                r.observe(x)
-            elif self.mode == "quant":
-                if self.momentum is not None:
-                    r.track(x, self.percentile, self.momentum)
-                x = r(x)
-            return (x, *args[1:])
+            return (self._apply(r, x), *args[1:])
 
         return hook
 
     def _post(self, r: _ActRange) -> Callable[..., Any]:
         def hook(_m: nn.Module, _args: Any, out: torch.Tensor) -> torch.Tensor:
-            if self.mode == "observe":
-                r.observe(out)
-            elif self.mode == "quant":
-                if self.momentum is not None:
-                    r.track(out, self.percentile, self.momentum)
-                out = r(out)
+            out = self._apply(r, out)
             if self.mode != "off":
                 self.rounded[id(out)] = out
             return out
@@ -341,7 +341,9 @@ def qat_finetune(
                 count += len(idx)
             sim.momentum = None
             losses.append(total / count)
-            log.info("QAT epoch %d/%d: distillation MSE %.5f", len(losses), epochs, losses[-1])
+            log.info(
+                "QAT epoch %d/%d: distillation loss (%s) %.5f", len(losses), epochs, objective, losses[-1]
+            )
         fix_ranges()
         agreement.append(simulated_agreement())
     finally:
