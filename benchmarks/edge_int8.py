@@ -142,10 +142,10 @@ def main() -> None:
             _, qat = int8_export(args.checkpoint, fp32, out, calib, fv[:8], recipe)
             rows.append(row(f"int8: {name}", out))
             if qat is not None:
-                sim, mse = qat["simulated_top1_agreement"], [round(x, 4) for x in qat["loss"]]
+                sim, loss = qat["simulated_top1_agreement"], [round(x, 4) for x in qat["loss"]]
                 qat_notes.append(
                     f"{name}: fine-tuned {qat['epochs']} epochs on {qat['windows']} calibration windows in "
-                    f"{qat['seconds']:.0f} s; distillation MSE per epoch {mse}; "
+                    f"{qat['seconds']:.0f} s; distillation loss ({qat['objective']}) per epoch {loss}; "
                     f"simulated int8 top-1 agreement on them {sim['before']:.3f} → {sim['after']:.3f}"
                 )
     header = ["export"]
